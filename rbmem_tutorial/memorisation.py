@@ -1,0 +1,421 @@
+"""Detecting memorised samples with the nearest / second-nearest distance ratio test.
+
+A generated sample :math:`\\hat x` is *memorised* when it is much closer to one training point
+than to any other (Yoon et al. 2023; Gu et al. 2023, arXiv 2310.02664; Buchanan et al. 2025,
+arXiv 2508.17689). With :math:`d_1` and :math:`d_2` the distances from :math:`\\hat x` to its
+nearest and second-nearest training points, the test reads
+
+.. math::
+
+    \\frac{d_1}{d_2} < k, \\qquad k = 1/3 \\text{ in the literature (strict inequality).}
+
+The poster of Gegenfurtner, Jacobsen and Arvanitidis (arXiv 2602.00199) writes the squared form
+
+.. math::
+
+    d_1^2 \\le c\\, d_2^2 \\qquad \\text{(non-strict inequality)},
+
+so :math:`k = 1/3` corresponds to :math:`c = 1/9`, and :math:`c = 1/3` is the looser ratio
+:math:`1/\\sqrt 3 \\approx 0.577`. Every function here takes either ``threshold=k`` (strict
+``ratio < k``) or ``c=`` (non-strict ``ratio**2 <= c``), never both; the two differ only for
+ratios that sit exactly on the boundary.
+
+Distances are exact even for near-copies. The product form
+:math:`\\|a\\|^2 + \\|b\\|^2 - 2 a^\\top b` loses all relative precision when :math:`a \\approx b`,
+so it is used only to *screen* a few candidates per generated point, chunk by chunk, in the
+inputs' dtype. The candidates' distances are then recomputed as :math:`\\|a - b\\|` in float64,
+and a rounding-error bound certifies that the true two nearest points are among them.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import torch
+
+from ._checks import check_positive, check_positive_int, check_same_dim, check_tensor
+
+RATIO_THRESHOLD = 1 / 3
+"""The literature's ratio threshold k: memorised when d1/d2 < 1/3 (equivalently c = 1/9)."""
+
+LOOSE_C = 1 / 3
+"""The poster's squared form with c = 1/3: memorised when d1² <= d2²/3 (ratio below 0.577)."""
+
+DEFAULT_CHUNK_SIZE = 2048
+_EXACT_BUDGET = 1 << 22  # float64 entries per exact-recompute piece (32 MiB)
+
+
+class NearestTwo(NamedTuple):
+    """Distances (float64) and indices of the nearest (``d1``, ``i1``) and second-nearest
+    (``d2``, ``i2``) training points of each generated point; every field has shape ``[M]``."""
+
+    d1: torch.Tensor
+    d2: torch.Tensor
+    i1: torch.Tensor
+    i2: torch.Tensor
+
+
+def _validate_pair(generated, train) -> tuple[torch.Tensor, torch.Tensor]:
+    generated = check_tensor("generated", generated, ndim=2, min_rows=1)
+    train = check_tensor("train", train, ndim=2, min_rows=2)
+    check_same_dim("generated", generated, "train", train)
+    if generated.device != train.device:
+        raise ValueError(
+            f"generated is on {generated.device} but train is on {train.device}; "
+            "move both to the same device."
+        )
+    return generated.detach(), train.detach()
+
+
+def _screen_dtype(generated: torch.Tensor, train: torch.Tensor) -> torch.dtype:
+    """float64 when either input is float64, else float32 (half precision is too coarse)."""
+    wide = torch.float64 in (generated.dtype, train.dtype)
+    return torch.float64 if wide else torch.float32
+
+
+def _unit_roundoff(dtype: torch.dtype, device: torch.device) -> float:
+    """Unit roundoff of the screening matmul, TF32 included when CUDA allows it."""
+    tf32 = device.type == "cuda" and torch.backends.cuda.matmul.allow_tf32
+    if dtype == torch.float32 and tf32:
+        return 2.0**-11
+    return torch.finfo(dtype).eps / 2
+
+
+def _screen(g: torch.Tensor, t: torch.Tensor, k: int, chunk: int):
+    """Running top-k of ``‖t_j‖² − 2 g·t_j`` (the squared distance minus the row constant ‖g‖²).
+
+    Loops over chunks of both ``g`` and ``t``, so memory stays at one ``chunk × chunk`` block.
+    Returns the k smallest values and their training indices, each ``[M, k]``.
+    """
+    t_sq = t.pow(2).sum(1)
+    values, indices = [], []
+    for g_chunk in g.split(chunk):
+        best_v = g_chunk.new_full((len(g_chunk), k), math.inf)
+        best_i = torch.zeros((len(g_chunk), k), dtype=torch.long, device=g.device)
+        for start in range(0, len(t), chunk):
+            t_chunk = t[start : start + chunk]
+            block = torch.addmm(t_sq[start : start + chunk], g_chunk, t_chunk.T, alpha=-2)
+            v, j = block.topk(min(k, len(t_chunk)), dim=1, largest=False, sorted=False)
+            v, j = torch.cat([best_v, v], 1), torch.cat([best_i, j + start], 1)
+            best_v, pos = v.topk(k, dim=1, largest=False, sorted=False)
+            best_i = j.gather(1, pos)
+        values.append(best_v)
+        indices.append(best_i)
+    return torch.cat(values), torch.cat(indices)
+
+
+def _exact_sq(generated: torch.Tensor, train: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """``‖generated_m − train_idx[m, j]‖²`` computed from differences in float64, in pieces."""
+    rows = max(1, _EXACT_BUDGET // (idx.shape[1] * generated.shape[1]))
+    pieces = []
+    for start in range(0, len(generated), rows):
+        g = generated[start : start + rows].double()
+        cand = train[idx[start : start + rows]].double()
+        pieces.append((cand - g[:, None, :]).pow(2).sum(-1))
+    return torch.cat(pieces)
+
+
+def _centred(x: torch.Tensor, center: torch.Tensor, dtype: torch.dtype, chunk: int):
+    """``x − center`` in ``dtype``, converted chunk by chunk (no full float64 copy)."""
+    return torch.cat([(piece.double() - center).to(dtype) for piece in x.split(chunk)])
+
+
+def _search(generated, train, k: int, chunk: int, dtype: torch.dtype):
+    """Screen in ``dtype``, recompute candidates exactly, and flag rows the bound cannot certify.
+
+    Any training point outside the candidates has screened value ``>= v_k`` (the k-th smallest),
+    so its true squared distance is at least ``‖g‖² + v_k − err``, with ``err`` the rounding
+    bound ``(2d + 16) u (‖g‖² + max_j ‖t_j‖²)`` of the product form on centred data. A row whose
+    exact second-smallest candidate lies below that level is certified.
+    """
+    center = sum(piece.double().sum(0) for piece in train.split(chunk)) / len(train)
+    g = _centred(generated, center, dtype, chunk)
+    t = _centred(train, center, dtype, chunk)
+    values, idx = _screen(g, t, k, chunk)
+    exact_sq, order = _exact_sq(generated, train, idx).sort(dim=1)
+    idx = idx.gather(1, order)
+    g_sq = g.pow(2).sum(1).double()
+    t_sq_max = t.pow(2).sum(1).max().double()
+    u = _unit_roundoff(dtype, generated.device)
+    err = (2 * g.shape[1] + 16) * u * (g_sq + t_sq_max)
+    level = g_sq + values.double().max(1).values - err
+    certified = (k == len(train)) | (exact_sq[:, 1] <= level)
+    return exact_sq[:, :2], idx[:, :2], certified
+
+
+def nearest_two(
+    generated, train, chunk_size: int | None = None, *, candidates: int = 8
+) -> NearestTwo:
+    """Exact distances and indices of the nearest and second-nearest training points.
+
+    For every row :math:`\\hat x_m` of ``generated`` this returns
+    :math:`d_1 = \\min_j \\|\\hat x_m - x_j\\|` and :math:`d_2`, the second smallest distance,
+    with the indices :math:`i_1, i_2` of those training points. The search screens
+    ``candidates`` points per row with the product form :math:`\\|x_j\\|^2 - 2\\hat x^\\top x_j`
+    (after centring both sets on the training mean) in chunks of ``chunk_size`` rows of both
+    sets, so memory stays at one ``chunk_size × chunk_size`` block plus centred copies of the
+    inputs. Candidate distances are then recomputed as :math:`\\|\\hat x - x_j\\|` in float64.
+    A rounding-error bound certifies each row; uncertified rows (many training points within
+    rounding error of :math:`d_2`) are screened again in float64, after which any remaining
+    error in :math:`d_2^2` is below about
+    :math:`4 d\\, 2^{-53} (\\|\\hat x\\|^2 + \\max_j\\|x_j\\|^2)` on centred data.
+    Runs on whatever device the inputs live on.
+
+    Parameters
+    ----------
+    generated : torch.Tensor
+        ``[M, d]`` floating-point samples (flatten images with ``x.flatten(1)``).
+    train : torch.Tensor
+        ``[N, d]`` training points, ``N >= 2``, on the same device.
+    chunk_size : int, optional
+        Rows per chunk of each set (default 2048).
+    candidates : int
+        Candidates screened per row (at least 2; default 8).
+
+    Returns
+    -------
+    NearestTwo
+        ``d1``, ``d2`` (float64) and ``i1``, ``i2`` (int64), each ``[M]``, on the inputs' device.
+        Exact ties between training points are broken arbitrarily.
+
+    Example
+    -------
+    >>> import torch
+    >>> from rbmem_tutorial.memorisation import nearest_two
+    >>> train = torch.tensor([[0.0, 0.0], [3.0, 0.0], [0.0, 5.0]])
+    >>> nt = nearest_two(torch.tensor([[1.0, 0.0]]), train)
+    >>> nt.d1.item(), nt.d2.item(), nt.i1.item(), nt.i2.item()
+    (1.0, 2.0, 0, 1)
+    """
+    generated, train = _validate_pair(generated, train)
+    chunk = check_positive_int(
+        "chunk_size", DEFAULT_CHUNK_SIZE if chunk_size is None else chunk_size
+    )
+    k = min(check_positive_int("candidates", candidates, minimum=2), len(train))
+    dtype = _screen_dtype(generated, train)
+    sq, idx, certified = _search(generated, train, k, chunk, dtype)
+    redo = (~certified).nonzero().squeeze(1)
+    if dtype != torch.float64 and len(redo) > 0:
+        sq[redo], idx[redo], _ = _search(generated[redo], train, k, chunk, torch.float64)
+    dist = sq.sqrt()
+    return NearestTwo(dist[:, 0], dist[:, 1], idx[:, 0], idx[:, 1])
+
+
+def _ratio_from(nt: NearestTwo) -> torch.Tensor:
+    return torch.where(nt.d2 > 0, nt.d1 / nt.d2, 1.0)
+
+
+def memorisation_ratio(generated, train, chunk_size: int | None = None) -> torch.Tensor:
+    """The ratio :math:`d_1 / d_2 \\in [0, 1]` of each generated point (float64, ``[M]``).
+
+    When :math:`d_2 = 0` (the point sits on a training point that appears twice) the ratio is
+    defined as 1, its limit along :math:`d_1 = d_2`: the test cannot single out one copy, so
+    duplicated training points hide memorisation. Deduplicate the training set first.
+
+    Example
+    -------
+    >>> import torch
+    >>> from rbmem_tutorial.memorisation import memorisation_ratio
+    >>> train = torch.tensor([[0.0, 0.0], [4.0, 0.0]])
+    >>> memorisation_ratio(torch.tensor([[1.0, 0.0]]), train)
+    tensor([0.3333], dtype=torch.float64)
+    """
+    return _ratio_from(nearest_two(generated, train, chunk_size))
+
+
+def _flags(ratios: torch.Tensor, threshold: float | None, c: float | None) -> torch.Tensor:
+    """Apply ``ratio < threshold`` (strict) or ``ratio**2 <= c`` (non-strict); default k = 1/3."""
+    if threshold is not None and c is not None:
+        raise ValueError(
+            "pass either threshold (ratio d1/d2 < threshold) or c (d1² <= c·d2²), not both."
+        )
+    if c is not None:
+        c = check_positive("c", c)
+        if c > 1:
+            raise ValueError(f"c must lie in (0, 1]; c = {c} would flag every point.")
+        return ratios.pow(2) <= c
+    threshold = check_positive("threshold", RATIO_THRESHOLD if threshold is None else threshold)
+    if threshold > 1:
+        raise ValueError(f"threshold must lie in (0, 1]; {threshold} would flag every point.")
+    return ratios < threshold
+
+
+def is_memorised(
+    generated,
+    train,
+    threshold: float | None = None,
+    *,
+    c: float | None = None,
+    chunk_size: int | None = None,
+) -> torch.Tensor:
+    """Boolean ``[M]`` flags of the ratio test.
+
+    ``threshold=k`` flags :math:`d_1/d_2 < k` (strict; default :math:`k = 1/3`, the literature's
+    test). ``c=`` flags the poster's squared form :math:`d_1^2 \\le c\\, d_2^2` (non-strict;
+    ``c = 1/9`` matches ``k = 1/3`` except on the boundary, ``c = 1/3`` is the looser 0.577).
+    Pass at most one of them.
+
+    Example
+    -------
+    >>> import torch
+    >>> from rbmem_tutorial.memorisation import is_memorised
+    >>> train = torch.tensor([[0.0, 0.0], [4.0, 0.0]])
+    >>> x = torch.tensor([[1.0, 0.0], [0.5, 0.0]])   # ratios 1/3 and 1/7
+    >>> is_memorised(x, train).tolist(), is_memorised(x, train, c=1 / 9).tolist()
+    ([False, True], [True, True])
+    """
+    return _flags(memorisation_ratio(generated, train, chunk_size), threshold, c)
+
+
+def memorised_fraction(
+    generated,
+    train,
+    threshold: float | None = None,
+    *,
+    c: float | None = None,
+    chunk_size: int | None = None,
+) -> float:
+    """Fraction of generated points flagged by :func:`is_memorised` (same ``threshold``/``c``).
+
+    Example
+    -------
+    >>> import torch
+    >>> from rbmem_tutorial.memorisation import memorised_fraction
+    >>> train = torch.tensor([[0.0, 0.0], [4.0, 0.0]])
+    >>> memorised_fraction(torch.tensor([[0.1, 0.0], [2.0, 0.0]]), train)
+    0.5
+    """
+    flags = is_memorised(generated, train, threshold, c=c, chunk_size=chunk_size)
+    return flags.double().mean().item()
+
+
+@dataclass(frozen=True)
+class MemorisationReport:
+    """Everything the memorisation figures need, on the CPU.
+
+    Attributes
+    ----------
+    ratios : torch.Tensor
+        ``[M]`` float64 ratios :math:`d_1/d_2`.
+    nearest : NearestTwo
+        Distances and indices behind the ratios.
+    fraction_strict : float
+        Fraction with :math:`d_1/d_2 < 1/3` (the literature's test).
+    fraction_loose : float
+        Fraction with :math:`d_1^2 \\le d_2^2/3` (the poster's form with c = 1/3; ratio 0.577).
+    flags : torch.Tensor
+        ``[M]`` booleans of the report's own test (``threshold``/``c`` of the call).
+    counts : torch.Tensor
+        ``[N]`` number of flagged samples whose nearest training point is each training point.
+    copied_indices : torch.Tensor
+        Training indices with at least one flagged copy, most copied first.
+    baseline : MemorisationReport or None
+        The same report for true samples from the data distribution, when given.
+    """
+
+    ratios: torch.Tensor
+    nearest: NearestTwo
+    fraction_strict: float
+    fraction_loose: float
+    flags: torch.Tensor
+    counts: torch.Tensor
+    copied_indices: torch.Tensor
+    baseline: MemorisationReport | None = None
+
+    @property
+    def fraction(self) -> float:
+        """Fraction flagged by the report's own test."""
+        return self.flags.double().mean().item()
+
+    def fraction_at(self, threshold: float | None = None, *, c: float | None = None) -> float:
+        """Fraction flagged at another threshold, from the stored ratios (no new search)."""
+        return _flags(self.ratios, threshold, c).double().mean().item()
+
+    def bootstrap_interval(
+        self,
+        threshold: float | None = None,
+        *,
+        c: float | None = None,
+        level: float = 0.95,
+        n_boot: int = 2000,
+        generator: torch.Generator | None = None,
+    ) -> tuple[float, float]:
+        """Percentile bootstrap interval of the memorised fraction.
+
+        Resampling the M flags with replacement makes the flagged count
+        :math:`\\mathrm{Binomial}(M, \\hat p)`, so the bootstrap draws that count directly.
+        It assumes independent samples (not true when many samples share one parameter draw)
+        and collapses to a point when :math:`\\hat p` is 0 or 1.
+
+        Example
+        -------
+        >>> import torch
+        >>> from rbmem_tutorial.memorisation import memorisation_report
+        >>> train = torch.tensor([[0.0, 0.0], [4.0, 0.0]])
+        >>> rep = memorisation_report(torch.tensor([[0.1, 0.0], [2.0, 0.0]]), train)
+        >>> lo, hi = rep.bootstrap_interval(generator=torch.Generator().manual_seed(0))
+        >>> 0.0 <= lo <= 0.5 <= hi <= 1.0
+        True
+        """
+        level = check_positive("level", level)
+        if level >= 1:
+            raise ValueError(f"level must lie in (0, 1), got {level}.")
+        n_boot = check_positive_int("n_boot", n_boot)
+        flags = _flags(self.ratios, threshold, c)
+        m = float(len(flags))
+        p = torch.full((n_boot,), flags.double().mean().item(), dtype=torch.float64)
+        draws = torch.binomial(torch.full_like(p, m), p, generator=generator) / m
+        tails = torch.tensor([(1 - level) / 2, (1 + level) / 2], dtype=torch.float64)
+        lo, hi = torch.quantile(draws, tails).tolist()
+        return lo, hi
+
+
+def memorisation_report(
+    generated,
+    train,
+    threshold: float | None = None,
+    *,
+    c: float | None = None,
+    true_samples=None,
+    chunk_size: int | None = None,
+) -> MemorisationReport:
+    """Ratio test report: fractions at both thresholds, copies, counts, optional baseline.
+
+    ``threshold``/``c`` choose the report's own test for ``flags``, ``counts`` and
+    ``copied_indices`` (default: ratio < 1/3). ``fraction_strict`` (ratio < 1/3) and
+    ``fraction_loose`` (:math:`d_1^2 \\le d_2^2/3`) are always both given. Pass
+    ``true_samples`` (held-out draws from the data distribution, ideally as many as
+    ``generated``) to get the floor that chance alone reaches: on small 2-D training sets some
+    true samples pass the test too.
+
+    Example
+    -------
+    >>> import torch
+    >>> from rbmem_tutorial.memorisation import memorisation_report
+    >>> train = torch.tensor([[0.0, 0.0], [4.0, 0.0], [0.0, 4.0]])
+    >>> gen = torch.tensor([[0.1, 0.0], [3.9, 0.1], [2.0, 2.0]])
+    >>> rep = memorisation_report(gen, train)
+    >>> rep.fraction_strict, rep.counts.tolist(), rep.copied_indices.tolist()
+    (0.6666666666666666, [1, 1, 0], [0, 1])
+    """
+    nt = nearest_two(generated, train, chunk_size)
+    nt = NearestTwo(*(field.cpu() for field in nt))
+    ratios = _ratio_from(nt)
+    flags = _flags(ratios, threshold, c)
+    counts = torch.bincount(nt.i1[flags], minlength=len(train))
+    order = counts.argsort(descending=True, stable=True)
+    baseline = None
+    if true_samples is not None:
+        baseline = memorisation_report(true_samples, train, threshold, c=c, chunk_size=chunk_size)
+    return MemorisationReport(
+        ratios=ratios,
+        nearest=nt,
+        fraction_strict=_flags(ratios, RATIO_THRESHOLD, None).double().mean().item(),
+        fraction_loose=_flags(ratios, None, LOOSE_C).double().mean().item(),
+        flags=flags,
+        counts=counts,
+        copied_indices=order[: int((counts > 0).sum())],
+        baseline=baseline,
+    )
