@@ -1,0 +1,422 @@
+"""Laplace approximations of the posterior over network parameters, with evidence-tuned prior.
+
+Around a minimiser θ* of the negative log posterior L (:class:`~rbmem_tutorial.objective.
+RegressionObjective`), the Laplace approximation is
+
+.. math::
+
+    p(θ \\mid \\mathcal{D}) ≈ \\mathcal{N}\\big(θ^*, Σ\\big), \\qquad
+    Σ^{-1} = P = \\mathrm{GGN}(θ^*) + λ I,
+
+with the generalised Gauss-Newton GGN = Σ_n J_nᵀ diag(1/σ²) J_n in place of the Hessian of the
+likelihood term. Four structures of P are offered (by name, see :func:`fit_laplace`):
+
+``"full"``
+    the exact GGN, a D×D matrix (small nets only);
+``"diag"``
+    its exact diagonal, from per-example Jacobians, never forming D×D;
+``"kfac"``
+    one Kronecker-factored block per ``nn.Linear`` layer (Martens & Grosse 2015; Ritter et al.
+    2018): P_layer ≈ N · G ⊗ A + λ I;
+``"last_layer"``
+    the exact GGN over the last ``nn.Linear`` layer, every other parameter fixed at θ*.
+
+Each structure is a sum "spectrum + λ" in some orthonormal basis, P = U diag(e + λ) Uᵀ with
+e ≥ 0 (U = I for ``diag``; U = U_G ⊗ U_A for ``kfac``). Sampling, variances and the evidence
+are then cheap for every λ.
+
+**Evidence and prior precision.** For a Gaussian likelihood y_n ~ N(f_θ(z_n), diag(σ²)) and
+prior N(0, λ⁻¹ I) over the k integrated parameters, the Laplace approximation of the marginal
+likelihood is (MacKay 1992; Immer et al. 2021, arXiv 2104.04975)
+
+.. math::
+
+    \\log p(\\mathcal{D} \\mid λ) ≈ −\\tfrac12 \\sum_{n,j} r_{n,j}^2/σ_j^2
+        − \\tfrac{N}{2} \\sum_j \\log(2π σ_j^2)
+        − \\tfrac{λ}{2} \\lVert θ^* \\rVert^2 + \\tfrac{k}{2} \\log λ
+        − \\tfrac12 \\sum_i \\log(e_i + λ),
+
+with residuals r at θ* (the 2π factors of prior and Gaussian integral cancel). It is exact for
+Bayesian linear regression. With θ* held fixed, as is usual, its derivative in log λ is
+½(γ − λ‖θ*‖²) with γ = Σ_i e_i / (e_i + λ), which decreases in λ: the maximiser is unique and is
+MacKay's fixed point λ = γ / ‖θ*‖². :func:`optimal_prior_precision` finds it by bracketing.
+
+**One λ.** The tuned λ becomes the λ of the objective that the posterior carries
+(``posterior.objective``); chapter 4's geodesics use that objective. Because the prior is
+centred at zero, changing λ by Δλ adds Δλ θ* to ∇L(θ*), so θ* is no longer exactly stationary;
+``posterior.gradient_norm`` reports ‖∇L(θ*)‖ under the tuned λ. Where stationarity matters
+(geodesics), refine and refit once with the tuned λ held fixed::
+
+    post = fit_laplace(objective, theta, "diag")                     # tunes λ
+    theta, record = refine_map(post.objective, theta)                # stationary for that λ
+    post = fit_laplace(post.objective, theta, "diag", post.prior_precision)
+
+**Scale.** ``posterior.scale`` α multiplies the standard deviation of the samples (covariance
+α² Σ), the trade-off knob of Gegenfurtner, Jacobsen & Arvanitidis (arXiv 2602.00199). It leaves
+L, P and the evidence unchanged.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from scipy.optimize import brentq
+
+from rbmem_tutorial._checks import check_choice, check_positive, check_positive_int, check_tensor
+from rbmem_tutorial.objective import RegressionObjective
+
+__all__ = [
+    "DiagLaplace",
+    "FullLaplace",
+    "KronLaplace",
+    "LaplacePosterior",
+    "LastLayerLaplace",
+    "fit_laplace",
+    "optimal_prior_precision",
+]
+
+_LOG_LAMBDA_RANGE = (-30.0, 30.0)
+
+
+def optimal_prior_precision(eigenvalues: torch.Tensor, theta_sq_norm: float) -> float:
+    """The λ that maximises the Laplace evidence for a fixed θ*.
+
+    Maximises F(λ) = −λ s/2 + (k/2) log λ − ½ Σ_i log(e_i + λ), s = ‖θ*‖², by finding the root
+    of its log-λ derivative γ(λ) − λ s (γ = Σ e_i/(e_i + λ), decreasing) with Brent's method
+    in log λ ∈ [−30, 30].
+
+    Parameters
+    ----------
+    eigenvalues : Tensor [k]
+        Spectrum e ≥ 0 of the GGN (or its structured approximation).
+    theta_sq_norm : float
+        s = ‖θ*‖² over the same k parameters; positive.
+
+    Example
+    -------
+    >>> round(optimal_prior_precision(torch.tensor([1.0, 1.0]), 1.0), 6)  # γ = λ s
+    1.0
+    """
+    e = check_tensor("eigenvalues", eigenvalues, ndim=1, min_rows=1).double().clamp_min(0)
+    s = check_positive("theta_sq_norm", theta_sq_norm)
+    if not bool((e > 0).any()):
+        raise ValueError("the GGN is zero, so the evidence grows without bound as λ → 0.")
+
+    def slope(log_lam):
+        lam = math.exp(log_lam)
+        return float((e / (e + lam)).sum()) - lam * s
+
+    low, high = _LOG_LAMBDA_RANGE
+    if slope(low) <= 0 or slope(high) >= 0:
+        raise ValueError(
+            f"the evidence maximiser lies outside λ ∈ [e^{low:.0f}, e^{high:.0f}]; rescale the "
+            "data or pass prior_precision yourself."
+        )
+    return math.exp(brentq(slope, low, high, xtol=1e-13, rtol=4 * 2.0**-52))
+
+
+class LaplacePosterior:
+    """Gaussian posterior N(θ*, α² Σ) with Σ⁻¹ = U diag(e + λ) Uᵀ; base of the structures.
+
+    Build it with :func:`fit_laplace`. Subclasses compute the spectrum e and the map
+    z ↦ Σ^{1/2} z; everything else is shared.
+
+    Attributes
+    ----------
+    mean : Tensor [D]
+        θ*.
+    objective : RegressionObjective
+        The objective with the posterior's λ (tuned or given).
+    prior_precision : float
+        λ.
+    scale : float
+        α ≥ 0, multiplies the standard deviation of samples and tangents.
+    gradient_norm : float
+        ‖∇L(θ*)‖ under ``objective`` (0 at an exact MAP; see the module notes).
+    structure : str
+        ``"full"``, ``"diag"``, ``"kfac"`` or ``"last_layer"``.
+    """
+
+    structure = ""
+
+    def __init__(self, objective, theta_map, prior_precision=None, *, scale=1.0, chunk_size=256):
+        if not isinstance(objective, RegressionObjective):
+            raise TypeError(
+                f"objective must be a RegressionObjective, got {type(objective).__name__}."
+            )
+        self.mean = objective._check_theta(theta_map).detach().clone()
+        self.num_params = objective.num_params
+        self._fit(objective, check_positive_int("chunk_size", chunk_size))
+        weights = objective._precision_weights()
+        self._data_fit = float(objective.data_fit(self.mean))
+        log_2pi_var = float(torch.log(2 * math.pi / weights).sum())
+        self._log_norm = -0.5 * objective.num_examples * log_2pi_var
+        self._prior_sq_norm = float(self.mean[self._integrated].square().sum())
+        if prior_precision is None:
+            prior_precision = optimal_prior_precision(self._eigenvalues, self._prior_sq_norm)
+        self.prior_precision = check_positive("prior_precision", prior_precision)
+        self.objective = objective.with_prior_precision(self.prior_precision)
+        self.scale = scale
+        self.gradient_norm = float(self.objective.grad(self.mean).norm())
+
+    @property
+    def scale(self) -> float:
+        """α: samples are θ* + α Σ^{1/2} z, so their covariance is α² Σ."""
+        return self._scale
+
+    @scale.setter
+    def scale(self, value):
+        self._scale = check_positive("scale", value, allow_zero=True)
+
+    def log_marginal_likelihood(self, prior_precision: float | None = None) -> float:
+        """Laplace evidence log p(D | λ) at θ* (module notes), at λ or the posterior's own."""
+        lam = self.prior_precision if prior_precision is None else prior_precision
+        lam = check_positive("prior_precision", lam)
+        k = self._eigenvalues.numel()
+        log_det = float(torch.log(self._eigenvalues + lam).sum())
+        return (
+            -self._data_fit
+            + self._log_norm
+            - 0.5 * lam * self._prior_sq_norm
+            + 0.5 * k * math.log(lam)
+            - 0.5 * log_det
+        )
+
+    def sample_tangent(self, n: int, generator: torch.Generator | None = None, scale=None):
+        """Tangent vectors v = α Σ^{1/2} z, z ~ N(0, I): [n, D] (geodesic initial velocities)."""
+        alpha = self.scale if scale is None else check_positive("scale", scale, allow_zero=True)
+        n = check_positive_int("n", n)
+        device = generator.device if generator is not None else self.mean.device
+        z = torch.randn(
+            n, self._eigenvalues.numel(), generator=generator, dtype=torch.float64, device=device
+        )
+        return alpha * self._tangent_from_latent(z.to(self.mean.device))
+
+    def sample(self, n: int, generator: torch.Generator | None = None, scale=None):
+        """Posterior samples θ* + α Σ^{1/2} z: [n, D] flat parameter vectors."""
+        return self.mean + self.sample_tangent(n, generator, scale)
+
+    @property
+    def variance(self) -> torch.Tensor:
+        """Marginal variances of the samples, diag(α² Σ)  [D]."""
+        return self.scale**2 * self._unit_variance()
+
+    def covariance(self) -> torch.Tensor:
+        """The sampling covariance α² Σ as a dense D×D matrix (small nets)."""
+        root = self._tangent_from_latent(
+            torch.eye(self._eigenvalues.numel(), dtype=torch.float64, device=self.mean.device)
+        )
+        return self.scale**2 * root.T @ root
+
+    def __repr__(self):
+        return (
+            f"{type(self).__name__}(D={self.num_params}, prior_precision={self.prior_precision:.4g}"
+            f", scale={self.scale:.4g}, gradient_norm={self.gradient_norm:.3g})"
+        )
+
+    def _inverse_std(self):
+        return (self._eigenvalues + self.prior_precision).rsqrt()
+
+    # Subclasses set self._eigenvalues [k] and self._integrated (slice of θ with a prior in
+    # the evidence) in _fit, and map latents z [n, k] to Σ^{1/2} z [n, D].
+    def _fit(self, objective, chunk_size):
+        raise NotImplementedError
+
+    def _tangent_from_latent(self, z):
+        raise NotImplementedError
+
+    def _unit_variance(self):
+        raise NotImplementedError
+
+
+class FullLaplace(LaplacePosterior):
+    """P = GGN + λI with the exact D×D GGN, eigendecomposed once: GGN = U diag(e) Uᵀ."""
+
+    structure = "full"
+
+    def _fit(self, objective, chunk_size):
+        ggn = objective.ggn(self.mean, chunk_size=chunk_size)
+        eigenvalues, self._eigenvectors = torch.linalg.eigh(ggn)
+        self._eigenvalues = eigenvalues.clamp_min(0)
+        self._ggn_diagonal = ggn.diagonal().clone()
+        self._integrated = slice(0, objective.num_params)
+
+    def _tangent_from_latent(self, z):
+        return (z * self._inverse_std()) @ self._eigenvectors.T
+
+    def _unit_variance(self):
+        return self._eigenvectors.square() @ self._inverse_std().square()
+
+    @property
+    def precision_diag(self) -> torch.Tensor:
+        """diag(P) = diag(GGN) + λ  [D]."""
+        return self._ggn_diagonal + self.prior_precision
+
+
+class DiagLaplace(LaplacePosterior):
+    """P = diag(GGN) + λI with the exact GGN diagonal (per-example Jacobians, chunked)."""
+
+    structure = "diag"
+
+    def _fit(self, objective, chunk_size):
+        self._eigenvalues = objective.ggn_diagonal(self.mean, chunk_size=chunk_size)
+        self._integrated = slice(0, objective.num_params)
+
+    def _tangent_from_latent(self, z):
+        return z * self._inverse_std()
+
+    def _unit_variance(self):
+        return self._inverse_std().square()
+
+    @property
+    def precision_diag(self) -> torch.Tensor:
+        """diag(P) = diag(GGN) + λ  [D]."""
+        return self._eigenvalues + self.prior_precision
+
+
+class KronLaplace(LaplacePosterior):
+    """Per ``nn.Linear`` layer, P ≈ N · G ⊗ A + λI (KFAC), other layers independent.
+
+    With A = U_A diag(a) U_Aᵀ and G = U_G diag(g) U_Gᵀ, P = (U_G ⊗ U_A) diag(N g ⊗ a + λ)
+    (U_G ⊗ U_A)ᵀ, so Σ^{1/2} z = U_G (Z / sqrt(N g aᵀ + λ)) U_Aᵀ for Z the latent reshaped to
+    the augmented layer matrix [W | b] (see :class:`~rbmem_tutorial.objective.KroneckerFactors`).
+    Exact, layer by layer, wherever G_n = Σ_j g_{n,j} g_{n,j}ᵀ/σ_j² is the same for every
+    example: for a model that is one ``nn.Linear`` layer (any output dimension) and for the
+    block of the output layer of any network.
+    """
+
+    structure = "kfac"
+
+    def _fit(self, objective, chunk_size):
+        n = objective.num_examples
+        self._layers = []
+        spectra = []
+        for factors in objective.kronecker_factors(self.mean, chunk_size=chunk_size):
+            a, u_a = torch.linalg.eigh(factors.A)
+            g, u_g = torch.linalg.eigh(factors.G)
+            spectrum = (n * torch.outer(g, a)).clamp_min(0)
+            kron_diag = n * torch.outer(factors.G.diagonal(), factors.A.diagonal())
+            self._layers.append((factors, u_a, u_g, spectrum.shape, kron_diag))
+            spectra.append(spectrum.reshape(-1))
+        self._eigenvalues = torch.cat(spectra)
+        self._integrated = slice(0, objective.num_params)
+
+    def _tangent_from_latent(self, z):
+        out = torch.zeros(z.shape[0], self.num_params, dtype=z.dtype, device=z.device)
+        inverse_std, offset = self._inverse_std(), 0
+        for factors, u_a, u_g, shape, _ in self._layers:
+            size = shape[0] * shape[1]
+            block = z[:, offset : offset + size] * inverse_std[offset : offset + size]
+            matrix = u_g @ block.reshape(-1, *shape) @ u_a.T
+            _scatter_layer(out, factors, matrix)
+            offset += size
+        return out
+
+    def _unit_variance(self):
+        out = torch.zeros(1, self.num_params, dtype=torch.float64, device=self.mean.device)
+        variance, offset = self._inverse_std().square(), 0
+        for factors, u_a, u_g, shape, _ in self._layers:
+            size = shape[0] * shape[1]
+            matrix = u_g.square() @ variance[offset : offset + size].reshape(shape) @ u_a.square().T
+            _scatter_layer(out, factors, matrix.unsqueeze(0))
+            offset += size
+        return out[0]
+
+    @property
+    def precision_diag(self) -> torch.Tensor:
+        """diag(P) = N diag(G) ⊗ diag(A) + λ per layer  [D]."""
+        out = torch.zeros(1, self.num_params, dtype=torch.float64, device=self.mean.device)
+        for factors, _, _, _, kron_diag in self._layers:
+            _scatter_layer(out, factors, kron_diag.unsqueeze(0))
+        return out[0] + self.prior_precision
+
+
+class LastLayerLaplace(LaplacePosterior):
+    """P = GGN_L + λI over the last ``nn.Linear`` layer (in module order); the rest fixed at θ*.
+
+    The evidence integrates only the last layer: its prior term is λ/2 ‖θ*_L‖² with k = D_L, and
+    the fixed parameters act as hyperparameters. Outside the last layer, samples equal θ*, the
+    variance is 0 and ``precision_diag`` is +inf.
+    """
+
+    structure = "last_layer"
+
+    def _fit(self, objective, chunk_size):
+        layers = objective.linear_layer_slices()
+        if not layers:
+            raise ValueError("structure 'last_layer' needs an nn.Linear layer in the model.")
+        _, weight, bias = layers[-1]
+        self._integrated = slice(weight.start, (bias or weight).stop)
+        ggn = objective.ggn(self.mean, columns=self._integrated, chunk_size=chunk_size)
+        eigenvalues, self._eigenvectors = torch.linalg.eigh(ggn)
+        self._eigenvalues = eigenvalues.clamp_min(0)
+        self._ggn_diagonal = ggn.diagonal().clone()
+
+    def _tangent_from_latent(self, z):
+        out = torch.zeros(z.shape[0], self.num_params, dtype=z.dtype, device=z.device)
+        out[:, self._integrated] = (z * self._inverse_std()) @ self._eigenvectors.T
+        return out
+
+    def _unit_variance(self):
+        out = torch.zeros(self.num_params, dtype=torch.float64, device=self.mean.device)
+        out[self._integrated] = self._eigenvectors.square() @ self._inverse_std().square()
+        return out
+
+    @property
+    def precision_diag(self) -> torch.Tensor:
+        """diag(P): diag(GGN_L) + λ on the last layer, +inf (fixed) elsewhere  [D]."""
+        out = torch.full_like(self.mean, math.inf)
+        out[self._integrated] = self._ggn_diagonal + self.prior_precision
+        return out
+
+
+_STRUCTURES = {
+    cls.structure: cls for cls in (FullLaplace, DiagLaplace, KronLaplace, LastLayerLaplace)
+}
+
+
+def fit_laplace(
+    objective: RegressionObjective,
+    theta_map: torch.Tensor,
+    structure: str,
+    prior_precision: float | None = None,
+    *,
+    scale: float = 1.0,
+    chunk_size: int = 256,
+) -> LaplacePosterior:
+    """Fit a Laplace posterior N(θ*, α² (GGN + λI)⁻¹) of the given structure at θ*.
+
+    Parameters
+    ----------
+    objective : RegressionObjective
+        The frozen negative log posterior; its own λ is ignored here.
+    theta_map : Tensor [D]
+        θ*, ideally refined with :func:`~rbmem_tutorial.objective.refine_map`.
+    structure : {"full", "diag", "kfac", "last_layer"}
+    prior_precision : float, optional
+        λ; by default the maximiser of the Laplace evidence (:func:`optimal_prior_precision`).
+    scale : float
+        α, the sample standard-deviation multiplier.
+    chunk_size : int
+        Examples per per-example-Jacobian chunk (memory knob).
+
+    Example
+    -------
+    >>> from rbmem_tutorial.objective import RegressionObjective, parameters_vector
+    >>> lin = torch.nn.Linear(2, 1)
+    >>> obj = RegressionObjective(lin, torch.randn(30, 2), torch.randn(30, 1), 1.0, 1.0)
+    >>> post = fit_laplace(obj, parameters_vector(obj.model), "diag", prior_precision=2.0)
+    >>> post.sample(5, torch.Generator().manual_seed(0)).shape
+    torch.Size([5, 3])
+    """
+    cls = _STRUCTURES[check_choice("structure", structure, _STRUCTURES)]
+    return cls(objective, theta_map, prior_precision, scale=scale, chunk_size=chunk_size)
+
+
+def _scatter_layer(out, factors, matrix):
+    """Write augmented layer matrices [n, out, in(+1)] into flat vectors out [n, D]."""
+    n_in = factors.A.shape[0] - (factors.bias is not None)
+    out[:, factors.weight] = matrix[:, :, :n_in].reshape(matrix.shape[0], -1)
+    if factors.bias is not None:
+        out[:, factors.bias] = matrix[:, :, n_in]
