@@ -1,0 +1,141 @@
+"""Every built page of the book, loaded from disk in headless Chromium.
+
+Checks, per page: math is typeset (no raw TeX left), every image loads, every saved widget
+renders, and no JavaScript error comes from our pages. A screenshot of each page goes to
+``artifacts/screenshots/``.
+
+The pages exist only after the book is built (README command 1), so CI runs this module as its own
+step after the build with ``RBMEM_BROWSER_TEST=1``; then a missing build or browser is a failure.
+Without that variable the module is skipped when either is missing.
+"""
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+HTML = ROOT / "_build" / "html"
+SHOTS = ROOT / "artifacts" / "screenshots"
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+CHROMEDRIVER = shutil.which("chromedriver")
+REQUIRED = os.environ.get("RBMEM_BROWSER_TEST") == "1"
+
+missing = [
+    what for what, ok in [
+        ("the built book (_build/html)", (HTML / "index.html").is_file()),
+        ("chromium", CHROMIUM), ("chromedriver", CHROMEDRIVER),
+    ] if not ok
+]
+if missing and REQUIRED:
+    raise RuntimeError(f"browser test required but missing: {', '.join(missing)}")
+pytestmark = pytest.mark.skipif(bool(missing), reason=f"missing: {', '.join(missing)}")
+
+WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
+SKIP_PAGES = {"genindex.html", "search.html"}
+PAGES = sorted(
+    p for p in HTML.rglob("*.html")
+    if not {"_static", "_sources", "_images"} & set(p.relative_to(HTML).parts)
+    and p.name not in SKIP_PAGES
+) if HTML.is_dir() else []
+
+WAIT_FOR_MATH = """
+const done = arguments[arguments.length - 1];
+const ready = () => window.MathJax && MathJax.startup && MathJax.startup.promise;
+const start = Date.now();
+(function poll() {
+  if (ready()) { MathJax.startup.promise.then(() => done(true), () => done(false)); }
+  else if (!document.querySelector('.math')) { done(true); }
+  else if (Date.now() - start > 15000) { done(false); }
+  else { setTimeout(poll, 100); }
+})();
+"""
+
+
+@pytest.fixture(scope="module")
+def browser():
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic",
+                 "--no-first-run", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--window-size=1280,1600"):
+        options.add_argument(flag)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    driver = webdriver.Chrome(service=Service(executable_path=CHROMEDRIVER), options=options)
+    driver.set_script_timeout(30)
+    yield driver
+    driver.quit()
+
+
+def _ours(message: str) -> bool:
+    """A console error from one of our files (not from an unreachable external host)."""
+    return HTML.as_uri() in message or "file://" + str(HTML) in message
+
+
+def test_pages_were_found():
+    assert any(p.name == "index.html" for p in PAGES)
+    assert len(PAGES) >= 3, [p.name for p in PAGES]
+
+
+def _redirect_target(page: Path) -> Path | None:
+    """The page a bare ``<meta http-equiv="Refresh">`` page sends the reader to, if it is one."""
+    head = page.read_text()[:300]
+    if 'http-equiv="Refresh"' not in head:
+        return None
+    return page.parent / head.split("url=")[1].split('"')[0]
+
+
+@pytest.mark.parametrize("page", PAGES, ids=lambda p: str(p.relative_to(HTML)))
+def test_page_renders(browser, page):
+    target = _redirect_target(page)
+    if target is not None:
+        assert target.is_file(), f"{page.name} redirects to a missing page {target}"
+        return
+    browser.get_log("browser")  # drop messages from earlier pages
+    browser.get(page.as_uri())
+    assert browser.execute_async_script(WAIT_FOR_MATH), "MathJax did not finish typesetting"
+
+    raw_math = browser.execute_script("""
+        return [...document.querySelectorAll('.math')]
+            .filter(el => !el.querySelector('mjx-container'))
+            .map(el => el.textContent.slice(0, 60));
+    """)
+    assert not raw_math, f"untypeset math: {raw_math[:3]}"
+    text = browser.execute_script("return document.querySelector('main, body').innerText;")
+    for marker in ("$$", "\\begin{", "\\frac{"):
+        assert marker not in text, f"raw TeX {marker!r} left on the page"
+
+    broken = browser.execute_script("""
+        return [...document.images].filter(im => !(im.complete && im.naturalWidth > 0))
+            .map(im => im.getAttribute('src'));
+    """)
+    assert not broken, f"images that did not load: {broken}"
+
+    widgets = browser.execute_script(
+        f"return document.querySelectorAll('script[type=\"{WIDGET_VIEW}\"]').length;"
+    )
+    if widgets:
+        empty = browser.execute_async_script("""
+            const done = arguments[arguments.length - 1];
+            const start = Date.now();
+            (function poll() {
+              const views = [...document.querySelectorAll(
+                  'script[type="application/vnd.jupyter.widget-view+json"]')];
+              const rendered = '.jupyter-widgets, .widget-inline-hbox, .lm-Widget';
+              const empty = views.filter(v => !v.parentElement.querySelector(rendered));
+              if (!empty.length || Date.now() - start > 15000) { done(empty.length); }
+              else { setTimeout(poll, 200); }
+            })();
+        """)
+        assert empty == 0, f"{empty} of {widgets} saved widgets did not render"
+
+    errors = [e["message"] for e in browser.get_log("browser")
+              if e["level"] == "SEVERE" and _ours(e["message"])]
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    name = str(page.relative_to(HTML)).replace("/", "__").removesuffix(".html") + ".png"
+    browser.save_screenshot(str(SHOTS / name))
+    assert not errors, f"JavaScript errors from our pages: {errors}"
