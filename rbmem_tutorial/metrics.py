@@ -331,6 +331,11 @@ def generalisation_gap(
     size = min(len(train), len(test))
     near_train = _mean_nearest(generated, train, size, repeats, generator)
     near_test = _mean_nearest(generated, test, size, repeats, generator)
+    if near_test == 0:
+        raise ValueError(
+            "every generated sample coincides with a held-out point, so the ratio is undefined; "
+            "check that test is disjoint from generated."
+        )
     return GeneralisationGap(near_train, near_test, near_train / near_test)
 
 

@@ -256,6 +256,8 @@ def test_held_out_log_likelihood_of_closed_form_flows():
          "at least 4 row"),
         (lambda: generalisation_gap(torch.randn(3, 2), torch.randn(1, 2), torch.randn(5, 2)),
          ValueError, "at least 2 row"),
+        (lambda: generalisation_gap(torch.eye(2), torch.randn(2, 2), torch.eye(2)), ValueError,
+         "coincides"),
         (lambda: mmd2(torch.zeros(3, 2, dtype=torch.long), torch.randn(3, 2)), TypeError,
          "floating"),
     ],
