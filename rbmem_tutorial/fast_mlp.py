@@ -1,0 +1,199 @@
+"""Gradient and Hessian-vector product of an MLP regression loss in one hand-written pass.
+
+For ``nn.Sequential(Linear, act, Linear, ..., act, Linear)`` with ``act`` SiLU or Tanh and
+
+    L(θ) = 1/(2σ²) Σ_n ‖f_θ(z_n) − y_n‖² + (λ/2) ‖θ‖²,
+
+the gradient comes from backpropagation and the Hessian-vector product ``∇²L(θ) v`` from
+Pearlmutter's R-operator ``R{·} = d/dε (·)(θ + εv)|₀`` (Pearlmutter 1994, "Fast exact
+multiplication by the Hessian"), applied to every line of the forward and backward pass:
+
+    a_l = h_{l−1} W_lᵀ + b_l            R a_l = R h_{l−1} W_lᵀ + h_{l−1} V_lᵀ + c_l
+    h_l = φ(a_l)                        R h_l = φ'(a_l) R a_l
+    δ_L = (a_L − y)/σ²                  R δ_L = R a_L / σ²
+    ∂W_l = δ_lᵀ h_{l−1}                 R ∂W_l = R δ_lᵀ h_{l−1} + δ_lᵀ R h_{l−1}
+    e_l = δ_l W_l                       R e_l = R δ_l W_l + δ_l V_l
+    δ_{l−1} = φ'(a_{l−1}) e_l           R δ_{l−1} = φ''(a_{l−1}) R a_{l−1} e_l + φ'(a_{l−1}) R e_l
+
+with ``(V_l, c_l)`` the blocks of ``v``. The prior adds ``λθ`` and ``λv``. Explicit matmuls
+with leading batch dimensions let ``S`` parameter vectors (each with its own direction) share one
+pass, which is what batched geodesic solves need (:mod:`rbmem_tutorial.riemannian`).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from rbmem_tutorial._checks import check_positive, check_tensor
+
+
+def _silu(a):
+    s = torch.sigmoid(a)
+    return a * s, s * (1 + a * (1 - s)), s * (1 - s) * (2 + a * (1 - 2 * s))
+
+
+def _tanh(a):
+    t = torch.tanh(a)
+    d1 = 1 - t * t
+    return t, d1, -2 * t * d1
+
+
+ACTIVATIONS = {nn.SiLU: _silu, nn.Tanh: _tanh}
+
+
+def _layer_plan(model):
+    """``[(linear, activation or None), ...]`` for a supported MLP, else ``None``."""
+    if not isinstance(model, nn.Sequential) or len(model) % 2 == 0:
+        return None
+    linears, activations = list(model)[::2], list(model)[1::2]
+    if not all(type(layer) is nn.Linear for layer in linears):
+        return None
+    if not all(type(act) in ACTIVATIONS for act in activations):
+        return None
+    return list(zip(linears, [ACTIVATIONS[type(a)] for a in activations] + [None], strict=True))
+
+
+def supports_model(model) -> bool:
+    """True for ``nn.Sequential(Linear, SiLU|Tanh, Linear, ..., Linear)``."""
+    return _layer_plan(model) is not None
+
+
+def supports(objective) -> bool:
+    """True if ``objective`` is a plain ``RegressionObjective`` on a supported MLP.
+
+    Subclasses may change the loss, so only the exact class qualifies.
+    """
+    try:
+        from rbmem_tutorial.objective import RegressionObjective
+    except ImportError:
+        return False
+    return type(objective) is RegressionObjective and supports_model(objective.model)
+
+
+class MLPRegressionKernel:
+    """``(θ, v) ↦ (∇L(θ), ∇²L(θ) v)`` for the MLP regression loss in the module docstring.
+
+    Parameters
+    ----------
+    model : nn.Sequential
+        Linear layers separated by SiLU or Tanh; only its architecture is used, θ is flat in
+        ``model.named_parameters()`` order.
+    inputs, targets : Tensor
+        ``[N, in]`` and ``[N, out]`` regression pairs.
+    noise_std, prior_precision : float
+        σ and λ of the loss.
+
+    Example
+    -------
+    >>> import torch
+    >>> from torch import nn
+    >>> model = nn.Sequential(nn.Linear(3, 8), nn.SiLU(), nn.Linear(8, 2)).double()
+    >>> z, y = torch.randn(5, 3, dtype=torch.float64), torch.randn(5, 2, dtype=torch.float64)
+    >>> kernel = MLPRegressionKernel(model, z, y, noise_std=0.5, prior_precision=2.0)
+    >>> theta = torch.nn.utils.parameters_to_vector(model.parameters()).detach()
+    >>> grad, hvp = kernel.grad_and_hvp(theta, torch.ones_like(theta))
+    >>> grad.shape, hvp.shape
+    (torch.Size([50]), torch.Size([50]))
+    """
+
+    def __init__(self, model, inputs, targets, *, noise_std: float, prior_precision: float):
+        plan = _layer_plan(model)
+        if plan is None:
+            raise TypeError(
+                "model must be nn.Sequential(Linear, SiLU|Tanh, Linear, ..., Linear); use the "
+                "objective's own grad_and_hvp for other architectures."
+            )
+        self.inputs = check_tensor("inputs", inputs, ndim=2, min_rows=1)
+        self.targets = check_tensor("targets", targets, ndim=2, min_rows=1)
+        if len(self.inputs) != len(self.targets):
+            raise ValueError(
+                f"inputs and targets need the same number of rows, got {len(self.inputs)} "
+                f"and {len(self.targets)}."
+            )
+        self.noise_var = check_positive("noise_std", noise_std) ** 2
+        self.prior_precision = check_positive("prior_precision", prior_precision, allow_zero=True)
+        self.activations = [activation for _, activation in plan]
+        self.slices = []
+        offset = 0
+        for linear, _ in plan:
+            weight = (offset, offset + linear.weight.numel(), tuple(linear.weight.shape))
+            offset = weight[1]
+            bias = None
+            if linear.bias is not None:
+                bias = (offset, offset + linear.bias.numel())
+                offset = bias[1]
+            self.slices.append((weight, bias))
+        self.num_params = offset
+
+    @classmethod
+    def from_objective(cls, objective) -> MLPRegressionKernel:
+        """The kernel for a ``RegressionObjective`` that :func:`supports` accepts."""
+        return cls(
+            objective.model,
+            objective.inputs,
+            objective.targets,
+            noise_std=objective.noise_std,
+            prior_precision=objective.prior_precision,
+        )
+
+    def _blocks(self, flat):
+        """``[(W, b or None), ...]`` views of ``flat [..., D]``."""
+        blocks = []
+        for (start, stop, shape), bias in self.slices:
+            weight = flat[..., start:stop].unflatten(-1, shape)
+            blocks.append((weight, None if bias is None else flat[..., bias[0] : bias[1]]))
+        return blocks
+
+    def grad_and_hvp(self, theta, v) -> tuple[torch.Tensor, torch.Tensor]:
+        """Gradient at ``theta`` and Hessian-vector product with ``v`` (shapes broadcast).
+
+        ``theta`` and ``v`` are ``[..., D]``; leading dimensions batch independent points.
+        The gradient keeps the shape of ``theta`` (one point, several directions gives one
+        gradient). No input checks here: the geodesic solver calls this hundreds of times.
+        """
+        theta_shape = theta.shape
+        theta, v = torch.broadcast_tensors(theta, v)
+        params, tangents = self._blocks(theta), self._blocks(v)
+        h, rh = self.inputs, None
+        saved = []
+        for (weight, bias), (d_weight, d_bias), activation in zip(
+            params, tangents, self.activations, strict=True
+        ):
+            a, ra = h @ weight.mT, h @ d_weight.mT
+            if rh is not None:
+                ra = ra + rh @ weight.mT
+            if bias is not None:
+                a, ra = a + bias.unsqueeze(-2), ra + d_bias.unsqueeze(-2)
+            saved.append((h, rh))
+            if activation is not None:
+                h, d1, d2 = activation(a)
+                rh = d1 * ra
+                saved[-1] += (d1, d2, ra)
+        delta, r_delta = (a - self.targets) / self.noise_var, ra / self.noise_var
+        grads, hvps = [], []
+        for index in range(len(params) - 1, -1, -1):
+            h, rh = saved[index][:2]
+            grad_w, hvp_w = delta.mT @ h, r_delta.mT @ h
+            if rh is not None:
+                hvp_w = hvp_w + delta.mT @ rh
+            grads.append((grad_w.flatten(-2), delta.sum(-2)))
+            hvps.append((hvp_w.flatten(-2), r_delta.sum(-2)))
+            if index > 0:
+                weight, d_weight = params[index][0], tangents[index][0]
+                e, re = delta @ weight, r_delta @ weight + delta @ d_weight
+                d1, d2, ra = saved[index - 1][2:]
+                delta, r_delta = d1 * e, d2 * ra * e + d1 * re
+        grad = self._flatten(grads[::-1]) + self.prior_precision * theta
+        hvp = self._flatten(hvps[::-1]) + self.prior_precision * v
+        if grad.shape != theta_shape:  # theta was broadcast: every row is the same gradient
+            grad = grad.reshape(-1, self.num_params)[0].view(theta_shape)
+        return grad, hvp
+
+    def _flatten(self, blocks):
+        pieces = []
+        for (weight, bias), (_, bias_slice) in zip(blocks, self.slices, strict=True):
+            pieces.append(weight)
+            if bias_slice is not None:
+                pieces.append(bias)
+        return torch.cat(pieces, dim=-1)

@@ -1,0 +1,148 @@
+"""Tests for rbmem_tutorial.fast_mlp: the fused gradient + HVP against autograd in float64."""
+
+import doctest
+
+import pytest
+import torch
+from torch import nn
+
+from rbmem_tutorial import fast_mlp
+from rbmem_tutorial.fast_mlp import MLPRegressionKernel, supports_model
+
+F64 = torch.float64
+
+
+def mlp(activation, widths, bias=True):
+    torch.manual_seed(0)
+    layers = []
+    for width_in, width_out in zip(widths[:-1], widths[1:], strict=True):
+        layers += [nn.Linear(width_in, width_out, bias=bias), activation()]
+    return nn.Sequential(*layers[:-1]).double()
+
+
+def reference_loss(model, inputs, targets, noise_std, prior_precision):
+    """L(θ) = 1/(2σ²) Σ‖f_θ(z) − y‖² + λ/2 ‖θ‖² through torch.func.functional_call."""
+    names = [name for name, _ in model.named_parameters()]
+    shapes = [p.shape for p in model.parameters()]
+
+    def loss(theta):
+        chunks = torch.split(theta, [s.numel() for s in shapes])
+        params = {n: c.view(s) for n, c, s in zip(names, chunks, shapes, strict=True)}
+        residual = torch.func.functional_call(model, params, (inputs,)) - targets
+        return 0.5 * (residual**2).sum() / noise_std**2 + 0.5 * prior_precision * theta @ theta
+
+    return loss
+
+
+def setup(model, n=17, noise_std=0.3, prior_precision=2.0):
+    g = torch.Generator().manual_seed(1)
+    inputs = torch.randn(n, model[0].in_features, generator=g, dtype=F64)
+    targets = torch.randn(n, model[-1].out_features, generator=g, dtype=F64)
+    kernel = MLPRegressionKernel(
+        model, inputs, targets, noise_std=noise_std, prior_precision=prior_precision
+    )
+    loss = reference_loss(model, inputs, targets, noise_std, prior_precision)
+    theta = torch.nn.utils.parameters_to_vector(model.parameters()).detach()
+    return kernel, loss, theta
+
+
+def autograd_grad_and_hvp(loss, theta, v):
+    point = theta.clone().requires_grad_(True)
+    (grad,) = torch.autograd.grad(loss(point), point, create_graph=True)
+    (hvp,) = torch.autograd.grad(grad, point, grad_outputs=v)
+    return grad.detach(), hvp
+
+
+def assert_relative(got, expected, tol=1e-10):
+    error = (got - expected).abs().max() / expected.abs().max()
+    assert error < tol, f"relative error {float(error):.2e}"
+
+
+@pytest.mark.parametrize("activation", [nn.SiLU, nn.Tanh])
+@pytest.mark.parametrize("widths", [(3, 8, 2), (3, 16, 16, 2), (4, 7, 5, 6, 3)])
+@pytest.mark.parametrize("bias", [True, False])
+def test_matches_autograd(activation, widths, bias):
+    kernel, loss, theta = setup(mlp(activation, widths, bias))
+    g = torch.Generator().manual_seed(2)
+    theta = theta + 0.5 * torch.randn(theta.shape, generator=g, dtype=F64)  # away from init
+    v = torch.randn(theta.shape, generator=g, dtype=F64)
+    grad, hvp = kernel.grad_and_hvp(theta, v)
+    expected_grad, expected_hvp = autograd_grad_and_hvp(loss, theta, v)
+    assert_relative(grad, expected_grad)
+    assert_relative(hvp, expected_hvp)
+
+
+@pytest.mark.parametrize("activation", [nn.SiLU, nn.Tanh])
+def test_batched_points_and_directions(activation):
+    kernel, loss, theta = setup(mlp(activation, (3, 16, 16, 2)))
+    g = torch.Generator().manual_seed(3)
+    thetas = theta + 0.3 * torch.randn(4, len(theta), generator=g, dtype=F64)
+    vs = torch.randn(4, len(theta), generator=g, dtype=F64)
+    grads, hvps = kernel.grad_and_hvp(thetas, vs)
+    for row in range(4):
+        expected_grad, expected_hvp = autograd_grad_and_hvp(loss, thetas[row], vs[row])
+        assert_relative(grads[row], expected_grad)
+        assert_relative(hvps[row], expected_hvp)
+    # one point, several directions: one gradient, one HVP per direction
+    grad, hvps = kernel.grad_and_hvp(thetas[0], vs)
+    assert grad.shape == theta.shape and hvps.shape == vs.shape
+    assert_relative(grad, autograd_grad_and_hvp(loss, thetas[0], vs[0])[0])
+    assert_relative(hvps[2], autograd_grad_and_hvp(loss, thetas[0], vs[2])[1])
+
+
+def test_prior_only_when_network_is_flat():
+    """With zero targets and zero weights the data term vanishes: grad = λθ, HVP = λv + GN."""
+    model = mlp(nn.Tanh, (2, 3, 1))
+    kernel = MLPRegressionKernel(
+        model, torch.zeros(5, 2, dtype=F64), torch.zeros(5, 1, dtype=F64),
+        noise_std=1.0, prior_precision=3.0,
+    )
+    theta = torch.zeros(kernel.num_params, dtype=F64)
+    v = torch.ones(kernel.num_params, dtype=F64)
+    grad, hvp = kernel.grad_and_hvp(theta, v)
+    assert torch.equal(grad, torch.zeros_like(grad))
+    # f = W2 tanh(W1 z + b1) + b2 with z = 0, θ = 0: only the output bias moves f, by 1 per row
+    expected = 3.0 * v
+    expected[-1] += 5.0  # Σ_n (∂f/∂b2)² v_b2 / σ² = 5
+    torch.testing.assert_close(hvp, expected)
+
+
+@pytest.mark.parametrize(
+    "model",
+    [
+        nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2)),
+        nn.Sequential(nn.SiLU(), nn.Linear(3, 2)),
+        nn.Sequential(nn.Linear(3, 4), nn.SiLU()),
+        nn.Sequential(nn.Linear(3, 4), nn.Linear(4, 2), nn.Linear(2, 2)),
+        nn.Sequential(nn.Sequential(nn.Linear(3, 2))),
+        nn.Linear(3, 2),
+    ],
+)
+def test_unsupported_models(model):
+    assert not supports_model(model)
+    with pytest.raises(TypeError, match="nn.Sequential"):
+        MLPRegressionKernel(model, torch.zeros(2, 3), torch.zeros(2, 2), noise_std=1.0,
+                            prior_precision=1.0)
+
+
+def test_supported_models():
+    assert supports_model(nn.Sequential(nn.Linear(3, 2)))
+    assert supports_model(mlp(nn.Tanh, (3, 4, 4, 2)))
+    assert not fast_mlp.supports(lambda theta: theta.sum())
+
+
+def test_bad_inputs():
+    model = mlp(nn.SiLU, (3, 4, 2))
+    with pytest.raises(ValueError, match="same number of rows"):
+        MLPRegressionKernel(model, torch.zeros(4, 3, dtype=F64), torch.zeros(5, 2, dtype=F64),
+                            noise_std=1.0, prior_precision=1.0)
+    with pytest.raises(ValueError, match="noise_std"):
+        MLPRegressionKernel(model, torch.zeros(4, 3, dtype=F64), torch.zeros(4, 2, dtype=F64),
+                            noise_std=0.0, prior_precision=1.0)
+    with pytest.raises(ValueError, match="NaN"):
+        MLPRegressionKernel(model, torch.full((4, 3), float("nan")), torch.zeros(4, 2),
+                            noise_std=1.0, prior_precision=1.0)
+
+
+def test_docstring_examples_run():
+    assert doctest.testmod(fast_mlp, raise_on_error=True).attempted > 0
