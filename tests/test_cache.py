@@ -1,0 +1,33 @@
+"""Cache keys and atomic writes."""
+
+import pytest
+import torch
+
+from rbmem_tutorial.cache import cache_dir, digest, save_atomic
+
+
+def test_digest_depends_on_tensor_contents_not_identity():
+    a = torch.arange(4.0)
+    assert digest({"t": a}) == digest({"t": a.clone()})
+    assert digest({"t": a}) != digest({"t": a + torch.tensor([0, 0, 0, 1.0])})
+    assert digest({"t": a}) != digest({"t": a.double()})
+    assert digest({"x": 1, "y": 2}) == digest({"y": 2, "x": 1})
+
+
+def test_digest_rejects_unhashable_values():
+    with pytest.raises(TypeError, match="cannot hash"):
+        digest({"f": object()})
+
+
+def test_save_atomic_round_trip_leaves_no_temporary(tmp_path):
+    path = tmp_path / "sub" / "record.pt"
+    save_atomic({"x": torch.ones(3)}, path)
+    assert torch.equal(torch.load(path)["x"], torch.ones(3))
+    assert [p.name for p in path.parent.iterdir()] == ["record.pt"]
+
+
+def test_cache_dir_follows_the_environment(tmp_path, monkeypatch):
+    monkeypatch.setenv("RBMEM_CACHE", str(tmp_path))
+    assert cache_dir() == tmp_path
+    monkeypatch.delenv("RBMEM_CACHE")
+    assert cache_dir().name == "rbmem_tutorial"
