@@ -488,15 +488,14 @@ class RegressionObjective:
                 a = torch.cat([a, torch.ones_like(a[:, :1])], dim=1)
             acts.append(a)
             layer_outputs.append(s)
+        # Examples do not interact, so one backward pass of Σ_n f_θ(z_n)_j gives g_{n,j} for all n.
         per_output = [
             torch.autograd.grad(outputs[:, j].sum(), layer_outputs, retain_graph=True)
             for j in range(outputs.shape[1])
         ]
-        grads = [
-            torch.stack([per_output[j][k].reshape(-1, module.out_features) for j in
-                         range(outputs.shape[1])])
-            for k, (_, module, _, _) in enumerate(layers)
-        ]
+        grads = []
+        for k, (_, module, _, _) in enumerate(layers):
+            grads.append(torch.stack([g[k].reshape(-1, module.out_features) for g in per_output]))
         return acts, grads
 
 

@@ -4,6 +4,7 @@ import math
 
 import pytest
 import torch
+from conftest import cuda
 from torch import nn
 
 from rbmem_tutorial.laplace import (
@@ -258,3 +259,16 @@ def test_bad_input_gets_a_clear_error(mlp_problem):
         optimal_prior_precision(torch.zeros(3), 1.0)
     with pytest.raises(ValueError, match="theta_sq_norm"):
         optimal_prior_precision(torch.ones(3), 0.0)
+
+
+@cuda
+@pytest.mark.parametrize("structure", STRUCTURES)
+def test_cuda_follows_the_objective(mlp_problem, structure):
+    obj, theta, _ = mlp_problem
+    gpu = RegressionObjective(obj.model, obj.inputs.cuda(), obj.targets.cuda(), SIGMA.cuda(), 1.0)
+    post = fit_laplace(gpu, theta.cuda(), structure, prior_precision=2.0)
+    reference = fit_laplace(obj, theta, structure, prior_precision=2.0)
+    samples = post.sample(3, torch.Generator().manual_seed(0))
+    assert samples.device.type == "cuda" and post.sample(2).device.type == "cuda"
+    torch.testing.assert_close(post.variance.cpu(), reference.variance)
+    assert post.log_marginal_likelihood() == pytest.approx(reference.log_marginal_likelihood())

@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+from conftest import cuda
 from torch import nn
 
 from rbmem_tutorial.objective import (
@@ -186,7 +187,10 @@ def test_kfac_factors_of_an_mlp():
     augmented = torch.cat([z, torch.ones(len(z), 1, dtype=torch.float64)], dim=1)
     torch.testing.assert_close(first.A, augmented.T @ augmented / len(z))
     assert (first.weight, first.bias, last.weight, last.bias) == (
-        slice(0, 15), slice(15, 20), slice(20, 30), slice(30, 32)
+        slice(0, 15),
+        slice(15, 20),
+        slice(20, 30),
+        slice(30, 32),
     )
     # The output layer's block is exact: its output gradients are the unit vectors.
     dense = kfac_dense([last], obj.num_params, obj.num_examples)
@@ -294,3 +298,17 @@ def test_the_callers_model_is_left_alone():
     obj = RegressionObjective(model, z, y, 1.0, 1.0)
     refine_map(obj, parameters_vector(obj.model))
     assert model.weight.dtype == torch.float32 and torch.equal(parameters_vector(model), before)
+
+
+@cuda
+def test_cuda_follows_the_inputs():
+    cpu = objective()
+    z, y = data()
+    gpu = RegressionObjective(mlp(), z.cuda(), y.cuda(), NOISE_FLAVOURS["scalar"], 1.3)
+    theta = parameters_vector(cpu.model)
+    for method in ("grad", "ggn_diagonal"):
+        result = getattr(gpu, method)(theta.cuda())
+        assert result.device.type == "cuda"
+        torch.testing.assert_close(result.cpu(), getattr(cpu, method)(theta))
+    factors = gpu.kronecker_factors(theta)
+    assert factors[0].A.device.type == "cuda"

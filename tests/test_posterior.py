@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+from conftest import cuda
 from torch import nn
 from torch.func import functional_call
 from torchdiffeq import odeint
@@ -66,7 +67,7 @@ def test_one_adaptive_solve_matches_separate_solves(model):
     assert joint.shape == (3, 5, 2) and joint.dtype == torch.float64
     for theta, end in zip(thetas, joint, strict=True):
         reference = solve_one(model, theta, start, method="dopri5", rtol=1e-11, atol=1e-11)
-        torch.testing.assert_close(end, reference, rtol=0, atol=1e-5)
+        torch.testing.assert_close(end, reference, rtol=0, atol=1e-6)
 
 
 @pytest.mark.parametrize("method", ["rk4", "euler"])
@@ -153,3 +154,12 @@ def test_bad_input_gets_a_clear_error(model):
         velocity_uncertainty(model, thetas[:1], start, torch.tensor([0.0]))
     with pytest.raises(TypeError, match="torch.nn.Module"):
         generate(lambda x, t: x, thetas, start)
+
+
+@cuda
+def test_cuda_follows_the_samples(model):
+    thetas, start = theta_samples(model), x0()
+    cpu = generate(model, thetas, start, method="rk4", step_size=0.1)
+    gpu = generate(model, thetas.cuda(), start, method="rk4", step_size=0.1)
+    assert gpu.device.type == "cuda"
+    torch.testing.assert_close(gpu.cpu(), cpu)
