@@ -18,6 +18,10 @@ multiplication by the Hessian"), applied to every line of the forward and backwa
 with ``(V_l, c_l)`` the blocks of ``v``. The prior adds ``λθ`` and ``λv``. Explicit matmuls
 with leading batch dimensions let ``S`` parameter vectors (each with its own direction) share one
 pass, which is what batched geodesic solves need (:mod:`rbmem_tutorial.riemannian`).
+
+A :class:`~rbmem_tutorial.nets.RegressionAdapter` around a
+:class:`~rbmem_tutorial.nets.VelocityMLP` is supported too: its fixed input features of
+``z = [x_t, t]`` are computed once and its ``net`` is the Sequential above.
 """
 
 from __future__ import annotations
@@ -26,6 +30,8 @@ import torch
 from torch import nn
 
 from rbmem_tutorial._checks import check_positive, check_tensor
+from rbmem_tutorial.nets import RegressionAdapter, VelocityMLP
+from rbmem_tutorial.objective import RegressionObjective
 
 
 def _silu(a):
@@ -42,8 +48,23 @@ def _tanh(a):
 ACTIVATIONS = {nn.SiLU: _silu, nn.Tanh: _tanh}
 
 
+def _sequential(model):
+    """The ``nn.Sequential`` that computes ``model`` (after fixed input features)."""
+    if isinstance(model, RegressionAdapter) and type(model.velocity_net) is VelocityMLP:
+        return model.velocity_net.net
+    return model
+
+
+def _network_inputs(model, inputs):
+    """What the Sequential of ``model`` sees for regression inputs ``z``."""
+    if model is _sequential(model):
+        return inputs
+    return model.velocity_net.features(inputs[:, :-1], inputs[:, -1])
+
+
 def _layer_plan(model):
     """``[(linear, activation or None), ...]`` for a supported MLP, else ``None``."""
+    owner, model = model, _sequential(model)
     if not isinstance(model, nn.Sequential) or len(model) % 2 == 0:
         return None
     linears, activations = list(model)[::2], list(model)[1::2]
@@ -51,11 +72,14 @@ def _layer_plan(model):
         return None
     if not all(type(act) in ACTIVATIONS for act in activations):
         return None
+    if sum(p.numel() for p in model.parameters()) != sum(p.numel() for p in owner.parameters()):
+        return None
     return list(zip(linears, [ACTIVATIONS[type(a)] for a in activations] + [None], strict=True))
 
 
 def supports_model(model) -> bool:
-    """True for ``nn.Sequential(Linear, SiLU|Tanh, Linear, ..., Linear)``."""
+    """True for ``nn.Sequential(Linear, SiLU|Tanh, Linear, ..., Linear)``, bare or as the
+    ``net`` of a ``VelocityMLP`` inside a ``RegressionAdapter``."""
     return _layer_plan(model) is not None
 
 
@@ -64,11 +88,19 @@ def supports(objective) -> bool:
 
     Subclasses may change the loss, so only the exact class qualifies.
     """
-    try:
-        from rbmem_tutorial.objective import RegressionObjective
-    except ImportError:
-        return False
     return type(objective) is RegressionObjective and supports_model(objective.model)
+
+
+def _noise_variance(noise_std, targets):
+    if not isinstance(noise_std, torch.Tensor) or noise_std.ndim == 0:
+        return check_positive("noise_std", noise_std) ** 2
+    noise_std = check_tensor("noise_std", noise_std, ndim=1)
+    if noise_std.shape != targets.shape[1:] or not bool((noise_std > 0).all()):
+        raise ValueError(
+            f"noise_std must be positive, one number or one per output [{targets.shape[1]}], "
+            f"got {noise_std.tolist()}."
+        )
+    return noise_std.to(targets) ** 2
 
 
 class MLPRegressionKernel:
@@ -76,13 +108,15 @@ class MLPRegressionKernel:
 
     Parameters
     ----------
-    model : nn.Sequential
-        Linear layers separated by SiLU or Tanh; only its architecture is used, θ is flat in
-        ``model.named_parameters()`` order.
+    model : nn.Module
+        Linear layers separated by SiLU or Tanh (see :func:`supports_model`); only its
+        architecture is used, θ is flat in ``model.named_parameters()`` order.
     inputs, targets : Tensor
         ``[N, in]`` and ``[N, out]`` regression pairs.
-    noise_std, prior_precision : float
-        σ and λ of the loss.
+    noise_std : float or Tensor
+        σ, one number or one per output ``[out]``.
+    prior_precision : float
+        λ.
 
     Example
     -------
@@ -104,14 +138,16 @@ class MLPRegressionKernel:
                 "model must be nn.Sequential(Linear, SiLU|Tanh, Linear, ..., Linear); use the "
                 "objective's own grad_and_hvp for other architectures."
             )
-        self.inputs = check_tensor("inputs", inputs, ndim=2, min_rows=1)
+        inputs = check_tensor("inputs", inputs, ndim=2, min_rows=1)
         self.targets = check_tensor("targets", targets, ndim=2, min_rows=1)
-        if len(self.inputs) != len(self.targets):
+        if len(inputs) != len(self.targets):
             raise ValueError(
-                f"inputs and targets need the same number of rows, got {len(self.inputs)} "
+                f"inputs and targets need the same number of rows, got {len(inputs)} "
                 f"and {len(self.targets)}."
             )
-        self.noise_var = check_positive("noise_std", noise_std) ** 2
+        with torch.no_grad():
+            self.inputs = _network_inputs(model, inputs)
+        self.noise_var = _noise_variance(noise_std, self.targets)
         self.prior_precision = check_positive("prior_precision", prior_precision, allow_zero=True)
         self.activations = [activation for _, activation in plan]
         self.slices = []

@@ -8,6 +8,8 @@ from torch import nn
 
 from rbmem_tutorial import fast_mlp
 from rbmem_tutorial.fast_mlp import MLPRegressionKernel, supports_model
+from rbmem_tutorial.nets import RegressionAdapter, VelocityMLP
+from rbmem_tutorial.objective import RegressionObjective, parameters_vector
 
 F64 = torch.float64
 
@@ -146,3 +148,53 @@ def test_bad_inputs():
 
 def test_docstring_examples_run():
     assert doctest.testmod(fast_mlp, raise_on_error=True).attempted > 0
+
+
+# --- the kernel behind a RegressionObjective --------------------------------------------------
+
+
+def objective_for(model, noise_std=0.4, n=13):
+    g = torch.Generator().manual_seed(5)
+    inputs = torch.randn(n, 3, generator=g, dtype=F64)
+    inputs[:, -1] = torch.rand(n, generator=g, dtype=F64)  # the time column of z = [x_t, t]
+    targets = torch.randn(n, 2, generator=g, dtype=F64)
+    return RegressionObjective(model, inputs, targets, noise_std, 1.5)
+
+
+@pytest.mark.parametrize(
+    "model",
+    [
+        lambda: mlp(nn.SiLU, (3, 16, 16, 2)),
+        lambda: RegressionAdapter(VelocityMLP(2, hidden=(16, 16))),
+        lambda: RegressionAdapter(VelocityMLP(2, hidden=(8,), activation="tanh", time_features=2)),
+    ],
+)
+@pytest.mark.parametrize("noise_std", [0.4, torch.tensor([0.3, 0.7])])
+def test_matches_regression_objective(model, noise_std):
+    torch.manual_seed(0)
+    objective = objective_for(model(), noise_std)
+    assert fast_mlp.supports(objective)
+    kernel = MLPRegressionKernel.from_objective(objective)
+    g = torch.Generator().manual_seed(6)
+    theta = parameters_vector(objective.model) + 0.3 * torch.randn(
+        objective.num_params, generator=g, dtype=F64
+    )
+    vs = torch.randn(3, objective.num_params, generator=g, dtype=F64)
+    expected_grad, expected_hvps = objective.grad_and_hvp(theta, vs)
+    grad, hvps = kernel.grad_and_hvp(theta, vs)
+    assert_relative(grad, expected_grad)
+    assert_relative(hvps, expected_hvps)
+
+
+def test_supports_only_plain_objectives_on_mlps():
+    torch.manual_seed(0)
+
+    class Tempered(RegressionObjective):
+        """A subclass may change the loss, so the kernel must not claim it."""
+
+    inputs, targets = torch.randn(5, 3, dtype=F64), torch.randn(5, 2, dtype=F64)
+    relu = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2))
+    silu = mlp(nn.SiLU, (3, 4, 2))
+    assert not fast_mlp.supports(RegressionObjective(relu, inputs, targets, 1.0, 1.0))
+    assert not fast_mlp.supports(Tempered(silu, inputs, targets, 1.0, 1.0))
+    assert fast_mlp.supports(RegressionObjective(silu, inputs, targets, 1.0, 1.0))

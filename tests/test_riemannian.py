@@ -7,7 +7,8 @@ import torch
 from conftest import cuda
 from torch import nn
 
-from rbmem_tutorial import riemannian
+from rbmem_tutorial import fast_mlp, riemannian
+from rbmem_tutorial.objective import RegressionObjective, parameters_vector
 from rbmem_tutorial.riemannian import (
     GeodesicSolveError,
     RiemannianLaplace,
@@ -268,33 +269,12 @@ def test_grad_and_hvp_output_is_checked():
 # --- the linearised variant -------------------------------------------------------------------
 
 
-class TinyRegression:
-    """L(θ) = 1/(2σ²) Σ‖f_θ(z) − y‖² + λ/2 ‖θ‖², written plainly as the reference."""
-
-    def __init__(self, model, inputs, targets, noise_std=0.5, prior_precision=2.0):
-        self.model, self.inputs, self.targets = model, inputs, targets
-        self.noise_std, self.prior_precision = noise_std, prior_precision
-        self.names = [name for name, _ in model.named_parameters()]
-        self.shapes = [p.shape for p in model.parameters()]
-
-    def predict(self, theta):
-        chunks = torch.split(theta, [s.numel() for s in self.shapes])
-        params = {n: c.view(s) for n, c, s in zip(self.names, chunks, self.shapes, strict=True)}
-        return torch.func.functional_call(self.model, params, (self.inputs,))
-
-    def __call__(self, theta):
-        residual = self.predict(theta) - self.targets
-        data = 0.5 * (residual**2).sum() / self.noise_std**2
-        return data + 0.5 * self.prior_precision * (theta**2).sum()
-
-
 def regression(model, seed=0, n=12, noise_std=0.5):
     g = torch.Generator().manual_seed(seed)
-    model = model.double()
     inputs = torch.randn(n, model[0].in_features, generator=g, dtype=F64)
     targets = torch.randn(n, model[-1].out_features, generator=g, dtype=F64)
-    theta = torch.nn.utils.parameters_to_vector(model.parameters()).detach()
-    return TinyRegression(model, inputs, targets, noise_std), theta
+    objective = RegressionObjective(model, inputs, targets, noise_std, 2.0)
+    return objective, parameters_vector(objective.model)
 
 
 def small_mlp():
@@ -318,7 +298,7 @@ def test_linearised_derivatives_match_autodiff_of_its_value():
     torch.testing.assert_close(hessian, ggn, rtol=1e-10, atol=1e-10)
     # at θ* the linearised loss and its gradient agree with the full ones
     torch.testing.assert_close(lin.value(theta_star), objective(theta_star))
-    torch.testing.assert_close(lin.grad(theta_star), torch.func.grad(objective)(theta_star))
+    torch.testing.assert_close(lin.grad(theta_star), objective.grad(theta_star))
 
 
 def test_linearised_batched_grad_and_hvp():
@@ -358,6 +338,25 @@ def test_linearised_differs_for_a_nonlinear_model():
 def test_linearised_needs_a_regression_objective():
     with pytest.raises(TypeError, match="plain loss function"):
         linearised_objective(lambda th: (th**2).sum(), torch.zeros(2, dtype=F64))
+
+
+class MethodOnly:
+    """The objective's own ``grad_and_hvp`` (torch.func), hiding it from the fast kernel."""
+
+    def __init__(self, objective):
+        self.grad_and_hvp = objective.grad_and_hvp
+
+
+def test_regression_objective_uses_the_fast_kernel_and_agrees():
+    objective, theta_star = regression(small_mlp(), noise_std=2.0)
+    derivatives = riemannian._Derivatives(objective, theta_star)
+    assert isinstance(derivatives._single.__self__, fast_mlp.MLPRegressionKernel)
+    v = random_point(len(theta_star), 11, rows=2)
+    options = {"rtol": 1e-6, "atol": 1e-6}
+    fast = exp_map(objective, theta_star, v, **options).endpoints
+    for other in (objective.value, MethodOnly(objective)):  # double backward, forward-over-reverse
+        torch.testing.assert_close(exp_map(other, theta_star, v, **options).endpoints, fast,
+                                   rtol=0, atol=1e-9)
 
 
 # --- the sampler ------------------------------------------------------------------------------
