@@ -44,7 +44,7 @@ LOOSE_C = 1 / 3
 """The poster's squared form with c = 1/3: memorised when d1² <= d2²/3 (ratio below 0.577)."""
 
 DEFAULT_CHUNK_SIZE = 2048
-_EXACT_BUDGET = 1 << 22  # float64 entries per exact-recompute piece (32 MiB)
+_EXACT_BUDGET = 1 << 22  # float64 entries per exact-recompute piece (32 MiB, reused)
 
 
 class NearestTwo(NamedTuple):
@@ -86,17 +86,20 @@ def _unit_roundoff(dtype: torch.dtype, device: torch.device) -> float:
 def _screen(g: torch.Tensor, t: torch.Tensor, k: int, chunk: int):
     """Running top-k of ``‖t_j‖² − 2 g·t_j`` (the squared distance minus the row constant ‖g‖²).
 
-    Loops over chunks of both ``g`` and ``t``, so memory stays at one ``chunk × chunk`` block.
-    Returns the k smallest values and their training indices, each ``[M, k]``.
+    Loops over chunks of both ``g`` and ``t`` and reuses one ``chunk × chunk`` block buffer,
+    so memory stays at that block. Returns the k smallest values and their training indices,
+    each ``[M, k]``.
     """
     t_sq = t.pow(2).sum(1)
+    buffer = g.new_empty(min(chunk, len(g)) * min(chunk, len(t)))
     values, indices = [], []
     for g_chunk in g.split(chunk):
         best_v = g_chunk.new_full((len(g_chunk), k), math.inf)
         best_i = torch.zeros((len(g_chunk), k), dtype=torch.long, device=g.device)
         for start in range(0, len(t), chunk):
             t_chunk = t[start : start + chunk]
-            block = torch.addmm(t_sq[start : start + chunk], g_chunk, t_chunk.T, alpha=-2)
+            block = buffer[: len(g_chunk) * len(t_chunk)].view(len(g_chunk), len(t_chunk))
+            torch.addmm(t_sq[start : start + chunk], g_chunk, t_chunk.T, alpha=-2, out=block)
             v, j = block.topk(min(k, len(t_chunk)), dim=1, largest=False, sorted=False)
             v, j = torch.cat([best_v, v], 1), torch.cat([best_i, j + start], 1)
             best_v, pos = v.topk(k, dim=1, largest=False, sorted=False)
@@ -107,14 +110,23 @@ def _screen(g: torch.Tensor, t: torch.Tensor, k: int, chunk: int):
 
 
 def _exact_sq(generated: torch.Tensor, train: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
-    """``‖generated_m − train_idx[m, j]‖²`` computed from differences in float64, in pieces."""
-    rows = max(1, _EXACT_BUDGET // (idx.shape[1] * generated.shape[1]))
-    pieces = []
-    for start in range(0, len(generated), rows):
-        g = generated[start : start + rows].double()
-        cand = train[idx[start : start + rows]].double()
-        pieces.append((cand - g[:, None, :]).pow(2).sum(-1))
-    return torch.cat(pieces)
+    """``‖generated_m − train_idx[m, j]‖²`` from float64 differences, in pieces.
+
+    The candidates are gathered into reused buffers, so no large tensor is allocated per piece.
+    """
+    k, d = idx.shape[1], train.shape[1]
+    rows = max(1, _EXACT_BUDGET // (k * d))
+    gathered = train.new_empty(min(rows, len(idx)) * k, d)
+    diff = torch.empty(gathered.shape, dtype=torch.float64, device=train.device)
+    out = torch.empty(idx.shape, dtype=torch.float64, device=train.device)
+    for start in range(0, len(idx), rows):
+        flat = idx[start : start + rows].reshape(-1)
+        n = len(flat)
+        torch.index_select(train, 0, flat, out=gathered[:n])
+        piece = diff[:n].copy_(gathered[:n]).view(-1, k, d)
+        piece.sub_(generated[start : start + rows, None, :].double())
+        out[start : start + rows] = torch.linalg.vector_norm(piece, dim=-1).pow_(2)
+    return out
 
 
 def _centred(x: torch.Tensor, center: torch.Tensor, dtype: torch.dtype, chunk: int):
