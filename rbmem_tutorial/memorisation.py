@@ -75,11 +75,15 @@ def _screen_dtype(generated: torch.Tensor, train: torch.Tensor) -> torch.dtype:
     return torch.float64 if wide else torch.float32
 
 
-def _unit_roundoff(dtype: torch.dtype, device: torch.device) -> float:
-    """Unit roundoff of the screening matmul, TF32 included when CUDA allows it."""
-    tf32 = device.type == "cuda" and torch.backends.cuda.matmul.allow_tf32
-    if dtype == torch.float32 and tf32:
-        return 2.0**-11
+_REDUCED_ROUNDOFF = {"high": 2.0**-11, "medium": 2.0**-8}  # TF32 and bfloat16 mantissas
+
+
+def _unit_roundoff(dtype: torch.dtype) -> float:
+    """Unit roundoff of the screening matmul, counting the reduced precision that
+    ``torch.set_float32_matmul_precision("high" or "medium")`` allows for float32."""
+    reduced = _REDUCED_ROUNDOFF.get(torch.get_float32_matmul_precision())
+    if dtype == torch.float32 and reduced is not None:
+        return reduced
     return torch.finfo(dtype).eps / 2
 
 
@@ -150,7 +154,7 @@ def _search(generated, train, k: int, chunk: int, dtype: torch.dtype):
     idx = idx.gather(1, order)
     g_sq = g.pow(2).sum(1).double()
     t_sq_max = t.pow(2).sum(1).max().double()
-    u = _unit_roundoff(dtype, generated.device)
+    u = _unit_roundoff(dtype)
     err = (2 * g.shape[1] + 16) * u * (g_sq + t_sq_max)
     level = g_sq + values.double().max(1).values - err
     certified = (k == len(train)) | (exact_sq[:, 1] <= level)

@@ -84,6 +84,22 @@ def test_rows_the_float32_screen_gets_wrong_are_redone_in_float64(generator):
     assert torch.equal(nt.i1, indices[:, 0]) and torch.equal(nt.i2, indices[:, 1])
 
 
+def test_reduced_precision_matmuls_are_still_exact(generator):
+    """Under TF32/bfloat16 float32 matmuls the bound widens and uncertain rows are redone."""
+    train = torch.randn(300, 64, generator=generator)
+    generated = torch.cat([train[:10] + 1e-6, torch.randn(30, 64, generator=generator)])
+    values, indices = brute_force(generated, train)
+    previous = torch.get_float32_matmul_precision()
+    try:
+        torch.set_float32_matmul_precision("medium")
+        assert mem._unit_roundoff(torch.float32) == 2.0**-8
+        nt = nearest_two(generated, train)
+    finally:
+        torch.set_float32_matmul_precision(previous)
+    torch.testing.assert_close(nt.d2, values[:, 1], rtol=1e-12, atol=0)
+    assert torch.equal(nt.i1, indices[:, 0])
+
+
 def test_memory_stays_within_one_chunk_block(generator, monkeypatch):
     blocks = []
     addmm = torch.addmm
