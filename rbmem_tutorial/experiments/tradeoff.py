@@ -1,0 +1,301 @@
+"""The trade-off study: memorisation against sample quality, per posterior and scale.
+
+For each training seed the study trains the MAP velocity net (and an early-stopped one), builds
+the frozen objective and a Laplace posterior (:func:`rbmem_tutorial.pipeline.fit_flow_posterior`),
+then fills one *cell* per (method, scale, training seed, sampling seed):
+
+- ``map``: the refined mode θ*; ``early-stop``: the net after ``early_steps`` SGD steps;
+- ``isotropic``: θ* + α s̄ z, isotropic weight noise with the Laplace posterior's mean variance
+  s̄² per parameter (the same total variance as ``laplace`` at the same α);
+- ``laplace``: θ* + v with v = α Σ^{1/2} z (Euclidean Laplace);
+- ``riemannian``: Exp_θ*(v) along geodesics of the loss surface, for the same v;
+- ``riemannian-linearised``: the same on the loss of the net linearised at θ*.
+
+All parameter samples of a cell generate from the same x_0, and ``laplace`` and the geodesic
+methods share their z draws at every scale, so methods are compared on paired draws. Every
+random draw is seeded from the cell's own coordinates: a cell's numbers do not depend on which
+other cells ran, in what order, or on how many processes.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .._checks import check_choice, check_positive, check_positive_int
+from ..data import DATASETS, TOY_DATASETS, sample_dataset
+from ..memorisation import memorisation_report
+from ..metrics import quality_report
+from ..objective import parameters_vector
+from ..pipeline import fit_flow_posterior
+from ..posterior import generate
+from ..reference import REFERENCE, FlowConfig, load_or_train
+from ..riemannian import GeodesicSolveError, exp_map, linearised_objective
+from . import store
+
+METHODS = ("map", "early-stop", "isotropic", "laplace", "riemannian", "riemannian-linearised")
+SCALED = ("isotropic", "laplace", "riemannian", "riemannian-linearised")
+LOOSE_C = 1 / 3  # the poster's squared form d1² ≤ c d2² with c = 1/3 (ratio 0.577)
+
+
+@dataclass(frozen=True)
+class TradeoffConfig:
+    """Everything that determines a trade-off study (saved beside its results)."""
+
+    dataset: str = REFERENCE.dataset
+    n_train: int = REFERENCE.n_train
+    hidden: tuple[int, ...] = REFERENCE.hidden
+    steps: int = REFERENCE.steps
+    early_steps: int = REFERENCE.steps // 5
+    batch_size: int = REFERENCE.batch_size
+    lr: float = REFERENCE.lr
+    methods: tuple[str, ...] = ("map", "early-stop", "isotropic", "laplace", "riemannian")
+    scales: tuple[float, ...] = (0.25, 0.5, 1.0)
+    structure: str = "diag"
+    draws_per_point: int = 16
+    train_seeds: tuple[int, ...] = (0,)
+    sample_seeds: tuple[int, ...] = (0,)
+    n_param_samples: int = 8
+    n_x0: int = 250
+    rtol: float = 1e-5
+    geodesic_rtol: float = 1e-4
+    max_geodesic_steps: int = 4000
+    device: str = "cpu"
+    profile: str = "custom"
+
+    def __post_init__(self):
+        check_choice("dataset", self.dataset, DATASETS)
+        check_positive_int("n_train", self.n_train, minimum=2)
+        check_positive_int("early_steps", self.early_steps)
+        if not self.methods:
+            raise ValueError("methods is empty; pass at least one of " + ", ".join(METHODS))
+        for method in self.methods:
+            check_choice("method", method, METHODS)
+        if not self.scales and set(self.methods) & set(SCALED):
+            raise ValueError("scales is empty; pass at least one posterior scale, e.g. 0.5.")
+        for scale in self.scales:
+            check_positive("scale", scale)
+        for name in ("train_seeds", "sample_seeds"):
+            if not getattr(self, name):
+                raise ValueError(f"{name} is empty; pass at least one seed.")
+        check_positive_int("n_param_samples", self.n_param_samples)
+        check_positive_int("n_x0", self.n_x0, minimum=2)
+        check_choice("device", self.device.split(":")[0], ("cpu", "cuda"))
+        if self.device.startswith("cuda") and not torch.cuda.is_available():
+            raise ValueError("--device cuda was asked for, but no CUDA device is available.")
+
+    def flow_config(self, train_seed: int, steps: int | None = None) -> FlowConfig:
+        """The trained model of one training seed (the data set is the same for every seed)."""
+        return FlowConfig(
+            dataset=self.dataset, n_train=self.n_train, hidden=tuple(self.hidden),
+            steps=steps or self.steps, batch_size=self.batch_size, lr=self.lr,
+            seed=train_seed, n_test=max(REFERENCE.n_test, self.n_generated),
+        )
+
+    @property
+    def n_generated(self) -> int:
+        return self.n_param_samples * self.n_x0
+
+
+PROFILES = {
+    "quick": dict(hidden=(32, 32), steps=2000, early_steps=400, draws_per_point=8,
+                  methods=METHODS, scales=(0.25,), n_param_samples=2, n_x0=100),
+    "cpu": dict(methods=METHODS[:5], scales=(0.25, 0.5, 1.0, 2.0), train_seeds=(0, 1, 2),
+                sample_seeds=(0,), n_param_samples=8, n_x0=250),
+    "gpu": dict(methods=METHODS, scales=(0.125, 0.25, 0.5, 1.0, 2.0, 4.0),
+                train_seeds=(0, 1, 2, 3, 4), sample_seeds=(0, 1), n_param_samples=32, n_x0=500),
+}
+
+
+def profile_config(profile: str, **overrides) -> TradeoffConfig:
+    """The configuration of a named profile, with any field overridden."""
+    check_choice("profile", profile, PROFILES)
+    return TradeoffConfig(**{**PROFILES[profile], "profile": profile, **overrides})
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One unit of work: a method at a scale, for one training and one sampling seed."""
+
+    method: str
+    scale: float
+    train_seed: int
+    sample_seed: int
+
+    @property
+    def key(self) -> str:
+        return f"{self.method}__a{self.scale:g}__train{self.train_seed}__sample{self.sample_seed}"
+
+
+def cells(config: TradeoffConfig) -> list[Cell]:
+    """Every cell of the study, in a fixed order (ranks shard this list)."""
+    return [
+        Cell(method, scale, train_seed, sample_seed)
+        for train_seed in config.train_seeds
+        for sample_seed in config.sample_seeds
+        for method in config.methods
+        for scale in (config.scales if method in SCALED else (0.0,))
+    ]
+
+
+@dataclass
+class SeedContext:
+    """What every cell of one training seed shares: data, nets and the posterior."""
+
+    model: torch.nn.Module
+    train: torch.Tensor
+    test: torch.Tensor
+    true: torch.Tensor
+    flow_posterior: object
+    theta_early: torch.Tensor
+
+
+def seed_context(config: TradeoffConfig, train_seed: int, progress: bool = False) -> SeedContext:
+    """Train (or load) the nets of one seed and fit the posterior; on ``config.device``."""
+    device = torch.device(config.device)
+    trained = load_or_train(config.flow_config(train_seed), progress=progress)
+    early = load_or_train(config.flow_config(train_seed, config.early_steps), progress=progress)
+    model = trained.model.to(device)
+    train, test = trained.train.to(device), trained.test.to(device)
+    fp = fit_flow_posterior(model, train, structure=config.structure,
+                            draws_per_point=config.draws_per_point, seed=train_seed)
+    if config.dataset in TOY_DATASETS:
+        g = torch.Generator().manual_seed(10_000 + train_seed)
+        true = sample_dataset(config.dataset, config.n_generated, generator=g).to(device)
+    else:  # images: held-out images are the true samples
+        true = test[: config.n_generated]
+    theta_early = parameters_vector(early.model).detach().to(device, torch.float64)
+    return SeedContext(model, train, test, true, fp, theta_early)
+
+
+def _generator(*coordinates: int) -> torch.Generator:
+    """A CPU generator seeded by a cell's integer coordinates only."""
+    seed = 0
+    for c in coordinates:
+        seed = (seed * 1_000_003 + int(c)) % (2**63 - 1)
+    return torch.Generator().manual_seed(seed)
+
+
+def parameter_samples(config: TradeoffConfig, ctx: SeedContext, cell: Cell):
+    """The parameter vectors of a cell ``[S, D]`` and geodesic diagnostics (NFE, failures)."""
+    posterior, theta_star = ctx.flow_posterior.posterior, ctx.flow_posterior.theta_map
+    info = {"nfe_mean": None, "n_failed": 0}  # None: no geodesics in this method
+    if cell.method == "map":
+        return theta_star[None], info
+    if cell.method == "early-stop":
+        return ctx.theta_early[None], info
+    n = config.n_param_samples
+    if cell.method == "isotropic":
+        z = torch.randn(n, theta_star.numel(), generator=_generator(cell.train_seed,
+                        cell.sample_seed, 2), dtype=torch.float64).to(theta_star.device)
+        return theta_star + cell.scale * posterior.variance.mean().sqrt() * z, info
+    v = posterior.sample_tangent(n, _generator(cell.train_seed, cell.sample_seed, 1),
+                                 scale=cell.scale).to(theta_star.device)
+    if cell.method == "laplace":
+        return theta_star + v, info
+    loss = ctx.flow_posterior.objective
+    if cell.method == "riemannian-linearised":
+        loss = linearised_objective(loss, theta_star)
+    endpoints, nfe = [], []
+    for row in v:  # one at a time: a batch shares the step size of its stiffest member
+        try:
+            out = exp_map(loss, theta_star, row, rtol=config.geodesic_rtol,
+                          atol=config.geodesic_rtol, max_num_steps=config.max_geodesic_steps)
+        except GeodesicSolveError:
+            info["n_failed"] += 1
+            continue
+        endpoints.append(out.endpoints)
+        nfe.append(float(out.nfe))
+    if not endpoints:
+        raise GeodesicSolveError(f"every geodesic of cell {cell.key} hit max_num_steps; use a "
+                                 "smaller scale, a larger prior precision or looser tolerances.")
+    info["nfe_mean"] = float(np.mean(nfe))
+    return torch.stack(endpoints), info
+
+
+def _interval(report, **test) -> tuple[float, float]:
+    return report.bootstrap_interval(**test, generator=torch.Generator().manual_seed(0))
+
+
+def run_cell(config: TradeoffConfig, ctx: SeedContext, cell: Cell) -> tuple[dict, dict]:
+    """Compute one cell: its result row and the arrays to store beside it."""
+    start = time.perf_counter()
+    thetas, info = parameter_samples(config, ctx, cell)
+    dim = ctx.train.shape[1]
+    x0 = torch.randn(config.n_x0, dim, generator=_generator(cell.sample_seed, 7)).to(ctx.train)
+    samples = generate(ctx.model, thetas.to(torch.float32), x0,
+                       rtol=config.rtol, atol=config.rtol).reshape(-1, dim)
+    if not bool(torch.isfinite(samples).all()):
+        raise ValueError(f"cell {cell.key} generated non-finite samples; lower the scale.")
+    objective = ctx.flow_posterior.objective
+    losses = torch.stack([objective.value(t) for t in thetas]).cpu().numpy()
+    true = ctx.true[: len(samples)]
+    mem = memorisation_report(samples, ctx.train, true_samples=true)
+    quality = quality_report(samples, ctx.test, ctx.train, true_samples=true,
+                             generator=torch.Generator().manual_seed(cell.sample_seed))
+    lo, hi = _interval(mem, threshold=1 / 3)
+    loose_lo, loose_hi = _interval(mem, c=LOOSE_C)
+    row = {
+        "key": cell.key, **asdict(cell), "dataset": config.dataset, "n_train": config.n_train,
+        "n_param_samples": len(thetas), "n_generated": len(samples),
+        "mem_strict": mem.fraction_strict, "mem_strict_lo": lo, "mem_strict_hi": hi,
+        "mem_loose": mem.fraction_loose, "mem_loose_lo": loose_lo, "mem_loose_hi": loose_hi,
+        "true_mem_strict": mem.baseline.fraction_strict,
+        "true_mem_loose": mem.baseline.fraction_loose,
+        **{k: v for k, v in quality.as_dict().items() if not k.startswith("gap")},
+        "gap_train": quality.gap.train, "gap_test": quality.gap.test,
+        "gap_ratio": quality.gap.ratio,
+        "loss_mean": float(losses.mean()), "loss_median": float(np.median(losses)),
+        "loss_map": float(objective.value(ctx.flow_posterior.theta_map)),
+        "nfe_geodesic_mean": info["nfe_mean"], "n_failed": info["n_failed"],
+        "seconds": time.perf_counter() - start,
+    }
+    arrays = {"samples": samples.cpu().numpy(), "x0": x0.cpu().numpy(), "losses": losses}
+    return row, arrays
+
+
+def run_study(config: TradeoffConfig, out, *, progress: bool = True, rank: int = 0,
+              world_size: int = 1) -> list[Cell]:
+    """Run this rank's share of the unfinished cells, writing each one as it finishes.
+
+    Rank ``r`` of ``world_size`` takes cells ``r, r + W, r + 2W, ...`` of :func:`cells`. Returns
+    the cells computed by this call (finished ones are skipped).
+    """
+    from tqdm.auto import tqdm
+
+    out = store.check_writable(out)
+    store.write_json(Path(out) / "config.json", asdict(config))
+    mine = [c for c in cells(config)[rank::world_size] if not store.is_done(out, c.key)]
+    contexts: dict[int, SeedContext] = {}
+    computed = []
+    for cell in tqdm(mine, desc=f"cells (rank {rank})", disable=not progress):
+        if cell.train_seed not in contexts:
+            contexts[cell.train_seed] = seed_context(config, cell.train_seed)
+        row, arrays = run_cell(config, contexts[cell.train_seed], cell)
+        store.save_cell(out, cell.key, row, **arrays)
+        computed.append(cell)
+    return computed
+
+
+def finish(config: TradeoffConfig, out) -> list[dict]:
+    """Merge every finished cell into ``results.csv``/``results.json`` and draw the figures."""
+    from .figures import frontier_figure, samples_figure
+
+    rows = store.collect(out)
+    store.write_table(out, rows)
+    if rows:
+        frontier_figure(rows).savefig(Path(out) / "frontier.png", dpi=120, bbox_inches="tight")
+        ctx_train = load_or_train(config.flow_config(config.train_seeds[0]), progress=False).train
+        fig = samples_figure(out, rows, ctx_train.numpy(), seed=config.train_seeds[0])
+        if fig is not None:
+            fig.savefig(Path(out) / "samples.png", dpi=120, bbox_inches="tight")
+    return rows
+
+
+def with_overrides(config: TradeoffConfig, **overrides) -> TradeoffConfig:
+    """``config`` with the given fields replaced (``None`` values are ignored)."""
+    return replace(config, **{k: v for k, v in overrides.items() if v is not None})
