@@ -321,10 +321,12 @@ def _solver_options(method, step_size, max_num_steps, times):
             )
         return {"max_num_steps": max_num_steps, "step_t": times[-1:].clone()}
     step_size = DEFAULT_STEP_SIZE if step_size is None else step_size
-    n_steps = math.ceil(1.0 / check_positive("step_size", step_size) - 1e-9)
+    check_positive("step_size", step_size)
 
     def uniform_grid(func, y0, t):
-        return torch.linspace(t[0].item(), t[-1].item(), n_steps + 1).to(t)
+        start, end = t[0].item(), t[-1].item()
+        n_steps = max(1, math.ceil(abs(end - start) / step_size - 1e-9))
+        return torch.linspace(start, end, n_steps + 1).to(t)
 
     return {"grid_constructor": uniform_grid}
 
@@ -384,8 +386,8 @@ def sample(
     rtol, atol : float
         Tolerances of the adaptive solver (ignored by the fixed-step ones).
     step_size : float, optional
-        Step of the fixed-step methods; the grid has ``ceil(1 / step_size)`` equal steps
-        (default 0.02, that is 50 steps). Not allowed with dopri5.
+        Step of the fixed-step methods: ``ceil(T / step_size)`` equal steps from 0 to the last
+        output time T (default 0.02, that is 50 steps on [0, 1]). Not allowed with dopri5.
     times : sequence of float, optional
         Strictly increasing output times in [0, 1]. When given, the trajectory at these times
         is returned; fixed-step solvers interpolate linearly between grid points.

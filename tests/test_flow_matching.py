@@ -207,6 +207,9 @@ def test_nfe_of_fixed_step_methods(method, per_step):
     _, nfe = sample(lambda x, t: x, torch.ones(2, 2), method=method, step_size=0.25,
                     return_nfe=True)
     assert nfe == 4 * per_step
+    _, nfe = sample(lambda x, t: x, torch.ones(2, 2), method=method, step_size=0.25,
+                    times=[0.0, 0.5], return_nfe=True)
+    assert nfe == 2 * per_step  # steps of 0.25 up to the last output time only
 
 
 def test_sample_times_without_zero_and_no_grad():
