@@ -1,4 +1,5 @@
-"""Training and held-out data: four 2-D toy distributions and scikit-learn's 8x8 digits.
+"""Training and held-out data: four 2-D toy distributions, scikit-learn's 8x8 digits, and a
+user's own image array (``.npy``/``.npz``, e.g. MNIST or CIFAR already on disk).
 
 The 2-D sets are distributions we can sample without limit, so a test set can be as large as
 we like and fresh *true* samples serve as the baseline of the memorisation test (a true sample
@@ -6,11 +7,13 @@ can pass the nearest-neighbour ratio test by chance; Yoon et al. 2023, Gu et al.
 digits are a finite set of 1,797 images; train and test are disjoint subsets of it.
 
 All samplers draw from a ``torch.Generator`` and return CPU tensors; move them with ``.to``.
+Nothing is downloaded: the digits ship with scikit-learn and image files are read from disk.
 """
 
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
@@ -28,6 +31,8 @@ EIGHT_GAUSSIANS_STD = 0.15
 RINGS_RADII = (0.5, 1.0, 1.5, 2.0)
 RINGS_NOISE = 0.05
 DIGITS_COUNT = 1797
+IMAGE_SHAPES = {"digits": (1, 8, 8)}
+MAX_IMAGE_CHANNELS = 4
 
 
 class DataSplit(NamedTuple):
@@ -208,3 +213,141 @@ def load_dataset(
     train = _SAMPLERS[name](n_train, torch.Generator().manual_seed(int(train_seed)))
     test = _SAMPLERS[name](n_test, torch.Generator().manual_seed(int(test_seed)))
     return DataSplit(train.to(dtype), test.to(dtype))
+
+
+def image_shape(name: str) -> tuple[int, int, int] | None:
+    """``(C, H, W)`` of one sample of dataset ``name`` if it holds images, else ``None``.
+
+    Example
+    -------
+    >>> image_shape("digits"), image_shape("moons")
+    ((1, 8, 8), None)
+    """
+    check_choice("name", name, DATASETS)
+    return IMAGE_SHAPES.get(name)
+
+
+def _read_array(path: Path) -> np.ndarray:
+    if path.suffix == ".npy":
+        return np.load(path, allow_pickle=False)
+    with np.load(path, allow_pickle=False) as archive:
+        keys = list(archive.keys())
+        if "images" in keys:
+            return archive["images"]
+        if len(keys) != 1:
+            raise ValueError(
+                f"{path} holds the arrays {keys}; name the image array 'images' "
+                "(np.savez(path, images=array)) or store only one array."
+            )
+        return archive[keys[0]]
+
+
+def _check_image_array(array: np.ndarray, path: Path) -> np.ndarray:
+    if array.dtype.kind not in "uif":
+        raise TypeError(f"{path} holds {array.dtype} values; store numbers (uint8 or float).")
+    if array.ndim == 3:
+        array = array[:, None]
+    if array.ndim != 4:
+        raise ValueError(
+            f"{path} holds an array of shape {array.shape}; expected N x H x W (grey images) "
+            "or N x C x H x W."
+        )
+    if array.shape[1] > MAX_IMAGE_CHANNELS:
+        hint = ""
+        if array.shape[-1] <= MAX_IMAGE_CHANNELS:
+            hint = " It looks channels-last (N x H x W x C): use np.moveaxis(array, -1, 1)."
+        raise ValueError(
+            f"{path} holds an array of shape {array.shape}, read as N x C x H x W with "
+            f"C = {array.shape[1]} > {MAX_IMAGE_CHANNELS} channels.{hint}"
+        )
+    if array.shape[0] < 2 or min(array.shape[2:]) < 1:
+        raise ValueError(f"{path} holds {array.shape}; it needs at least 2 non-empty images.")
+    if array.dtype.kind == "f" and not np.isfinite(array).all():
+        bad = int((~np.isfinite(array)).reshape(len(array), -1).any(1).sum())
+        raise ValueError(
+            f"{path} contains NaN or infinite values in {bad} image(s); drop or repair them."
+        )
+    return array
+
+
+def load_image_file(path) -> torch.Tensor:
+    """Read a user's image array from ``.npy`` or ``.npz`` and scale its pixels to [-1, 1].
+
+    Accepted shapes are ``N x H x W`` (grey images, C = 1 is added) and ``N x C x H x W`` with
+    C ≤ 4. An ``.npz`` must hold one array, or an array named ``images``. Scaling:
+
+    - ``uint8`` pixels: x ↦ x / 127.5 − 1, so 0..255 maps to [-1, 1] whatever the array holds;
+    - any other integer or float type: x ↦ 2 (x − min) / (max − min) − 1 with the minimum and
+      maximum over the whole array (one affine map for all pixels and channels).
+
+    Nothing is downloaded. Errors are clear for a missing file, a wrong shape, a non-numeric
+    type, NaN/infinite values and a constant array.
+
+    Parameters
+    ----------
+    path : str or Path
+        The ``.npy`` or ``.npz`` file.
+
+    Returns
+    -------
+    torch.Tensor
+        ``[N, C, H, W]`` float64 images in [-1, 1], on the CPU.
+
+    Example
+    -------
+    >>> import tempfile, numpy as np
+    >>> path = Path(tempfile.mkdtemp()) / "tiny.npy"
+    >>> np.save(path, np.array([[[0, 255]], [[255, 0]]], dtype=np.uint8))
+    >>> load_image_file(path)[:, 0, 0].tolist()
+    [[-1.0, 1.0], [1.0, -1.0]]
+    """
+    path = Path(path)
+    if path.suffix not in (".npy", ".npz"):
+        raise ValueError(f"image file {path} must end in .npy or .npz.")
+    if not path.is_file():
+        raise FileNotFoundError(f"image file {path} does not exist; check the path.")
+    array = _check_image_array(_read_array(path), path)
+    if array.dtype == np.uint8:
+        return torch.from_numpy(array.astype(np.float64) / 127.5 - 1.0)
+    values = array.astype(np.float64)
+    low, high = values.min(), values.max()
+    if high <= low:
+        raise ValueError(f"every pixel of {path} equals {low}; the images carry no signal.")
+    return torch.from_numpy(2.0 * (values - low) / (high - low) - 1.0)
+
+
+def split_images(
+    images: torch.Tensor,
+    n_train: int,
+    n_test: int,
+    seed: int = 0,
+    *,
+    dtype: torch.dtype = torch.float32,
+) -> DataSplit:
+    """Disjoint random train and test subsets of ``images [N, C, H, W]``, flattened.
+
+    A permutation seeded with ``seed`` picks the first ``n_train`` images for training and the
+    next ``n_test`` for testing (as for the digits). Rows are ``C·H·W`` vectors in
+    channel-major order, as the velocity nets of :mod:`rbmem_tutorial.image_nets` expect;
+    ``row.reshape(C, H, W)`` gives the image back.
+
+    Example
+    -------
+    >>> train, test = split_images(torch.zeros(10, 1, 2, 2), n_train=3, n_test=5)
+    >>> tuple(train.shape), tuple(test.shape)
+    ((3, 4), (5, 4))
+    """
+    if not isinstance(images, torch.Tensor) or images.ndim != 4:
+        raise ValueError("images must be a tensor [N, C, H, W]; read files with load_image_file.")
+    check_positive_int("n_train", n_train)
+    check_positive_int("n_test", n_test)
+    check_positive_int("seed", seed, minimum=0)
+    count = images.shape[0]
+    if n_train + n_test > count:
+        raise ValueError(
+            f"the array holds {count} images, so n_train + n_test must be at most {count}; "
+            f"got {n_train} + {n_test}. Lower n_test."
+        )
+    order = torch.randperm(count, generator=torch.Generator().manual_seed(seed))
+    flat = images.reshape(count, -1).to(dtype)
+    return DataSplit(flat[order[:n_train]], flat[order[n_train : n_train + n_test]])

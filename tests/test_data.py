@@ -126,3 +126,82 @@ def test_docstring_examples_run():
     from rbmem_tutorial import data
 
     assert doctest.testmod(data).failed == 0
+
+
+# -- a user's own image array ---------------------------------------------------------------
+
+from rbmem_tutorial.data import image_shape, load_image_file, split_images  # noqa: E402
+
+
+@pytest.mark.parametrize("suffix", [".npy", ".npz"])
+def test_uint8_images_map_0_255_to_minus_one_one(tmp_path, suffix):
+    import numpy as np
+
+    array = np.random.default_rng(0).integers(0, 256, size=(6, 5, 7), dtype=np.uint8)
+    array[0, 0, 0], array[0, 0, 1] = 0, 255
+    path = tmp_path / f"images{suffix}"
+    (np.save if suffix == ".npy" else np.savez)(path, array)
+    images = load_image_file(path)
+    assert images.shape == (6, 1, 5, 7) and images.dtype == torch.float64
+    expected = torch.from_numpy(array).double()[:, None] / 127.5 - 1
+    torch.testing.assert_close(images, expected, rtol=0, atol=1e-15)
+
+
+def test_float_images_use_global_min_max_and_keep_channels(tmp_path):
+    import numpy as np
+
+    array = np.random.default_rng(0).normal(3.0, 2.0, size=(4, 3, 2, 2)).astype(np.float32)
+    np.savez(tmp_path / "x.npz", labels=np.arange(4), images=array)
+    images = load_image_file(tmp_path / "x.npz")
+    assert images.shape == (4, 3, 2, 2)
+    assert images.min() == -1 and images.max() == 1
+    # one affine map for all pixels: ordering and ratios of differences are kept
+    flat, source = images.flatten(), torch.from_numpy(array).double().flatten()
+    torch.testing.assert_close((flat - flat[0]) / (flat[1] - flat[0]),
+                               (source - source[0]) / (source[1] - source[0]))
+
+
+@pytest.mark.parametrize(
+    "make, error, message",
+    [
+        (lambda np: np.zeros((5, 8)), ValueError, "expected N x H x W"),
+        (lambda np: np.zeros((5, 1, 2, 3, 4)), ValueError, "expected N x H x W"),
+        (lambda np: np.zeros((5, 8, 8, 3)), ValueError, "channels-last"),
+        (lambda np: np.where(np.eye(4)[None].repeat(3, 0) > 0, np.nan, 1.0), ValueError, "NaN"),
+        (lambda np: np.ones((3, 4, 4)), ValueError, "carry no signal"),
+        (lambda np: np.zeros((1, 4, 4)), ValueError, "at least 2"),
+        (lambda np: np.array([[["a"]], [["b"]]]), TypeError, "store numbers"),
+    ],
+)
+def test_bad_image_files_are_clear_errors(tmp_path, make, error, message):
+    import numpy as np
+
+    path = tmp_path / "bad.npy"
+    np.save(path, make(np))
+    with pytest.raises(error, match=message):
+        load_image_file(path)
+
+
+def test_missing_file_wrong_suffix_and_ambiguous_npz(tmp_path):
+    import numpy as np
+
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        load_image_file(tmp_path / "absent.npy")
+    with pytest.raises(ValueError, match=".npy or .npz"):
+        load_image_file(tmp_path / "images.png")
+    np.savez(tmp_path / "two.npz", a=np.zeros((2, 2, 2)), b=np.ones((2, 2, 2)))
+    with pytest.raises(ValueError, match="name the image array 'images'"):
+        load_image_file(tmp_path / "two.npz")
+
+
+def test_split_images_is_disjoint_flat_and_seeded():
+    images = torch.arange(10 * 2 * 2 * 2, dtype=torch.float64).reshape(10, 2, 2, 2)
+    train, test = split_images(images, 4, 6, seed=1, dtype=torch.float64)
+    assert train.shape == (4, 8) and test.shape == (6, 8)
+    rows = {tuple(r.tolist()) for r in torch.cat([train, test])}
+    assert rows == {tuple(r.tolist()) for r in images.reshape(10, -1)}  # a permutation
+    assert torch.equal(train[0].reshape(2, 2, 2), images[int(train[0, 0]) // 8])
+    assert torch.equal(split_images(images, 4, 6, seed=1, dtype=torch.float64).train, train)
+    with pytest.raises(ValueError, match="at most 10"):
+        split_images(images, 5, 6)
+    assert image_shape("digits") == (1, 8, 8) and image_shape("rings") is None
