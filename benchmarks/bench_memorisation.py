@@ -9,8 +9,9 @@ Compares, for M generated x N training float32 points in several dimensions:
 
 Each measurement runs in a fresh Python process so that its peak resident memory
 (``ru_maxrss`` after the call minus before it) is its own; the data are made from a seed in
-that process. One small warm-up call precedes the timed ones, and the fastest of
-``--repeats`` calls is reported (the machine may be shared). One percent of the generated
+that process. One small warm-up call precedes the timed one. The methods take turns for
+``--repeats`` rounds and each one's fastest round is reported, so that load from other
+processes on a shared machine falls on all of them alike. One percent of the generated
 points are planted near-copies (a training point plus noise of 1e-5 per coordinate), and the
 accuracy column gives the largest relative error of the ratio d1/d2 over 100 of those and 100
 ordinary points, against float64 brute force.
@@ -79,23 +80,21 @@ def ratio_error(generated, train, d1, d2) -> float:
     return ((d1[rows] / d2[rows] - exact).abs() / exact).max().item()
 
 
-def child(method: str, n: int, dim: int, repeats: int) -> None:
+def child(method: str, n: int, dim: int) -> None:
     """Measure one method in this process and print one JSON line."""
     generated, train = make_data(n, dim)
     run_method(method, generated[:256], train[:256])  # warm-up: thread pools, first allocations
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    seconds = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        result = run_method(method, generated, train)
-        seconds = min(seconds, time.perf_counter() - start)
+    start = time.perf_counter()
+    result = run_method(method, generated, train)
+    seconds = time.perf_counter() - start
     peak_mib = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
     error = None if result is None else ratio_error(generated, train, *result)
     print(json.dumps({"seconds": seconds, "peak_mib": peak_mib, "ratio_error": error}))
 
 
-def measure(method: str, n: int, dim: int, repeats: int, threads: int | None) -> dict:
-    command = [sys.executable, __file__, "--child", method, str(n), str(dim), str(repeats)]
+def measure(method: str, n: int, dim: int, threads: int | None) -> dict:
+    command = [sys.executable, __file__, "--child", method, str(n), str(dim)]
     if threads is not None:
         command += ["--threads", str(threads)]
     out = subprocess.run(command, check=True, capture_output=True, text=True).stdout
@@ -106,9 +105,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="2k x 2k points instead of 10k")
     parser.add_argument("--dims", type=int, nargs="+", default=[2, 64, 3072])
-    parser.add_argument("--repeats", type=int, default=2, help="timed calls per method")
+    parser.add_argument("--repeats", type=int, default=2, help="rounds of timed calls")
     parser.add_argument("--threads", type=int, default=None, help="torch threads")
-    parser.add_argument("--child", nargs=4, help=argparse.SUPPRESS)
+    parser.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.threads is not None:
         torch.set_num_threads(args.threads)
@@ -122,7 +121,10 @@ def main() -> None:
     header = f"{'dim':>5} {'method':>12} {'seconds':>9} {'peak MiB':>9} {'ratio err':>10}"
     for dim in args.dims:
         print("\n" + header)
-        results = {m: measure(m, n, dim, args.repeats, args.threads) for m in METHODS}
+        rounds = [
+            {m: measure(m, n, dim, args.threads) for m in METHODS} for _ in range(args.repeats)
+        ]
+        results = {m: min((r[m] for r in rounds), key=lambda x: x["seconds"]) for m in METHODS}
         for m, r in results.items():
             err = "" if r["ratio_error"] is None else f"{r['ratio_error']:.1e}"
             print(f"{dim:>5} {m:>12} {r['seconds']:>9.3f} {r['peak_mib']:>9.0f} {err:>10}")
