@@ -35,14 +35,18 @@ from rbmem_tutorial.objective import RegressionObjective
 
 
 def _silu(a):
+    """φ, φ', φ'' of SiLU with s = sigmoid(a): as, s + as(1 − s), s(1 − s)(2 + a(1 − 2s))."""
     s = torch.sigmoid(a)
-    return a * s, s * (1 + a * (1 - s)), s * (1 - s) * (2 + a * (1 - 2 * s))
+    rest = 1 - s
+    phi = a * s
+    return phi, torch.addcmul(s, phi, rest), (s * rest).mul_((a * (rest - s)).add_(2))
 
 
 def _tanh(a):
+    """φ, φ', φ'' of tanh: t, 1 − t², −2t(1 − t²)."""
     t = torch.tanh(a)
     d1 = 1 - t * t
-    return t, d1, -2 * t * d1
+    return t, d1, (t * d1).mul_(-2)
 
 
 ACTIVATIONS = {nn.SiLU: _silu, nn.Tanh: _tanh}
@@ -198,9 +202,10 @@ class MLPRegressionKernel:
         ):
             a, ra = h @ weight.mT, h @ d_weight.mT
             if rh is not None:
-                ra = ra + rh @ weight.mT
+                ra += rh @ weight.mT
             if bias is not None:
-                a, ra = a + bias.unsqueeze(-2), ra + d_bias.unsqueeze(-2)
+                a += bias.unsqueeze(-2)
+                ra += d_bias.unsqueeze(-2)
             saved.append((h, rh))
             if activation is not None:
                 h, d1, d2 = activation(a)
@@ -212,16 +217,17 @@ class MLPRegressionKernel:
             h, rh = saved[index][:2]
             grad_w, hvp_w = delta.mT @ h, r_delta.mT @ h
             if rh is not None:
-                hvp_w = hvp_w + delta.mT @ rh
+                hvp_w += delta.mT @ rh
             grads.append((grad_w.flatten(-2), delta.sum(-2)))
             hvps.append((hvp_w.flatten(-2), r_delta.sum(-2)))
             if index > 0:
                 weight, d_weight = params[index][0], tangents[index][0]
-                e, re = delta @ weight, r_delta @ weight + delta @ d_weight
+                e, re = delta @ weight, r_delta @ weight
+                re += delta @ d_weight
                 d1, d2, ra = saved[index - 1][2:]
-                delta, r_delta = d1 * e, d2 * ra * e + d1 * re
-        grad = self._flatten(grads[::-1]) + self.prior_precision * theta
-        hvp = self._flatten(hvps[::-1]) + self.prior_precision * v
+                delta, r_delta = d1 * e, (d2 * ra).mul_(e).addcmul_(d1, re)
+        grad = self._flatten(grads[::-1]).add_(theta, alpha=self.prior_precision)
+        hvp = self._flatten(hvps[::-1]).add_(v, alpha=self.prior_precision)
         if grad.shape != theta_shape:  # theta was broadcast: every row is the same gradient
             grad = grad.reshape(-1, self.num_params)[0].view(theta_shape)
         return grad, hvp

@@ -1,0 +1,354 @@
+"""Speed and accuracy of geodesic solves for the Riemannian Laplace sampler (chapter 4).
+
+Measures, side by side in one run, on the chapter's velocity net (3 -> 64 -> 64 -> 2 SiLU,
+4,546 parameters) and its diagonal Laplace posterior:
+
+1. milliseconds per vector-field evaluation (gradient + Hessian-vector product + acceleration)
+   for four designs, against a floor made of one forward, one backward and one forward-mode pass
+   of the same net on the same data;
+2. seconds per sample, evaluations (NFE) and end-point error against a tight-tolerance solve,
+   at scales α = 0.5 and α = 1, for solver settings and for the design of Bergamin et al.'s
+   released code (scipy ``solve_ivp`` RK45, one sample at a time, NumPy round trips at every
+   evaluation; re-implemented here for comparison);
+3. batched against per-sample solves, and the linearised variant;
+4. the loss at Euclidean and Riemannian samples.
+
+The end-point error of a sample is ‖θ − θ_ref‖ / ‖θ_ref − θ*‖, with θ_ref from dopri5 at
+rtol = atol = 1e-8. The net is the chapter-1 reference model (``rbmem_tutorial.reference``)
+with the chapter-3 pipeline; without it, a net trained here on synthetic two-moons data.
+
+Run from the repository root::
+
+    python benchmarks/bench_geodesic.py            # about 10 minutes on 2 CPU cores
+    python benchmarks/bench_geodesic.py --quick    # about 3 minutes, fewer samples
+    python benchmarks/bench_geodesic.py --compile  # also time torch.compile of the kernel
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import os
+import statistics
+import time
+from functools import partial
+
+import numpy as np
+import torch
+from scipy.integrate import solve_ivp
+from torch import nn
+from torch.func import functional_call, jvp
+
+from rbmem_tutorial import fast_mlp, riemannian
+from rbmem_tutorial.fast_mlp import MLPRegressionKernel
+from rbmem_tutorial.laplace import fit_laplace
+from rbmem_tutorial.objective import (
+    RegressionObjective,
+    flow_matching_regression_set,
+    noise_std_from_residuals,
+    parameters_vector,
+    refine_map,
+    unflatten,
+)
+from rbmem_tutorial.riemannian import exp_map
+
+F64 = torch.float64
+DEFAULT_FIELD = "fused MLP kernel (fast_mlp, default)"
+DEFAULT_SOLVE = "bosh3 1e-4, fused kernel (default)"
+
+
+# --- the problem --------------------------------------------------------------------------------
+
+
+def reference_problem():
+    """Objective and diagonal Laplace posterior of the chapter-1 reference net."""
+    from rbmem_tutorial.pipeline import fit_flow_posterior
+    from rbmem_tutorial.reference import REFERENCE, load_or_train
+
+    flow = load_or_train(REFERENCE, progress=False)
+    fitted = fit_flow_posterior(flow.model, flow.train, structure="diag")
+    return fitted.objective, fitted.posterior, "chapter-1 reference net (moons, 16 points)"
+
+
+def synthetic_problem(steps: int):
+    """Train the chapter's net on 32 two-moons points; Laplace at λ = 2 on 512 frozen pairs."""
+    from sklearn.datasets import make_moons
+
+    points, _ = make_moons(32, noise=0.05, random_state=0)
+    data = torch.as_tensor((points - points.mean(0)) / points.std(0), dtype=torch.float32)
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(3, 64), nn.SiLU(), nn.Linear(64, 64), nn.SiLU(), nn.Linear(64, 2))
+    optimizer = torch.optim.Adam(net.parameters(), lr=2e-3)
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, steps)
+    generator = torch.Generator().manual_seed(0)
+    for _ in range(steps):
+        x1 = data[torch.randint(len(data), (256,), generator=generator)]
+        x0 = torch.randn(x1.shape, generator=generator)
+        t = torch.rand(len(x1), 1, generator=generator)
+        prediction = net(torch.cat([(1 - t) * x0 + t * x1, t], dim=1))
+        loss = (prediction - (x1 - x0)).square().mean()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        schedule.step()
+    inputs, targets = flow_matching_regression_set(data, draws_per_point=16, seed=0)
+    theta_sgd = parameters_vector(net).to(F64)
+    sigma = noise_std_from_residuals(net, theta_sgd, inputs, targets)
+    objective = RegressionObjective(net, inputs, targets, sigma, prior_precision=2.0)
+    theta_map, _ = refine_map(objective, theta_sgd)
+    posterior = fit_laplace(objective, theta_map, "diag", prior_precision=2.0)
+    return posterior.objective, posterior, f"synthetic moons (32 points, {steps} Adam steps)"
+
+
+# --- timing helpers -----------------------------------------------------------------------------
+
+
+def timed(fn):
+    """Run ``fn`` once; return its result, wall seconds and CPU seconds of this process."""
+    wall, cpu = time.perf_counter(), time.process_time()
+    result = fn()
+    return result, time.perf_counter() - wall, time.process_time() - cpu
+
+
+def per_call_ms(designs: dict, repeats: int, calls: int) -> dict:
+    """Median over ``repeats`` of the mean wall and CPU ms per call, designs interleaved."""
+    samples = {name: ([], []) for name in designs}
+    for fn in designs.values():
+        fn()  # warm up
+    for _ in range(repeats):
+        for name, fn in designs.items():
+            _, wall, cpu = timed(lambda fn=fn: [fn() for _ in range(calls)])
+            samples[name][0].append(1e3 * wall / calls)
+            samples[name][1].append(1e3 * cpu / calls)
+    return {name: (statistics.median(w), statistics.median(c)) for name, (w, c) in samples.items()}
+
+
+# --- designs of one vector-field evaluation ---------------------------------------------------
+
+
+def field_of(loss, dim):
+    """The geodesic right-hand side ``[θ̇, c̈]`` exactly as :func:`exp_map` builds it."""
+    derivatives = riemannian._Derivatives(loss, torch.zeros(dim, dtype=F64))
+
+    def field(state):
+        theta, velocity = state[:dim], state[dim:]
+        return torch.cat([velocity, riemannian._acceleration(derivatives, theta, velocity)])
+
+    return field
+
+
+class MethodOnly:
+    """Hide the fast kernel: use the objective's own forward-over-reverse ``grad_and_hvp``."""
+
+    def __init__(self, objective):
+        self.grad_and_hvp = objective.grad_and_hvp
+
+
+def scipy_rhs(objective):
+    """Right-hand side in the style of the released reference code: NumPy in, NumPy out,
+    gradient and HVP by autograd double backward at every call."""
+    dim = objective.num_params
+
+    def rhs(_t, y):
+        state = torch.from_numpy(y)
+        theta = state[:dim].clone().requires_grad_(True)
+        velocity = state[dim:]
+        (grad,) = torch.autograd.grad(objective.value(theta), theta, create_graph=True)
+        (hvp,) = torch.autograd.grad(grad, theta, grad_outputs=velocity)
+        grad = grad.detach()
+        acceleration = -grad * (velocity @ hvp) / (1 + grad @ grad)
+        return torch.cat([velocity, acceleration]).numpy()
+
+    return rhs
+
+
+def floor_passes(objective, theta, v):
+    """One forward + backward of the loss, and one forward-mode pass (JVP) of the net.
+
+    The net is the bare ``nn.Sequential`` on its (precomputed) input features, so the floor
+    carries no wrapper overhead.
+    """
+    model = copy.deepcopy(fast_mlp._sequential(objective.model))
+    inputs = fast_mlp._network_inputs(objective.model, objective.inputs)
+    targets, scale = objective.targets, 0.5 / objective.noise_std**2
+    torch.nn.utils.vector_to_parameters(theta, model.parameters())
+    tangents = unflatten(model, v)
+    params = {name: p.detach() for name, p in model.named_parameters()}
+
+    def forward_backward():
+        model.zero_grad(set_to_none=True)
+        (scale * (model(inputs) - targets).square().sum()).backward()
+
+    def forward_mode():
+        return jvp(lambda p: functional_call(model, p, (inputs,)), (params,), (tangents,))
+
+    return forward_backward, forward_mode
+
+
+# --- solves -----------------------------------------------------------------------------------
+
+
+def relative_errors(endpoints, reference, theta_star):
+    return ((endpoints - reference).norm(dim=-1) / (reference - theta_star).norm(dim=-1)).tolist()
+
+
+def solve_rows(loss, theta_star, tangents, **options):
+    """Per-sample solves; wall and CPU seconds per sample, NFE, end points, drift."""
+    rows = []
+    for v in tangents:
+        result, wall, cpu = timed(lambda v=v: exp_map(loss, theta_star, v, **options))
+        rows.append((result.endpoints, wall, cpu, int(result.nfe), float(result.speed_drift)))
+    return rows
+
+
+def scipy_rows(objective, theta_star, tangents, tol):
+    rhs, rows = scipy_rhs(objective), []
+    dim = len(theta_star)
+    for v in tangents:
+        y0 = torch.cat([theta_star, v]).numpy()
+
+        def solve(y0=y0):
+            return solve_ivp(rhs, (0.0, 1.0), y0, method="RK45", rtol=tol, atol=tol)
+
+        solution, wall, cpu = timed(solve)
+        end = torch.from_numpy(np.ascontiguousarray(solution.y[:dim, -1]))
+        rows.append((end, wall, cpu, int(solution.nfev), float("nan")))
+    return rows
+
+
+def report(label, rows, reference, theta_star):
+    ends = torch.stack([row[0] for row in rows])
+    errors = relative_errors(ends, reference[: len(rows)], theta_star)
+    walls, cpus = [row[1] for row in rows], [row[2] for row in rows]
+    nfes, drifts = [row[3] for row in rows], [row[4] for row in rows]
+    print(
+        f"  {label:<44s} {statistics.median(walls):6.2f} s {statistics.median(cpus):6.2f} s "
+        f"{statistics.median(nfes):6.0f}  {100 * statistics.median(errors):6.2f}% "
+        f"{100 * max(errors):6.2f}%  {statistics.median(drifts):8.2g}"
+    )
+    return statistics.median(walls), statistics.median(cpus), max(errors)
+
+
+def time_evaluations(objective, posterior, quick, compile_kernel):
+    """Section 1: ms per vector-field evaluation of each design, and the floor."""
+    theta_star, dim = posterior.mean, objective.num_params
+    tangent = posterior.sample_tangent(1, torch.Generator().manual_seed(0), scale=0.5)[0]
+    state = torch.cat([theta_star, tangent])
+    forward_backward, forward_mode = floor_passes(objective, theta_star, tangent)
+    designs = {
+        "floor: forward + backward": forward_backward,
+        "floor: forward-mode pass (JVP)": forward_mode,
+        DEFAULT_FIELD: partial(field_of(objective, dim), state),
+        "autograd double backward (prototype)": partial(field_of(objective.value, dim), state),
+        "torch.func jvp(grad) (objective's own)": partial(
+            field_of(MethodOnly(objective), dim), state
+        ),
+        "scipy + NumPy round trip (reference code)": partial(
+            scipy_rhs(objective), 0.0, state.numpy()
+        ),
+    }
+    if compile_kernel:
+        kernel = MLPRegressionKernel.from_objective(objective)
+        compiled, seconds, _ = timed(lambda: torch.compile(kernel.grad_and_hvp, dynamic=False))
+        _, seconds_first, _ = timed(lambda: compiled(theta_star, tangent))
+        print(f"torch.compile of the kernel: {seconds + seconds_first:.0f} s to compile")
+        designs["torch.compile(fused kernel), grad+HVP only"] = partial(
+            compiled, theta_star, tangent
+        )
+    times = per_call_ms(designs, repeats=5 if quick else 9, calls=10)
+    floor = [sum(pair) for pair in zip(*list(times.values())[:2], strict=True)]
+    print("\n1. one vector-field evaluation                 ms wall   ms CPU   × floor (CPU)")
+    print(f"  {'floor (forward + backward + JVP)':<44s} {floor[0]:6.2f}  {floor[1]:6.2f}    1.00")
+    for name, (wall, cpu) in list(times.items())[2:]:
+        print(f"  {name:<44s} {wall:6.2f}  {cpu:6.2f}  {cpu / floor[1]:6.2f}")
+    return times[DEFAULT_FIELD][1] / floor[1]
+
+
+def compare_solves(objective, posterior, alpha, samples, quick):
+    """Sections 2-4 at one α; returns (wall, CPU, worst error) of the default design."""
+    theta_star = posterior.mean
+    tangents = posterior.sample_tangent(samples, torch.Generator().manual_seed(1), alpha)
+    tight = {"method": "dopri5", "rtol": 1e-8, "atol": 1e-8, "max_num_steps": 100_000}
+    ref_rows, seconds, _ = timed(lambda: solve_rows(objective, theta_star, tangents, **tight))
+    reference = torch.stack([row[0] for row in ref_rows])
+    print(f"\n2. α = {alpha}: {samples} samples; reference dopri5 1e-8 "
+          f"({statistics.median(row[3] for row in ref_rows):.0f} NFE, {seconds:.0f} s)")
+    print(f"  {'design':<44s} {'s/sample':>8s} {'CPU s':>8s} {'NFE':>6s} "
+          f"{'err med':>7s} {'err max':>7s} {'drift':>8s}")
+    few = tangents[:1] if quick else tangents[:2]
+    configs = [
+        ("prototype: dopri5 1e-4, double backward", objective.value, "dopri5", 1e-4, few),
+        ("dopri5 1e-4, fused kernel", objective, "dopri5", 1e-4, tangents),
+        ("dopri5 1e-3, fused kernel", objective, "dopri5", 1e-3, tangents),
+        (DEFAULT_SOLVE, objective, "bosh3", 1e-4, tangents),
+        ("bosh3 3e-4, fused kernel", objective, "bosh3", 3e-4, tangents),
+    ]
+    for label, loss, method, tol, rows_in in configs:
+        rows = solve_rows(loss, theta_star, rows_in, method=method, rtol=tol, atol=tol,
+                          max_num_steps=10_000)
+        measured = report(label, rows, reference, theta_star)
+        if label == DEFAULT_SOLVE:
+            default, riemann = measured, torch.stack([row[0] for row in rows])
+    rows = scipy_rows(objective, theta_star, few, 1e-4)
+    report("reference code: scipy RK45 1e-4, NumPy", rows, reference, theta_star)
+
+    batch, wall, cpu = timed(
+        lambda: exp_map(objective, theta_star, tangents, method="bosh3", batched=True)
+    )
+    errors = relative_errors(batch.endpoints, reference, theta_star)
+    print(f"  {f'bosh3 1e-4, batched ×{samples} (one shared solve)':<44s} "
+          f"{wall / samples:6.2f} s {cpu / samples:6.2f} s {int(batch.nfe[0]):6d}  "
+          f"{100 * statistics.median(errors):6.2f}% {100 * max(errors):6.2f}%  "
+          f"{float(batch.speed_drift.median()):8.2g}")
+    linear = riemannian.linearised_objective(objective, theta_star)
+    rows = solve_rows(linear, theta_star, few, method="bosh3", rtol=1e-4, atol=1e-4)
+    report("linearised, bosh3 1e-4 (err: vs full ref)", rows, reference, theta_star)
+
+    loss_at = statistics.median(float(objective.value(theta)) for theta in riemann)
+    euclid = statistics.median(float(objective.value(theta_star + v)) for v in tangents)
+    print(f"  loss (medians): θ* {float(objective.value(theta_star)):.1f}, "
+          f"Euclidean θ* + v {euclid:.1f}, Riemannian {loss_at:.1f}")
+    return default
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="fewer samples and repeats")
+    parser.add_argument("--compile", action="store_true", help="also time torch.compile")
+    parser.add_argument("--source", choices=("reference", "synthetic"), default="reference")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    print(f"torch {torch.__version__}, {os.cpu_count()} CPU cores, 1 thread; "
+          f"load average {os.getloadavg()[0]:.1f} at start")
+    start = time.perf_counter()
+    if args.source == "reference":
+        try:
+            objective, posterior, what = reference_problem()
+        except ImportError as err:
+            print(f"chapter-1 reference not available ({err}); using synthetic data")
+            args.source = "synthetic"
+    if args.source == "synthetic":
+        objective, posterior, what = synthetic_problem(2_000 if args.quick else 10_000)
+    theta_star = posterior.mean
+    print(f"problem: {what}; set-up {time.perf_counter() - start:.0f} s")
+    print(f"  D = {objective.num_params}, N = {objective.num_examples} frozen pairs, "
+          f"σ = {float(objective.noise_std):.3f}, λ = {objective.prior_precision:.3g}, "
+          f"‖∇L(θ*)‖ = {float(objective.grad(theta_star).norm()):.2g}, "
+          f"L(θ*) = {float(objective.value(theta_star)):.1f}")
+
+    ratio = time_evaluations(objective, posterior, args.quick, args.compile)
+    samples = 2 if args.quick else 4
+    default = {a: compare_solves(objective, posterior, a, samples, args.quick) for a in (0.5, 1.0)}
+
+    print(f"\nTargets (full network, end-point error ≤ 2%; {DEFAULT_SOLVE}):")
+    for alpha, bound in ((0.5, 2.0), (1.0, 4.0)):
+        wall, cpu, worst = default[alpha]
+        print(f"  α = {alpha}: {wall:.2f} s wall, {cpu:.2f} s CPU per sample (target ≤ {bound} s)"
+              f", worst end-point error {100 * worst:.2f}%")
+    print(f"  kernel evaluation {ratio:.2f} × floor (target ≤ 2)")
+    print(f"load average {os.getloadavg()[0]:.1f} at end; "
+          f"total {time.perf_counter() - start:.0f} s")
+
+
+if __name__ == "__main__":
+    main()
