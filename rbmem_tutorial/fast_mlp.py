@@ -121,6 +121,8 @@ class MLPRegressionKernel:
         σ, one number or one per output ``[out]``.
     prior_precision : float
         λ.
+    prior_mean : Tensor [D], optional
+        m, the prior mean (zero when omitted): the prior term of the gradient is λ(θ − m).
 
     Example
     -------
@@ -135,7 +137,8 @@ class MLPRegressionKernel:
     (torch.Size([50]), torch.Size([50]))
     """
 
-    def __init__(self, model, inputs, targets, *, noise_std: float, prior_precision: float):
+    def __init__(self, model, inputs, targets, *, noise_std: float, prior_precision: float,
+                 prior_mean=None):
         plan = _layer_plan(model)
         if plan is None:
             raise TypeError(
@@ -153,6 +156,7 @@ class MLPRegressionKernel:
             self.inputs = _network_inputs(model, inputs)
         self.noise_var = _noise_variance(noise_std, self.targets)
         self.prior_precision = check_positive("prior_precision", prior_precision, allow_zero=True)
+        self.prior_mean = prior_mean
         self.activations = [activation for _, activation in plan]
         self.slices = []
         offset = 0
@@ -175,6 +179,7 @@ class MLPRegressionKernel:
             objective.targets,
             noise_std=objective.noise_std,
             prior_precision=objective.prior_precision,
+            prior_mean=getattr(objective, "prior_mean", None),
         )
 
     def _blocks(self, flat):
@@ -226,7 +231,8 @@ class MLPRegressionKernel:
                 re += delta @ d_weight
                 d1, d2, ra = saved[index - 1][2:]
                 delta, r_delta = d1 * e, (d2 * ra).mul_(e).addcmul_(d1, re)
-        grad = self._flatten(grads[::-1]).add_(theta, alpha=self.prior_precision)
+        offset = theta if self.prior_mean is None else theta - self.prior_mean
+        grad = self._flatten(grads[::-1]).add_(offset, alpha=self.prior_precision)
         hvp = self._flatten(hvps[::-1]).add_(v, alpha=self.prior_precision)
         if grad.shape != theta_shape:  # theta was broadcast: every row is the same gradient
             grad = grad.reshape(-1, self.num_params)[0].view(theta_shape)

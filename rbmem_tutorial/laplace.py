@@ -152,7 +152,8 @@ class LaplacePosterior:
         self._data_fit = float(objective.data_fit(self.mean))
         log_2pi_var = float(torch.log(2 * math.pi / weights).sum())
         self._log_norm = -0.5 * objective.num_examples * log_2pi_var
-        self._prior_sq_norm = float(self.mean[self._integrated].square().sum())
+        offset = objective.prior_offset(self.mean)
+        self._prior_sq_norm = float(offset[self._integrated].square().sum())
         if prior_precision is None:
             prior_precision = optimal_prior_precision(self._eigenvalues, self._prior_sq_norm)
         self.prior_precision = check_positive("prior_precision", prior_precision)

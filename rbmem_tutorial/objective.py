@@ -167,14 +167,16 @@ class RefineRecord:
 
 
 class RegressionObjective:
-    """Negative log posterior of a regression model with Gaussian noise and a zero-mean prior.
+    """Negative log posterior of a regression model with Gaussian noise and a Gaussian prior.
 
     .. math::
 
         L(θ) = \\frac{1}{2} \\sum_n \\sum_j (f_θ(z_n)_j − y_{n,j})^2 / σ_j^2
-               + \\frac{λ}{2} \\lVert θ \\rVert^2
+               + \\frac{λ}{2} \\lVert θ − m \\rVert^2
 
-    The prior is N(0, λ⁻¹ I), centred at zero (not at θ*), so changing λ moves the minimiser.
+    The prior is N(m, λ⁻¹ I). By default it is centred at zero, m = 0, so changing λ moves the
+    minimiser; :func:`~rbmem_tutorial.pipeline.fit_flow_posterior` centres it at the trained
+    parameters instead (``prior_mean``), which keeps the refined mode close to them.
     The model is copied to float64 on the device of ``inputs``; the caller's model is untouched.
 
     Parameters
@@ -188,6 +190,8 @@ class RegressionObjective:
         σ, one for all outputs or one per output dimension; positive.
     prior_precision : float
         λ > 0.
+    prior_mean : Tensor [D], optional
+        m, the prior mean; zero when omitted.
 
     Attributes
     ----------
@@ -208,7 +212,7 @@ class RegressionObjective:
     (torch.Size([3]), torch.Size([3]))
     """
 
-    def __init__(self, model, inputs, targets, noise_std, prior_precision):
+    def __init__(self, model, inputs, targets, noise_std, prior_precision, prior_mean=None):
         _check_module("model", model)
         inputs = check_tensor("inputs", inputs, ndim=2, min_rows=1)
         targets = check_tensor("targets", targets, ndim=2, min_rows=1)
@@ -224,6 +228,9 @@ class RegressionObjective:
         self.noise_std = _check_noise_std(noise_std, targets.shape[1], device)
         self.prior_precision = check_positive("prior_precision", prior_precision)
         self.num_params = sum(p.numel() for p in self.model.parameters())
+        self.prior_mean = None
+        if prior_mean is not None:
+            self.prior_mean = self._check_theta(prior_mean).detach().to(torch.float64)
         self.num_examples = inputs.shape[0]
         self._check_output_shape()
 
@@ -374,7 +381,12 @@ class RegressionObjective:
         return 0.5 * (residual.square() * self._precision_weights()).sum()
 
     def _loss(self, theta):
-        return self._data_fit(theta) + 0.5 * self.prior_precision * theta.square().sum()
+        prior = self.prior_offset(theta).square().sum()
+        return self._data_fit(theta) + 0.5 * self.prior_precision * prior
+
+    def prior_offset(self, theta: torch.Tensor) -> torch.Tensor:
+        """θ − m, the displacement from the prior mean (θ itself when m = 0)."""
+        return theta if self.prior_mean is None else theta - self.prior_mean
 
     def _precision_weights(self):
         """1/σ_j² as a tensor [out]."""

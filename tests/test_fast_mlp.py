@@ -198,3 +198,23 @@ def test_supports_only_plain_objectives_on_mlps():
     assert not fast_mlp.supports(RegressionObjective(relu, inputs, targets, 1.0, 1.0))
     assert not fast_mlp.supports(Tempered(silu, inputs, targets, 1.0, 1.0))
     assert fast_mlp.supports(RegressionObjective(silu, inputs, targets, 1.0, 1.0))
+
+
+def test_prior_mean_matches_regression_objective():
+    torch.manual_seed(0)
+    base = objective_for(mlp(nn.SiLU, (3, 8, 2)), 0.5)
+    g = torch.Generator().manual_seed(2)
+    mean = torch.randn(base.num_params, generator=g, dtype=F64)
+    objective = RegressionObjective(
+        base.model, base.inputs, base.targets, 0.5, 1.5, prior_mean=mean
+    )
+    kernel = MLPRegressionKernel.from_objective(objective)
+    theta = parameters_vector(objective.model)
+    vs = torch.randn(2, objective.num_params, generator=g, dtype=F64)
+    expected_grad, expected_hvps = objective.grad_and_hvp(theta, vs)
+    grad, hvps = kernel.grad_and_hvp(theta, vs)
+    assert_relative(grad, expected_grad)
+    assert_relative(hvps, expected_hvps)
+    # the prior term moved by exactly -λ m
+    zero_mean_grad = base.grad(theta)
+    torch.testing.assert_close(expected_grad, zero_mean_grad - 1.5 * mean)

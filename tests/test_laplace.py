@@ -272,3 +272,29 @@ def test_cuda_follows_the_objective(mlp_problem, structure):
     assert samples.device.type == "cuda" and post.sample(2).device.type == "cuda"
     torch.testing.assert_close(post.variance.cpu(), reference.variance)
     assert post.log_marginal_likelihood() == pytest.approx(reference.log_marginal_likelihood())
+
+
+# -- a prior centred away from zero ------------------------------------------------------------
+
+
+def test_prior_mean_gives_the_closed_form_posterior_and_evidence():
+    """θ ~ N(m, λ⁻¹I): the posterior mean is P⁻¹(JᵀΣ⁻¹y + λm), and the evidence is that of the
+    zero-mean problem for the shifted targets y − f_m(z)."""
+    z, y = regression_data(seed=3)
+    lam = 1.7
+    gen = torch.Generator().manual_seed(4)
+    m = torch.randn(8, generator=gen, dtype=torch.float64)  # [W (2x3) row-major, b (2)]
+    obj = RegressionObjective(nn.Linear(3, 2), z, y, SIGMA, lam, prior_mean=m)
+    theta, record = refine_map(obj, torch.zeros(8, dtype=torch.float64), gtol=1e-12)
+    assert record.converged
+    f_m = z @ m[:6].view(2, 3).T + m[6:]
+    shifted_mean, precision, evidence = linear_regression_truth(z, y - f_m, SIGMA, lam)
+    torch.testing.assert_close(theta, shifted_mean + m, rtol=0, atol=1e-8)
+    post = fit_laplace(obj, theta, "full", prior_precision=lam)
+    torch.testing.assert_close(post.covariance(), torch.linalg.inv(precision), rtol=1e-8, atol=0)
+    assert post.log_marginal_likelihood() == pytest.approx(evidence, rel=1e-8)
+    # tuning λ uses ‖θ* − m‖², so it matches the zero-mean problem of the shifted targets
+    zero_mean = RegressionObjective(nn.Linear(3, 2), z, y - f_m, SIGMA, lam)
+    tuned = fit_laplace(obj, theta, "full").prior_precision
+    reference = fit_laplace(zero_mean, theta - m, "full").prior_precision
+    assert tuned == pytest.approx(reference, rel=1e-8)
