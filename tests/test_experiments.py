@@ -138,3 +138,14 @@ def test_two_gloo_processes_equal_one(reference_run, tmp_path):
     for key in expected:
         for column in SCHEMA - {"seconds"}:
             assert got[key][column] == expected[key][column], (key, column)
+
+
+def test_shards_cover_every_cell_once_and_keep_seeds_together():
+    config = tradeoff.profile_config("quick", train_seeds=(0, 1, 2, 3), methods=("map", "laplace"))
+    for world in (1, 2, 3, 4):
+        shards = [tradeoff.shard(config, rank, world) for rank in range(world)]
+        keys = [cell.key for part in shards for cell in part]
+        assert sorted(keys) == sorted(cell.key for cell in tradeoff.cells(config))
+        if 4 % world == 0:  # whole seeds per rank: no seed's nets are built on two ranks
+            seeds = [{cell.train_seed for cell in part} for part in shards]
+            assert all(a.isdisjoint(b) for i, a in enumerate(seeds) for b in seeds[i + 1 :])

@@ -53,3 +53,26 @@ def test_bad_options(tiny_flow):
         fit_flow_posterior(net, train, draws_per_point=0)
     with pytest.raises(ValueError, match="initial_prior_precision"):
         fit_flow_posterior(net, train, initial_prior_precision=-1.0)
+
+
+def test_weight_subset_posterior_is_restricted_and_stationary(tiny_flow, tmp_path, monkeypatch):
+    monkeypatch.setenv("RBMEM_CACHE", str(tmp_path))
+    net, train = tiny_flow
+    fp = fit_flow_posterior(net, train, draws_per_point=4, param_subset="last")
+    assert fp.subset.names == ("net.2.weight", "net.2.bias")
+    k = fp.subset.size
+    assert fp.posterior.mean.shape == (k,) and fp.posterior.objective.num_params == k
+    torch.testing.assert_close(fp.posterior.mean, fp.subset.restrict(fp.theta_map))
+    assert float(fp.posterior.objective.grad(fp.posterior.mean).norm()) < 1e-4
+    draws = fp.full(fp.posterior.sample(3, torch.Generator().manual_seed(0)))
+    fixed = torch.ones(fp.theta_map.numel(), dtype=torch.bool)
+    fixed[fp.subset.index] = False
+    assert torch.equal(draws[:, fixed], fp.theta_map[fixed].expand(3, -1))
+    # the subset is part of the cache key, and no subset keeps the full posterior
+    full = fit_flow_posterior(net, train, draws_per_point=4)
+    assert full.subset is None and full.posterior.mean.numel() == fp.theta_map.numel()
+    assert len(list(tmp_path.glob("posterior-*.pt"))) == 2
+    # chunking changes memory, not results
+    chunked = fit_flow_posterior(net, train, draws_per_point=4, param_subset="last",
+                                 chunk_size=3)
+    torch.testing.assert_close(chunked.posterior.variance, fp.posterior.variance)

@@ -14,12 +14,16 @@ QUALITY = (("mmd2", "MMD² to held-out data (lower is better)"),
            ("precision", "k-NN precision (higher is better)"))
 
 
-def summarise(rows: list[dict], metric: str) -> dict[str, list[tuple]]:
+MEMORISATION = (("mem_strict", "d₁/d₂ < 1/3"), ("mem_loose", "d₁/d₂ < 0.577"))
+
+
+def summarise(rows: list[dict], metric: str, memorised: str = "mem_strict"
+              ) -> dict[str, list[tuple]]:
     """Per method, a list over scales of (scale, mean memorised fraction, its std over seeds,
-    mean metric, its std over seeds)."""
+    mean metric, its std over seeds); ``memorised`` picks the threshold's column."""
     groups = defaultdict(list)
     for row in rows:
-        groups[(row["method"], row["scale"])].append((row["mem_strict"], row[metric]))
+        groups[(row["method"], row["scale"])].append((row[memorised], row[metric]))
     curves = defaultdict(list)
     for (method, scale), values in sorted(groups.items()):
         mem, value = np.array(values).T
@@ -28,11 +32,21 @@ def summarise(rows: list[dict], metric: str) -> dict[str, list[tuple]]:
 
 
 def frontier_figure(rows: list[dict]):
-    """Memorised fraction (ratio < 1/3) against each quality measure, one curve per method
-    across the scale sweep, with error bars of one standard deviation over seeds."""
-    fig, axes = plt.subplots(1, len(QUALITY), figsize=(5.2 * len(QUALITY), 4.2))
+    """Memorised fraction against each quality measure, one curve per method across the scale
+    sweep, with error bars of one standard deviation over seeds; top row ratio < 1/3, bottom
+    row ratio < 0.577 (the poster's squared form with c = 1/3)."""
+    fig, grid = plt.subplots(len(MEMORISATION), len(QUALITY),
+                             figsize=(5.2 * len(QUALITY), 4.2 * len(MEMORISATION)), squeeze=False)
+    for axes, (memorised, threshold) in zip(grid, MEMORISATION, strict=True):
+        _frontier_row(axes, rows, memorised, threshold)
+    grid[0, 0].legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def _frontier_row(axes, rows, memorised, threshold):
     for ax, (metric, label) in zip(axes, QUALITY, strict=True):
-        for method, points in summarise(rows, metric).items():
+        for method, points in summarise(rows, metric, memorised).items():
             scale, mem, mem_sd, value, value_sd = np.array(points).T
             ax.errorbar(mem, value, xerr=mem_sd, yerr=value_sd, marker="o", capsize=3,
                         color=COLOURS.get(method), label=method)
@@ -42,12 +56,9 @@ def frontier_figure(rows: list[dict]):
                                 textcoords="offset points")
         true_value = np.mean([row[f"baseline_{metric}"] for row in rows])
         ax.axhline(true_value, ls=":", color="k", lw=1, label="true samples")
-        ax.axvline(np.mean([row["true_mem_strict"] for row in rows]), ls=":", color="k", lw=1)
-        ax.set_xlabel("memorised fraction (d₁/d₂ < 1/3)")
+        ax.axvline(np.mean([row[f"true_{memorised}"] for row in rows]), ls=":", color="k", lw=1)
+        ax.set_xlabel(f"memorised fraction ({threshold})")
         ax.set_ylabel(label)
-    axes[0].legend(fontsize=8)
-    fig.tight_layout()
-    return fig
 
 
 def samples_figure(out, rows: list[dict], train: np.ndarray, seed: int = 0):
@@ -77,3 +88,56 @@ def samples_figure(out, rows: list[dict], train: np.ndarray, seed: int = 0):
         ax.set_ylim(*limits[1])
     fig.tight_layout()
     return fig
+
+
+def _cell_label(key: str) -> str:
+    method, scale = key.split("__")[:2]
+    return method + ("" if scale == "a0" else f", α={scale[1:]}")
+
+
+def image_samples_figure(preview, image_shape, keys=None, columns: int = 8):
+    """Generated images with their nearest training images, one pair of rows per cell.
+
+    ``preview`` holds the arrays of ``preview.npz`` (see :func:`.tradeoff.write_preview`).
+    ``keys`` picks and orders the cells; by default every method at its largest scale for the
+    first training and sampling seed. Each sample is titled with its ratio d₁/d₂ (red when
+    below 1/3, orange when below 0.577).
+    """
+    all_keys = [str(k) for k in preview["keys"]]
+    if keys is None:
+        first = all_keys[0].split("__")[2:]
+        chosen = {}
+        for key in all_keys:
+            method, scale, *seeds = key.split("__")
+            if seeds == first:
+                chosen[method] = max(chosen.get(method, key), key,
+                                     key=lambda k: float(k.split("__")[1][1:]))
+        keys = sorted(chosen.values(), key=lambda k: list(COLOURS).index(k.split("__")[0]))
+    columns = min(columns, preview["samples"].shape[1])
+    fig, axes = plt.subplots(2 * len(keys), columns, figsize=(1.1 * columns, 2.4 * len(keys)),
+                             squeeze=False)
+    for r, key in enumerate(keys):
+        i = all_keys.index(key)
+        for c in range(columns):
+            ratio = float(preview["ratio"][i, c])
+            colour = "red" if ratio < 1 / 3 else "darkorange" if ratio < 3**-0.5 else "black"
+            top, bottom = axes[2 * r, c], axes[2 * r + 1, c]
+            _show(top, preview["samples"][i, c], image_shape)
+            top.set_title(f"{ratio:.2f}", fontsize=7, color=colour)
+            _show(bottom, preview["train"][preview["nearest"][i, c]], image_shape)
+        axes[2 * r, 0].set_ylabel(_cell_label(key), fontsize=7, rotation=0, ha="right")
+        axes[2 * r + 1, 0].set_ylabel("nearest\ntraining", fontsize=7, rotation=0, ha="right")
+    fig.suptitle("generated (with d₁/d₂) above their nearest training images", fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def _show(ax, flat, image_shape):
+    """One flattened image in [-1, 1] (grey, or RGB for three channels)."""
+    image = np.clip((np.asarray(flat).reshape(image_shape) + 1) / 2, 0, 1)
+    if image_shape[0] == 3:
+        ax.imshow(image.transpose(1, 2, 0))
+    else:
+        ax.imshow(image[0], cmap="gray_r", vmin=0, vmax=1)
+    ax.set_xticks([])
+    ax.set_yticks([])

@@ -15,6 +15,12 @@ All parameter samples of a cell generate from the same x_0, and ``laplace`` and 
 methods share their z draws at every scale, so methods are compared on paired draws. Every
 random draw is seeded from the cell's own coordinates: a cell's numbers do not depend on which
 other cells ran, in what order, or on how many processes.
+
+Scaling up (chapter 6): images (``dataset="digits"`` or a user's ``data_file``) with an MLP or
+the convolutional net (``net="conv"``); a posterior over a weight subset (``param_subset``,
+see :mod:`rbmem_tutorial.subsets`); geodesics on a fixed mini-batch of ``geodesic_batch`` frozen
+pairs; profiles sized for one GPU. Several processes share the work cell by cell (a cell's
+parameter samples are not split across processes).
 """
 
 from __future__ import annotations
@@ -27,15 +33,18 @@ import numpy as np
 import torch
 
 from .._checks import check_choice, check_positive, check_positive_int
-from ..data import DATASETS, TOY_DATASETS, sample_dataset
+from ..data import DATASETS, DIGITS_COUNT, TOY_DATASETS, sample_dataset
+from ..image_nets import NETS, build_velocity_net
 from ..memorisation import memorisation_report
 from ..metrics import quality_report
 from ..objective import parameters_vector
 from ..pipeline import fit_flow_posterior
 from ..posterior import generate
-from ..reference import REFERENCE, FlowConfig, load_or_train
+from ..reference import REFERENCE, FlowConfig
 from ..riemannian import GeodesicSolveError, exp_map, linearised_objective
+from ..subsets import minibatch_objective, parameter_subset
 from . import store
+from .flows import study_data, study_image_shape, study_images, trained_flow
 
 METHODS = ("map", "early-stop", "isotropic", "laplace", "riemannian", "riemannian-linearised")
 SCALED = ("isotropic", "laplace", "riemannian", "riemannian-linearised")
@@ -44,7 +53,15 @@ LOOSE_C = 1 / 3  # the poster's squared form d1² ≤ c d2² with c = 1/3 (ratio
 
 @dataclass(frozen=True)
 class TradeoffConfig:
-    """Everything that determines a trade-off study (saved beside its results)."""
+    """Everything that determines a trade-off study (saved beside its results).
+
+    ``dataset`` is ``"file"`` exactly when ``data_file`` names a user's image array. ``hidden``
+    holds the MLP's widths, ``channels`` the conv net's channels per level. ``n_test`` ``None``
+    picks the held-out size: for the toy sets max(2000, generated samples); for images all the
+    images not used for training (half of them score quality, the other half are the
+    true-sample baseline). ``param_subset`` ``None`` puts the posterior on every weight;
+    ``geodesic_batch`` ``None`` runs geodesics on all frozen pairs.
+    """
 
     dataset: str = REFERENCE.dataset
     n_train: int = REFERENCE.n_train
@@ -66,9 +83,23 @@ class TradeoffConfig:
     max_geodesic_steps: int = 4000
     device: str = "cpu"
     profile: str = "custom"
+    net: str = "mlp"
+    channels: tuple[int, ...] = (32, 64)
+    data_file: str | None = None
+    n_test: int | None = None
+    param_subset: str | None = None
+    geodesic_batch: int | None = None
+    refine_iterations: int = 1000
+    newton_steps: int = 10
 
     def __post_init__(self):
-        check_choice("dataset", self.dataset, DATASETS)
+        check_choice("dataset", self.dataset, (*DATASETS, "file"))
+        if (self.dataset == "file") != (self.data_file is not None):
+            raise ValueError("a data file and dataset 'file' go together: pass --data-file PATH "
+                             "without --dataset, or a built-in --dataset without --data-file.")
+        check_choice("net", self.net, NETS)
+        if self.net == "conv" and self.dataset in TOY_DATASETS:
+            raise ValueError(f"net 'conv' needs images; {self.dataset!r} is 2-D: use net 'mlp'.")
         check_positive_int("n_train", self.n_train, minimum=2)
         check_positive_int("early_steps", self.early_steps)
         if not self.methods:
@@ -82,6 +113,10 @@ class TradeoffConfig:
         for name in ("train_seeds", "sample_seeds"):
             if not getattr(self, name):
                 raise ValueError(f"{name} is empty; pass at least one seed.")
+        if self.n_test is not None:
+            check_positive_int("n_test", self.n_test, minimum=2)
+        if self.geodesic_batch is not None:
+            check_positive_int("geodesic_batch", self.geodesic_batch)
         check_positive_int("n_param_samples", self.n_param_samples)
         check_positive_int("n_x0", self.n_x0, minimum=2)
         check_choice("device", self.device.split(":")[0], ("cpu", "cuda"))
@@ -93,21 +128,40 @@ class TradeoffConfig:
         return FlowConfig(
             dataset=self.dataset, n_train=self.n_train, hidden=tuple(self.hidden),
             steps=steps or self.steps, batch_size=self.batch_size, lr=self.lr,
-            seed=train_seed, n_test=max(REFERENCE.n_test, self.n_generated),
+            seed=train_seed, n_test=self.held_out_size(),
         )
+
+    def held_out_size(self, count: int | None = None) -> int:
+        """Held-out set size (see the class notes); ``count`` is the number of images of a
+        data file."""
+        if self.n_test is not None:
+            return self.n_test
+        if self.dataset in TOY_DATASETS:
+            return max(REFERENCE.n_test, self.n_generated)
+        return (DIGITS_COUNT if count is None else count) - self.n_train
 
     @property
     def n_generated(self) -> int:
         return self.n_param_samples * self.n_x0
 
 
+DIGITS = dict(dataset="digits", n_train=20, hidden=(256, 256, 256), batch_size=20, lr=2e-3)
 PROFILES = {
     "quick": dict(hidden=(32, 32), steps=2000, early_steps=400, draws_per_point=8,
                   methods=METHODS, scales=(0.25,), n_param_samples=2, n_x0=100),
     "cpu": dict(methods=METHODS[:5], scales=(0.25, 0.5, 1.0, 2.0), train_seeds=(0, 1, 2),
                 sample_seeds=(0,), n_param_samples=8, n_x0=250),
-    "gpu": dict(methods=METHODS, scales=(0.125, 0.25, 0.5, 1.0, 2.0, 4.0),
-                train_seeds=(0, 1, 2, 3, 4), sample_seeds=(0, 1), n_param_samples=32, n_x0=500),
+    "gpu": dict(hidden=(128, 128, 128), steps=20_000, early_steps=4000, methods=METHODS,
+                scales=(0.125, 0.25, 0.5, 1.0, 2.0, 4.0), train_seeds=(0, 1, 2, 3, 4),
+                sample_seeds=(0, 1), n_param_samples=32, n_x0=500, device="cuda"),
+    "cpu-digits": dict(**DIGITS, steps=8000, early_steps=1600, draws_per_point=8,
+                       methods=METHODS[:5], scales=(0.25, 0.5, 1.0), n_param_samples=4,
+                       n_x0=100, geodesic_rtol=1e-3, refine_iterations=200, newton_steps=2),
+    "gpu-digits": {**DIGITS, "hidden": (512, 512, 512), "steps": 16_000, "early_steps": 3000,
+                   "draws_per_point": 16, "methods": METHODS,
+                   "scales": (0.125, 0.25, 0.5, 1.0, 2.0), "train_seeds": (0, 1, 2),
+                   "sample_seeds": (0, 1), "n_param_samples": 16, "n_x0": 250,
+                   "device": "cuda"},
 }
 
 
@@ -115,6 +169,20 @@ def profile_config(profile: str, **overrides) -> TradeoffConfig:
     """The configuration of a named profile, with any field overridden."""
     check_choice("profile", profile, PROFILES)
     return TradeoffConfig(**{**PROFILES[profile], "profile": profile, **overrides})
+
+
+def check_config(config: TradeoffConfig) -> None:
+    """The checks that need the data or the net: the data file and the weight subset.
+
+    Cheap (no training); run before any work so that a bad option fails at once.
+    """
+    images = study_images(config)
+    train, _ = study_data(config, images)
+    if config.param_subset is not None:
+        widths = config.hidden if config.net == "mlp" else config.channels
+        net = build_velocity_net(config.net, train.shape[1], hidden=widths,
+                                 image_shape=study_image_shape(config, images))
+        parameter_subset(net, config.param_subset)
 
 
 @dataclass(frozen=True)
@@ -142,9 +210,28 @@ def cells(config: TradeoffConfig) -> list[Cell]:
     ]
 
 
+def shard(config: TradeoffConfig, rank: int, world_size: int) -> list[Cell]:
+    """The cells of rank ``rank`` out of ``world_size``.
+
+    When the training seeds divide evenly among the ranks, each rank takes whole seeds (seeds
+    ``r, r + W, ...``), so no two ranks train the same nets or fit the same posterior.
+    Otherwise rank ``r`` takes cells ``r, r + W, r + 2W, ...`` of :func:`cells`, which balances
+    the cells but repeats each seed's training and posterior fit on every rank that needs it.
+    """
+    everything = cells(config)
+    if len(config.train_seeds) % world_size == 0:
+        seeds = set(config.train_seeds[rank::world_size])
+        return [cell for cell in everything if cell.train_seed in seeds]
+    return everything[rank::world_size]
+
+
 @dataclass
 class SeedContext:
-    """What every cell of one training seed shares: data, nets and the posterior."""
+    """What every cell of one training seed shares: data, nets and the posterior.
+
+    ``geodesic_loss`` is the loss whose geodesics give the Riemannian samples: the posterior's
+    objective (restricted to the weight subset, if any), on a mini-batch if asked for.
+    """
 
     model: torch.nn.Module
     train: torch.Tensor
@@ -152,24 +239,32 @@ class SeedContext:
     true: torch.Tensor
     flow_posterior: object
     theta_early: torch.Tensor
+    geodesic_loss: object
 
 
 def seed_context(config: TradeoffConfig, train_seed: int, progress: bool = False) -> SeedContext:
     """Train (or load) the nets of one seed and fit the posterior; on ``config.device``."""
     device = torch.device(config.device)
-    trained = load_or_train(config.flow_config(train_seed), progress=progress)
-    early = load_or_train(config.flow_config(train_seed, config.early_steps), progress=progress)
+    trained = trained_flow(config, train_seed, config.steps, progress)
+    early = trained_flow(config, train_seed, config.early_steps, progress)
     model = trained.model.to(device)
     train, test = trained.train.to(device), trained.test.to(device)
     fp = fit_flow_posterior(model, train, structure=config.structure,
-                            draws_per_point=config.draws_per_point, seed=train_seed)
+                            draws_per_point=config.draws_per_point, seed=train_seed,
+                            param_subset=config.param_subset,
+                            refine_iterations=config.refine_iterations,
+                            newton_steps=config.newton_steps)
     if config.dataset in TOY_DATASETS:
         g = torch.Generator().manual_seed(10_000 + train_seed)
         true = sample_dataset(config.dataset, config.n_generated, generator=g).to(device)
-    else:  # images: held-out images are the true samples
-        true = test[: config.n_generated]
+    else:  # images: one half of the held-out images scores quality, the other is the baseline
+        half = len(test) // 2
+        test, true = test[:half], test[half:][: config.n_generated]
     theta_early = parameters_vector(early.model).detach().to(device, torch.float64)
-    return SeedContext(model, train, test, true, fp, theta_early)
+    loss = fp.posterior.objective
+    if config.geodesic_batch is not None and config.geodesic_batch < loss.num_examples:
+        loss = minibatch_objective(loss, config.geodesic_batch, seed=train_seed)
+    return SeedContext(model, train, test, true, fp, theta_early, loss)
 
 
 def _generator(*coordinates: int) -> torch.Generator:
@@ -181,23 +276,28 @@ def _generator(*coordinates: int) -> torch.Generator:
 
 
 def parameter_samples(config: TradeoffConfig, ctx: SeedContext, cell: Cell):
-    """The parameter vectors of a cell ``[S, D]`` and geodesic diagnostics (NFE, failures)."""
-    posterior, theta_star = ctx.flow_posterior.posterior, ctx.flow_posterior.theta_map
+    """The parameter vectors of a cell ``[S, D]`` and geodesic diagnostics (NFE, failures).
+
+    Posterior samples live in the posterior's space (θ_S for a weight subset, centred at its
+    mean θ*_S) and are mapped to full vectors with ``flow_posterior.full``.
+    """
+    fp = ctx.flow_posterior
+    posterior, theta_star = fp.posterior, fp.posterior.mean
     info = {"nfe_mean": None, "n_failed": 0}  # None: no geodesics in this method
     if cell.method == "map":
-        return theta_star[None], info
+        return fp.theta_map[None], info
     if cell.method == "early-stop":
         return ctx.theta_early[None], info
     n = config.n_param_samples
     if cell.method == "isotropic":
         z = torch.randn(n, theta_star.numel(), generator=_generator(cell.train_seed,
                         cell.sample_seed, 2), dtype=torch.float64).to(theta_star.device)
-        return theta_star + cell.scale * posterior.variance.mean().sqrt() * z, info
+        return fp.full(theta_star + cell.scale * posterior.variance.mean().sqrt() * z), info
     v = posterior.sample_tangent(n, _generator(cell.train_seed, cell.sample_seed, 1),
                                  scale=cell.scale).to(theta_star.device)
     if cell.method == "laplace":
-        return theta_star + v, info
-    loss = ctx.flow_posterior.objective
+        return fp.full(theta_star + v), info
+    loss = ctx.geodesic_loss
     if cell.method == "riemannian-linearised":
         loss = linearised_objective(loss, theta_star)
     endpoints, nfe = [], []
@@ -214,7 +314,7 @@ def parameter_samples(config: TradeoffConfig, ctx: SeedContext, cell: Cell):
         raise GeodesicSolveError(f"every geodesic of cell {cell.key} hit max_num_steps; use a "
                                  "smaller scale, a larger prior precision or looser tolerances.")
     info["nfe_mean"] = float(np.mean(nfe))
-    return torch.stack(endpoints), info
+    return fp.full(torch.stack(endpoints)), info
 
 
 def _interval(report, **test) -> tuple[float, float]:
@@ -241,6 +341,9 @@ def run_cell(config: TradeoffConfig, ctx: SeedContext, cell: Cell) -> tuple[dict
     loose_lo, loose_hi = _interval(mem, c=LOOSE_C)
     row = {
         "key": cell.key, **asdict(cell), "dataset": config.dataset, "n_train": config.n_train,
+        "net": config.net, "param_subset": config.param_subset or "all",
+        "n_posterior_params": ctx.flow_posterior.posterior.mean.numel(),
+        "geodesic_batch": ctx.geodesic_loss.num_examples,
         "n_param_samples": len(thetas), "n_generated": len(samples),
         "mem_strict": mem.fraction_strict, "mem_strict_lo": lo, "mem_strict_hi": hi,
         "mem_loose": mem.fraction_loose, "mem_loose_lo": loose_lo, "mem_loose_hi": loose_hi,
@@ -251,6 +354,7 @@ def run_cell(config: TradeoffConfig, ctx: SeedContext, cell: Cell) -> tuple[dict
         "gap_ratio": quality.gap.ratio,
         "loss_mean": float(losses.mean()), "loss_median": float(np.median(losses)),
         "loss_map": float(objective.value(ctx.flow_posterior.theta_map)),
+        "grad_norm_map": ctx.flow_posterior.refine_final.grad_norm_after,
         "nfe_geodesic_mean": info["nfe_mean"], "n_failed": info["n_failed"],
         "seconds": time.perf_counter() - start,
     }
@@ -260,16 +364,15 @@ def run_cell(config: TradeoffConfig, ctx: SeedContext, cell: Cell) -> tuple[dict
 
 def run_study(config: TradeoffConfig, out, *, progress: bool = True, rank: int = 0,
               world_size: int = 1) -> list[Cell]:
-    """Run this rank's share of the unfinished cells, writing each one as it finishes.
-
-    Rank ``r`` of ``world_size`` takes cells ``r, r + W, r + 2W, ...`` of :func:`cells`. Returns
-    the cells computed by this call (finished ones are skipped).
-    """
+    """Run this rank's share of the unfinished cells (:func:`shard`), writing each one as it
+    finishes. Returns the cells computed by this call (finished ones are skipped)."""
     from tqdm.auto import tqdm
 
     out = store.check_writable(out)
-    store.write_json(Path(out) / "config.json", asdict(config))
-    mine = [c for c in cells(config)[rank::world_size] if not store.is_done(out, c.key)]
+    if rank == 0:  # without a rank's own device suffix (cuda:1), so any machine can merge
+        store.write_json(Path(out) / "config.json",
+                         asdict(replace(config, device=config.device.split(":")[0])))
+    mine = [c for c in shard(config, rank, world_size) if not store.is_done(out, c.key)]
     contexts: dict[int, SeedContext] = {}
     computed = []
     for cell in tqdm(mine, desc=f"cells (rank {rank})", disable=not progress):
@@ -283,17 +386,52 @@ def run_study(config: TradeoffConfig, out, *, progress: bool = True, rank: int =
 
 def finish(config: TradeoffConfig, out) -> list[dict]:
     """Merge every finished cell into ``results.csv``/``results.json`` and draw the figures."""
-    from .figures import frontier_figure, samples_figure
+    from .figures import frontier_figure, image_samples_figure, samples_figure
 
     rows = store.collect(out)
     store.write_table(out, rows)
-    if rows:
-        frontier_figure(rows).savefig(Path(out) / "frontier.png", dpi=120, bbox_inches="tight")
-        ctx_train = load_or_train(config.flow_config(config.train_seeds[0]), progress=False).train
-        fig = samples_figure(out, rows, ctx_train.numpy(), seed=config.train_seeds[0])
-        if fig is not None:
-            fig.savefig(Path(out) / "samples.png", dpi=120, bbox_inches="tight")
+    if not rows:
+        return rows
+    frontier_figure(rows).savefig(Path(out) / "frontier.png", dpi=120, bbox_inches="tight")
+    images = study_images(config)
+    train = study_data(config, images).train
+    shape = study_image_shape(config, images)
+    write_preview(out, rows, train, min(PREVIEW_SAMPLES, config.n_x0))
+    if shape is None:
+        fig = samples_figure(out, rows, train.numpy(), seed=config.train_seeds[0])
+    else:
+        fig = image_samples_figure(np.load(Path(out) / "preview.npz"), shape)
+    fig.savefig(Path(out) / "samples.png", dpi=120, bbox_inches="tight")
     return rows
+
+
+PREVIEW_SAMPLES = 8
+
+
+def write_preview(out, rows: list[dict], train: torch.Tensor, count: int = PREVIEW_SAMPLES
+                  ) -> None:
+    """A small ``preview.npz`` beside the results, for figures that need no per-cell files.
+
+    For every cell, its first ``count`` samples (the first parameter sample from the first
+    ``count`` x_0 draws, so the same starting noise across methods), their nearest and second
+    nearest training indices and their ratio d₁/d₂; plus the training set. Arrays: ``keys``
+    [cells], ``samples`` [cells, P, d] (float32), ``nearest`` and ``second`` [cells, P],
+    ``ratio`` [cells, P], ``train`` [n, d].
+    """
+    from ..memorisation import nearest_two
+
+    keys, samples, nearest, second, ratio = [], [], [], [], []
+    for row in rows:
+        cell = np.load(Path(out) / "cells" / f"{row['key']}.npz")["samples"][:count]
+        found = nearest_two(torch.from_numpy(cell).double(), train.double())
+        keys.append(row["key"])
+        samples.append(cell.astype(np.float32))
+        nearest.append(found.i1.cpu().numpy())
+        second.append(found.i2.cpu().numpy())
+        ratio.append((found.d1 / found.d2).cpu().numpy())
+    store.write_npz(Path(out) / "preview.npz", keys=np.array(keys), samples=np.stack(samples),
+                    nearest=np.stack(nearest), second=np.stack(second), ratio=np.stack(ratio),
+                    train=train.numpy().astype(np.float32))
 
 
 def with_overrides(config: TradeoffConfig, **overrides) -> TradeoffConfig:

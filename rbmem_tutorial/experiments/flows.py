@@ -1,0 +1,82 @@
+"""Data and trained velocity nets of a study, cached on disk.
+
+Three sources of data: the 2-D toy sets, the 8x8 digits, and a user's image array
+(``--data-file``, read by :func:`rbmem_tutorial.data.load_image_file`). An MLP on a built-in data
+set is the book's :func:`rbmem_tutorial.reference.load_or_train` (trained on the CPU, shared with
+the chapters' cache); a convolutional net, or data from a file, is trained here on the study's
+device and cached under a key made of the data's bytes and every training option.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import NamedTuple
+
+import torch
+
+from .. import __version__
+from ..cache import cache_dir, digest, save_atomic
+from ..data import DataSplit, image_shape, load_dataset, load_image_file, split_images
+from ..flow_matching import train_flow_matching
+from ..image_nets import build_velocity_net
+from ..reference import load_or_train
+
+
+class StudyFlow(NamedTuple):
+    """A trained velocity net (on the CPU, eval mode) with its training and held-out data."""
+
+    model: torch.nn.Module
+    train: torch.Tensor
+    test: torch.Tensor
+    seconds: float
+
+
+def study_images(config) -> torch.Tensor | None:
+    """The user's images ``[N, C, H, W]`` in [-1, 1] when ``config.data_file`` is set."""
+    return None if config.data_file is None else load_image_file(config.data_file)
+
+
+def study_image_shape(config, images: torch.Tensor | None = None) -> tuple[int, ...] | None:
+    """``(C, H, W)`` of the study's images, or ``None`` for vector data."""
+    if config.data_file is None:
+        return image_shape(config.dataset)
+    images = study_images(config) if images is None else images
+    return tuple(images.shape[1:])
+
+
+def study_data(config, images: torch.Tensor | None = None) -> DataSplit:
+    """Training set and held-out set of the study (CPU, float32, rows flattened)."""
+    if config.data_file is None:
+        return load_dataset(config.dataset, config.n_train, config.held_out_size(), 0)
+    images = study_images(config) if images is None else images
+    return split_images(images, config.n_train, config.held_out_size(len(images)), 0)
+
+
+def trained_flow(config, train_seed: int, steps: int, progress: bool = False) -> StudyFlow:
+    """The velocity net of one training seed after ``steps`` Adam steps (cached)."""
+    if config.net == "mlp" and config.data_file is None:
+        trained = load_or_train(config.flow_config(train_seed, steps), progress=progress)
+        return StudyFlow(trained.model, trained.train, trained.test, trained.train_seconds)
+    images = study_images(config)
+    train, test = study_data(config, images)
+    widths = config.hidden if config.net == "mlp" else config.channels
+    model = build_velocity_net(config.net, train.shape[1], hidden=widths,
+                               image_shape=study_image_shape(config, images), seed=train_seed)
+    key = digest({"net": config.net, "widths": list(widths), "steps": steps,
+                  "batch_size": config.batch_size, "lr": config.lr, "seed": train_seed,
+                  "train": train, "device": config.device.split(":")[0],
+                  "version": __version__})
+    path = cache_dir() / f"study-flow-{key[:20]}.pt"
+    if path.exists():
+        record = torch.load(path, weights_only=True)
+        model.load_state_dict(record["state_dict"])
+        return StudyFlow(model.eval(), train, test, record["seconds"])
+    device = torch.device(config.device)
+    model.to(device)
+    start = time.perf_counter()
+    train_flow_matching(model, train.to(device), steps, config.batch_size, config.lr, train_seed,
+                        progress=progress)
+    seconds = time.perf_counter() - start
+    model.cpu()
+    save_atomic({"state_dict": model.state_dict(), "seconds": seconds}, path)
+    return StudyFlow(model.eval(), train, test, seconds)
