@@ -1,4 +1,4 @@
-"""Gradient and Hessian-vector product of an MLP regression loss in one hand-written pass.
+"""Gradient, Hessian-vector product and curvature of an MLP regression loss, hand-written.
 
 For ``nn.Sequential(Linear, act, Linear, ..., act, Linear)`` with ``act`` SiLU or Tanh and
 
@@ -15,9 +15,18 @@ multiplication by the Hessian"), applied to every line of the forward and backwa
     e_l = δ_l W_l                       R e_l = R δ_l W_l + δ_l V_l
     δ_{l−1} = φ'(a_{l−1}) e_l           R δ_{l−1} = φ''(a_{l−1}) R a_{l−1} e_l + φ'(a_{l−1}) R e_l
 
-with ``(V_l, c_l)`` the blocks of ``v``. The prior adds ``λθ`` and ``λv``. Explicit matmuls
-with leading batch dimensions let ``S`` parameter vectors (each with its own direction) share one
-pass, which is what batched geodesic solves need (:mod:`rbmem_tutorial.riemannian`).
+with ``(V_l, c_l)`` the blocks of ``v``. The prior N(m, λ⁻¹I) adds ``λ(θ − m)`` and ``λv``.
+
+A geodesic needs only the scalar curvature ``vᵀ∇²L v``, not the whole product. It is the second
+derivative of ``L(θ + εv)`` at ε = 0, so a second-order forward pass gives it without the
+R-backward pass (two fewer matmuls per hidden layer, and less elementwise work):
+
+    R²a_l = R²h_{l−1} W_lᵀ + 2 R h_{l−1} V_lᵀ,     R²h_l = φ''(a_l) (R a_l)² + φ'(a_l) R²a_l,
+    vᵀ∇²L v = Σ_n ((R f_n)² + (f_n − y_n) R²f_n) / σ² + λ ‖v‖²,   f = a_L.
+
+Explicit matmuls with leading batch dimensions let ``S`` parameter vectors (each with its own
+direction) share one pass, which is what batched geodesic solves need
+(:mod:`rbmem_tutorial.riemannian`).
 
 A :class:`~rbmem_tutorial.nets.RegressionAdapter` around a
 :class:`~rbmem_tutorial.nets.VelocityMLP` is supported too: its fixed input features of
@@ -231,12 +240,58 @@ class MLPRegressionKernel:
                 re += delta @ d_weight
                 d1, d2, ra = saved[index - 1][2:]
                 delta, r_delta = d1 * e, (d2 * ra).mul_(e).addcmul_(d1, re)
-        offset = theta if self.prior_mean is None else theta - self.prior_mean
-        grad = self._flatten(grads[::-1]).add_(offset, alpha=self.prior_precision)
+        grad = self._flatten(grads[::-1]).add_(self._prior_gradient(theta))
         hvp = self._flatten(hvps[::-1]).add_(v, alpha=self.prior_precision)
         if grad.shape != theta_shape:  # theta was broadcast: every row is the same gradient
             grad = grad.reshape(-1, self.num_params)[0].view(theta_shape)
         return grad, hvp
+
+    def grad_and_curvature(self, theta, v) -> tuple[torch.Tensor, torch.Tensor]:
+        """Gradient at ``theta`` and the curvature ``vᵀ∇²L(θ)v`` (shapes ``[..., D]``).
+
+        One forward pass carrying first and second directional derivatives along ``v``, and
+        one backward pass for the gradient (module docstring). Returns the gradient
+        ``[..., D]`` and the curvature ``[...]``.
+        """
+        theta, v = torch.broadcast_tensors(theta, v)
+        params, tangents = self._blocks(theta), self._blocks(v)
+        h, rh, r2h = self.inputs, None, None
+        saved = []
+        for (weight, bias), (d_weight, d_bias), activation in zip(
+            params, tangents, self.activations, strict=True
+        ):
+            a, ra, r2a = h @ weight.mT, h @ d_weight.mT, None
+            if rh is not None:
+                ra += rh @ weight.mT
+                r2a = (rh @ d_weight.mT).mul_(2)
+            if r2h is not None:
+                r2a += r2h @ weight.mT
+            if bias is not None:
+                a += bias.unsqueeze(-2)
+                ra += d_bias.unsqueeze(-2)
+            saved.append([h])
+            if activation is not None:
+                h, d1, d2 = activation(a)
+                rh, r2h = d1 * ra, (d2 * ra).mul_(ra)
+                if r2a is not None:
+                    r2h.addcmul_(d1, r2a)
+                saved[-1].append(d1)
+        residual = a - self.targets
+        second = ra * ra if r2a is None else torch.addcmul(ra * ra, residual, r2a)
+        curvature = (second / self.noise_var).sum((-2, -1))
+        curvature += self.prior_precision * (v * v).sum(-1)
+        delta, grads = residual / self.noise_var, []
+        for index in range(len(params) - 1, -1, -1):
+            grads.append(((delta.mT @ saved[index][0]).flatten(-2), delta.sum(-2)))
+            if index > 0:
+                delta = saved[index - 1][1] * (delta @ params[index][0])
+        grad = self._flatten(grads[::-1]).add_(self._prior_gradient(theta))
+        return grad, curvature
+
+    def _prior_gradient(self, theta):
+        """λ(θ − m), the gradient of the prior term."""
+        offset = theta if self.prior_mean is None else theta - self.prior_mean
+        return self.prior_precision * offset
 
     def _flatten(self, blocks):
         pieces = []

@@ -12,15 +12,19 @@ with a tangent vector drawn from the ordinary Laplace posterior,
 
 and the chapter uses it to spread a flow-matching network over low-loss weights
 (Gegenfurtner, Jacobsen and Arvanitidis, arXiv 2602.00199). Each right-hand side costs one
-gradient and one Hessian-vector product; no D×D matrix is formed.
+gradient and the scalar curvature ``ċᵀ∇²L ċ`` (from a Hessian-vector product, or cheaper by
+a second-order forward pass); no D×D matrix is formed.
 
 ``loss`` is any twice-differentiable scalar function of a flat float64 parameter vector, in one
-of three forms, fastest first:
+of these forms, checked in this order:
 
 1. a ``RegressionObjective`` on a plain MLP that :func:`rbmem_tutorial.fast_mlp.supports`
-   (gradient and HVP in one hand-written pass, batched over samples);
-2. any object with a ``grad_and_hvp(theta, v)`` method returning ``(∇L(θ), ∇²L(θ) v)``;
-3. a plain callable ``loss(theta) -> 0-d tensor``; gradient and HVP come from autograd
+   (gradient and curvature in one hand-written pass, batched over samples);
+2. any object with ``grad_and_curvature(theta, v)`` returning ``(∇L(θ), vᵀ∇²L(θ)v)`` for
+   ``[D]`` or ``[S, D]`` input (as :class:`LinearisedObjective`);
+3. any object with a ``grad_and_hvp(theta, v)`` method returning ``(∇L(θ), ∇²L(θ) v)``
+   (batches are solved row by row through it);
+4. a plain callable ``loss(theta) -> 0-d tensor``; gradient and HVP come from autograd
    double backward (on a CPU about 2× faster than ``torch.func.jvp(torch.func.grad(loss))``
    for small networks, and much faster for tiny functions); a batch is summed row by row and
    differentiated in one backward pass.
@@ -96,6 +100,8 @@ def _check_float64(name: str, value, *, ndim) -> torch.Tensor:
 
 def _check_velocity(theta: torch.Tensor, velocity, name: str = "v") -> torch.Tensor:
     velocity = _check_float64(name, velocity, ndim=(1, 2))
+    if velocity.numel() == 0:
+        raise ValueError(f"{name} is empty (shape {tuple(velocity.shape)}); pass at least one row.")
     if velocity.shape[-1] != theta.shape[-1]:
         raise ValueError(
             f"{name} must have {theta.shape[-1]} entries per row (the length of theta), "
@@ -129,20 +135,42 @@ def _autograd_grad_and_hvp(loss, theta, v):
     return grad, hvp
 
 
+def _curvature_from_hvp(grad_and_hvp):
+    """Turn ``(θ, v) ↦ (∇L, ∇²L v)`` into ``(θ, v) ↦ (∇L, vᵀ∇²L v)``, checking shapes."""
+
+    def pair(theta, v):
+        grad, hvp = grad_and_hvp(theta, v)
+        for name, value in (("gradient", grad), ("Hessian-vector product", hvp)):
+            if value.shape != theta.shape:
+                raise ValueError(
+                    f"the loss's {name} has shape {tuple(value.shape)}, expected "
+                    f"{tuple(theta.shape)}; grad_and_hvp(theta, v) must return flat vectors."
+                )
+        return grad, (v * hvp).sum(-1)
+
+    return pair
+
+
 class _Derivatives:
-    """``(θ, v) ↦ (∇L(θ), ∇²L(θ) v)`` for ``θ, v`` of shape ``[D]`` or ``[S, D]``."""
+    """``(θ, v) ↦ (∇L(θ), vᵀ∇²L(θ)v)`` for ``θ, v`` of shape ``[D]`` or ``[S, D]``.
+
+    The geodesic needs the Hessian only through the scalar curvature ``vᵀ∇²L v``; the MLP
+    kernel computes it by a second-order forward pass, the other forms from an HVP.
+    """
 
     def __init__(self, loss, theta: torch.Tensor):
         if fast_mlp.supports(loss):
-            self._single = self._batch = fast_mlp.MLPRegressionKernel.from_objective(
-                loss
-            ).grad_and_hvp
+            kernel = fast_mlp.MLPRegressionKernel.from_objective(loss)
+            self._single = self._batch = kernel.grad_and_curvature
+        elif hasattr(loss, "grad_and_curvature"):
+            self._single = self._batch = loss.grad_and_curvature
         elif hasattr(loss, "grad_and_hvp"):
-            self._single = loss.grad_and_hvp
+            self._single = _curvature_from_hvp(loss.grad_and_hvp)
             self._batch = self._loop
         elif callable(loss):
             _check_scalar_loss(loss, theta)
-            self._single = self._batch = partial(_autograd_grad_and_hvp, loss)
+            pair = _curvature_from_hvp(partial(_autograd_grad_and_hvp, loss))
+            self._single = self._batch = pair
         else:
             raise TypeError(
                 f"loss must be callable or have a grad_and_hvp(theta, v) method, "
@@ -151,30 +179,25 @@ class _Derivatives:
 
     def _loop(self, theta, v):
         pairs = [self._single(point, direction) for point, direction in zip(theta, v, strict=True)]
-        return torch.stack([g for g, _ in pairs]), torch.stack([h for _, h in pairs])
+        return torch.stack([g for g, _ in pairs]), torch.stack([c for _, c in pairs])
 
     def __call__(self, theta, v):
-        grad, hvp = (self._single if theta.ndim == 1 else self._batch)(theta, v)
-        return grad.detach(), hvp.detach()
+        grad, curvature = (self._single if theta.ndim == 1 else self._batch)(theta, v)
+        return grad.detach(), curvature.detach()
 
     def checked(self, theta, v):
-        """Like calling, but check shapes and finiteness of what the loss returns."""
-        grad, hvp = self(theta, v)
-        for name, value in (("gradient", grad), ("Hessian-vector product", hvp)):
-            if value.shape != theta.shape:
-                raise ValueError(
-                    f"the loss's {name} has shape {tuple(value.shape)}, expected "
-                    f"{tuple(theta.shape)}; grad_and_hvp(theta, v) must return flat vectors."
-                )
+        """Like calling, but check that what the loss returns is finite."""
+        grad, curvature = self(theta, v)
+        for name, value in (("gradient", grad), ("curvature vᵀ∇²L v", curvature)):
             if not bool(torch.isfinite(value).all()):
                 raise ValueError(f"the loss's {name} at theta0 is not finite; check the loss.")
-        return grad, hvp
+        return grad, curvature
 
 
 def _acceleration(derivatives, theta, velocity):
-    grad, hvp = derivatives(theta, velocity)
-    curvature = (velocity * hvp).sum(-1, keepdim=True)
-    return -grad * curvature / (1 + (grad * grad).sum(-1, keepdim=True))
+    grad, curvature = derivatives(theta, velocity)
+    scale = curvature / (1 + (grad * grad).sum(-1))
+    return -grad * scale.unsqueeze(-1)
 
 
 def geodesic_acceleration(loss, theta, velocity) -> torch.Tensor:
@@ -184,8 +207,9 @@ def geodesic_acceleration(loss, theta, velocity) -> torch.Tensor:
 
         c̈ = −∇L · (θ̇ᵀ ∇²L θ̇) / (1 + ‖∇L‖²),
 
-    which equals ``−Γᵏᵢⱼ θ̇ⁱ θ̇ʲ`` for the Christoffel symbols of ``M``; it costs one gradient
-    and one Hessian-vector product.
+    which equals ``−Γᵏᵢⱼ θ̇ⁱ θ̇ʲ`` for the Christoffel symbols of ``M``. It costs one gradient
+    and the curvature ``θ̇ᵀ∇²L θ̇``: an HVP in general, a cheaper second-order forward pass for
+    MLP regression objectives (:mod:`rbmem_tutorial.fast_mlp`).
 
     Parameters
     ----------
@@ -412,16 +436,18 @@ def exp_map(
 class LinearisedObjective:
     """The regression loss of the network linearised at θ*.
 
-    With ``f_lin(θ) = f(θ*) + J(θ*)(θ − θ*)`` (``J`` the Jacobian of the stacked outputs):
+    With ``f_lin(θ) = f(θ*) + J(θ*)(θ − θ*)`` (``J`` the Jacobian of the stacked outputs) and
+    the objective's prior N(m, λ⁻¹I) (m = 0 unless the objective has a ``prior_mean``):
 
-        L_lin(θ) = 1/(2σ²) Σ_n ‖f_lin(θ)_n − y_n‖² + (λ/2) ‖θ‖².
+        L_lin(θ) = ½ Σ_n Σ_j (f_lin(θ)_nj − y_nj)² / σ_j² + (λ/2) ‖θ − m‖².
 
     ``L_lin`` is quadratic, so its gradient is affine and its Hessian constant:
 
-        ∇L_lin(θ) = ∇L_lin(θ*) + H (θ − θ*),   ∇L_lin(θ*) = Jᵀ(f(θ*) − y)/σ² + λθ*,
-        H v = Jᵀ J v / σ² + λ v          (the generalised Gauss-Newton plus the prior),
+        ∇L_lin(θ) = ∇L_lin(θ*) + H (θ − θ*),   ∇L_lin(θ*) = Jᵀ Σ⁻¹(f(θ*) − y) + λ(θ* − m),
+        H v = Jᵀ Σ⁻¹ J v + λ v      (Σ = diag(σ²): the generalised Gauss-Newton plus the prior),
 
-    each product by one ``torch.func`` JVP and one VJP. This is the linearised Riemannian
+    each product by one ``torch.func`` JVP and one VJP, and the geodesic's curvature
+    ``vᵀHv = ‖Σ^{-1/2} J v‖² + λ‖v‖²`` by a JVP alone. This is the linearised Riemannian
     Laplace of Bergamin et al. (2023, arXiv 2306.07158, Sec. 3.3). Build it with
     :func:`linearised_objective`.
     """
@@ -430,8 +456,9 @@ class LinearisedObjective:
         self.objective = objective
         self.theta_star = theta_star.detach()
         self.targets = objective.targets
-        self.noise_std = float(objective.noise_std)
+        self.noise_var = objective.noise_std**2  # a number, or a tensor [out]
         self.prior_precision = float(objective.prior_precision)
+        self.prior_offset = getattr(objective, "prior_offset", lambda theta: theta)  # θ − m
         self.num_params = theta_star.numel()
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)  # torch.func.linearize's tracing notes
@@ -440,7 +467,8 @@ class LinearisedObjective:
         self._jvp, self._vjp = jvp, vjp
         residual = self.prediction_star - self.targets
         self.grad_star = (
-            vjp(residual)[0] / self.noise_std**2 + self.prior_precision * self.theta_star
+            vjp(residual / self.noise_var)[0]
+            + self.prior_precision * self.prior_offset(self.theta_star)
         ).detach()
 
     def _check(self, theta):
@@ -460,29 +488,38 @@ class LinearisedObjective:
     def value(self, theta) -> torch.Tensor:
         """``L_lin(θ)`` as a 0-d tensor."""
         residual = self.predict(theta) - self.targets
-        data = 0.5 * (residual**2).sum() / self.noise_std**2
-        return data + 0.5 * self.prior_precision * (theta**2).sum()
+        data = 0.5 * (residual**2 / self.noise_var).sum()
+        return data + 0.5 * self.prior_precision * (self.prior_offset(theta) ** 2).sum()
 
     __call__ = value
 
     def _hvp_one(self, v):
-        return self._vjp(self._jvp(v))[0] / self.noise_std**2 + self.prior_precision * v
+        return self._vjp(self._jvp(v) / self.noise_var)[0] + self.prior_precision * v
+
+    def _rows(self, fn, rows):
+        """``fn`` on each row of ``rows [..., D]`` (vmapped), same leading shape back."""
+        out = torch.func.vmap(fn)(rows.reshape(-1, self.num_params))
+        return out.reshape(rows.shape[:-1] + out.shape[1:])
 
     def hvp(self, v) -> torch.Tensor:
-        """``(JᵀJ/σ² + λI) v`` for ``v`` of shape ``[D]`` or ``[S, D]``."""
-        v = self._check(v)
-        return torch.func.vmap(self._hvp_one)(v) if v.ndim == 2 else self._hvp_one(v)
+        """``(JᵀΣ⁻¹J + λI) v`` for ``v`` of shape ``[D]`` or ``[S, D]``."""
+        return self._rows(self._hvp_one, self._check(v))
 
     def grad(self, theta) -> torch.Tensor:
         """``∇L_lin(θ) = ∇L_lin(θ*) + H (θ − θ*)``."""
         return self.grad_star + self.hvp(self._check(theta) - self.theta_star)
 
     def grad_and_hvp(self, theta, v) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(∇L_lin(θ), H v)`` in one vmapped JVP/VJP pass; ``v`` may hold several rows."""
-        shift, v = self._check(theta) - self.theta_star, self._check(v)
-        rows = shift.reshape(-1, self.num_params)
-        both = torch.func.vmap(self._hvp_one)(torch.cat([rows, v.reshape(-1, self.num_params)]))
-        return self.grad_star + both[: len(rows)].view(shift.shape), both[len(rows) :].view(v.shape)
+        """``(∇L_lin(θ), H v)``; ``v`` may hold several rows."""
+        return self.grad(theta), self.hvp(v)
+
+    def _curvature_one(self, v):
+        return (self._jvp(v).square() / self.noise_var).sum() + self.prior_precision * (v @ v)
+
+    def grad_and_curvature(self, theta, v) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(∇L_lin(θ), vᵀHv)`` for ``θ, v`` of shape ``[D]`` or ``[S, D]``; no VJP for vᵀHv."""
+        theta, v = torch.broadcast_tensors(self._check(theta), self._check(v))
+        return self.grad(theta), self._rows(self._curvature_one, v)
 
 
 def linearised_objective(objective, theta_star) -> LinearisedObjective:
@@ -587,12 +624,23 @@ class RiemannianLaplace:
             "batched": batched,
         }
 
-    def sample(self, n: int, generator: torch.Generator | None = None, *, return_diagnostics=False):
+    def sample(
+        self,
+        n: int,
+        generator: torch.Generator | None = None,
+        *,
+        scale: float | None = None,
+        return_diagnostics: bool = False,
+    ):
         """Draw ``n`` samples ``Exp_θ*(v_s)``, shape ``[n, D]``.
 
-        With ``return_diagnostics=True`` return ``(samples, GeodesicResult)``.
+        ``scale`` overrides the posterior's α for this call. With ``return_diagnostics=True``
+        return ``(samples, GeodesicResult)``.
         """
         check_positive_int("n", n)
-        tangents = self.posterior.sample_tangent(n, generator)
+        if scale is None:
+            tangents = self.posterior.sample_tangent(n, generator)
+        else:
+            tangents = self.posterior.sample_tangent(n, generator, scale=scale)
         result = exp_map(self.loss, self.mean, tangents, **self.solver_options)
         return (result.endpoints, result) if return_diagnostics else result.endpoints

@@ -72,6 +72,9 @@ def test_matches_autograd(activation, widths, bias):
     expected_grad, expected_hvp = autograd_grad_and_hvp(loss, theta, v)
     assert_relative(grad, expected_grad)
     assert_relative(hvp, expected_hvp)
+    grad, curvature = kernel.grad_and_curvature(theta, v)  # second-order forward pass
+    assert_relative(grad, expected_grad)
+    assert_relative(curvature, v @ expected_hvp)
 
 
 @pytest.mark.parametrize("activation", [nn.SiLU, nn.Tanh])
@@ -81,10 +84,14 @@ def test_batched_points_and_directions(activation):
     thetas = theta + 0.3 * torch.randn(4, len(theta), generator=g, dtype=F64)
     vs = torch.randn(4, len(theta), generator=g, dtype=F64)
     grads, hvps = kernel.grad_and_hvp(thetas, vs)
+    curvature_grads, curvatures = kernel.grad_and_curvature(thetas, vs)
+    assert curvatures.shape == (4,)
     for row in range(4):
         expected_grad, expected_hvp = autograd_grad_and_hvp(loss, thetas[row], vs[row])
         assert_relative(grads[row], expected_grad)
         assert_relative(hvps[row], expected_hvp)
+        assert_relative(curvature_grads[row], expected_grad)
+        assert_relative(curvatures[row], vs[row] @ expected_hvp)
     # one point, several directions: one gradient, one HVP per direction
     grad, hvps = kernel.grad_and_hvp(thetas[0], vs)
     assert grad.shape == theta.shape and hvps.shape == vs.shape
@@ -184,6 +191,8 @@ def test_matches_regression_objective(model, noise_std):
     grad, hvps = kernel.grad_and_hvp(theta, vs)
     assert_relative(grad, expected_grad)
     assert_relative(hvps, expected_hvps)
+    _, curvatures = kernel.grad_and_curvature(theta, vs)
+    assert_relative(curvatures, (vs * expected_hvps).sum(-1))
 
 
 def test_supports_only_plain_objectives_on_mlps():
@@ -215,6 +224,9 @@ def test_prior_mean_matches_regression_objective():
     grad, hvps = kernel.grad_and_hvp(theta, vs)
     assert_relative(grad, expected_grad)
     assert_relative(hvps, expected_hvps)
+    grads, curvatures = kernel.grad_and_curvature(theta, vs)
+    assert_relative(grads[1], expected_grad)
+    assert_relative(curvatures, (vs * expected_hvps).sum(-1))
     # the prior term moved by exactly -λ m
     zero_mean_grad = base.grad(theta)
     torch.testing.assert_close(expected_grad, zero_mean_grad - 1.5 * mean)

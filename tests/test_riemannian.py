@@ -214,6 +214,7 @@ NAN = float("nan")
         (torch.zeros(3, dtype=F64), torch.zeros(4, dtype=F64), ValueError, "3 entries"),
         (torch.zeros(1, 3, dtype=F64), torch.zeros(3, dtype=F64), ValueError, "theta0 must be 1-D"),
         (torch.zeros(3, dtype=F64), torch.zeros(2, 2, 3, dtype=F64), ValueError, "v must be"),
+        (torch.zeros(3, dtype=F64), torch.zeros(0, 3, dtype=F64), ValueError, "v is empty"),
         (torch.zeros(3, dtype=F64), torch.tensor([0, NAN, 0], dtype=F64), ValueError, "NaN"),
         (torch.tensor([0, NAN, 0], dtype=F64), torch.zeros(3, dtype=F64), ValueError, "NaN"),
         (torch.zeros(3), torch.zeros(3, dtype=F64), TypeError, "float64"),
@@ -300,9 +301,33 @@ def test_linearised_derivatives_match_autodiff_of_its_value():
     J = torch.func.jacrev(objective.predict)(theta_star).reshape(-1, len(theta_star))
     ggn = J.T @ J / objective.noise_std**2 + objective.prior_precision * torch.eye(len(theta_star))
     torch.testing.assert_close(hessian, ggn, rtol=1e-10, atol=1e-10)
+    grads, curvatures = lin.grad_and_curvature(theta, v)
+    torch.testing.assert_close(curvatures, ((v @ hessian) * v).sum(-1), rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(grads, grad.expand_as(grads), rtol=1e-10, atol=1e-10)
     # at θ* the linearised loss and its gradient agree with the full ones
     torch.testing.assert_close(lin.value(theta_star), objective(theta_star))
     torch.testing.assert_close(lin.grad(theta_star), objective.grad(theta_star))
+
+
+def test_linearised_with_per_output_noise_and_prior_mean():
+    torch.manual_seed(0)
+    g = torch.Generator().manual_seed(5)
+    model = small_mlp()
+    inputs, targets = torch.randn(9, 3, generator=g, dtype=F64), torch.randn(9, 2, generator=g,
+                                                                              dtype=F64)
+    mean = torch.randn(32, generator=g, dtype=F64)
+    noise = torch.tensor([0.4, 1.3], dtype=F64)
+    objective = RegressionObjective(model, inputs, targets, noise, 2.0, prior_mean=mean)
+    theta_star = parameters_vector(objective.model)
+    lin = linearised_objective(objective, theta_star)
+    torch.testing.assert_close(lin.value(theta_star), objective.value(theta_star))
+    torch.testing.assert_close(lin.grad(theta_star), objective.grad(theta_star))
+    theta = theta_star + random_point(32, 6, scale=0.3)
+    hessian = torch.func.hessian(lin.value)(theta)
+    J = torch.func.jacrev(objective.predict)(theta_star)  # [N, out, D]
+    ggn = torch.einsum("noi,o,noj->ij", J, 1 / noise**2, J) + 2.0 * torch.eye(32, dtype=F64)
+    torch.testing.assert_close(hessian, ggn, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(lin.grad(theta), torch.func.grad(lin.value)(theta))
 
 
 def test_linearised_batched_grad_and_hvp():
@@ -372,9 +397,9 @@ class DiagonalPosterior:
     def __init__(self, mean, scale, objective=None):
         self.mean, self.scale, self.objective = mean, scale, objective
 
-    def sample_tangent(self, n, generator=None):
+    def sample_tangent(self, n, generator=None, scale=None):
         noise = torch.randn(n, len(self.mean), generator=generator, dtype=F64)
-        return self.scale * noise
+        return (self.scale if scale is None else scale) * noise
 
     def sample(self, n, generator=None):
         return self.mean + self.sample_tangent(n, generator)
@@ -391,6 +416,8 @@ def test_sampler_pushes_tangents_through_exp_map():
     assert info.endpoints is samples and info.nfe.shape == (3,)
     again = sampler.sample(3, torch.Generator().manual_seed(7))
     assert torch.equal(samples, again)
+    zero = sampler.sample(2, torch.Generator().manual_seed(7), scale=0.0)
+    assert torch.equal(zero, posterior.mean.expand(2, 4))
 
 
 def test_sampler_keeps_loss_lower_than_euclidean():
