@@ -29,6 +29,17 @@ N/|B| so that it is an unbiased estimate of the full one:
 which is the objective with noise σ√(|B|/N). Gradients and Hessian-vector products of L_B cost
 |B|/N of the full ones; the geodesic end points move (measure it with a full-data solve).
 
+θ* is stationary for L but not for L_B, and a geodesic that starts with ∇L_B(θ*) ≠ 0 slides
+downhill on the batch's surface. :func:`anchored` removes that with a fixed linear term (a
+control variate, as in SVRG):
+
+.. math::
+
+    \tilde L_B(θ) = L_B(θ) − (∇L_B(θ^*) − ∇L(θ^*))^\top θ,
+
+whose gradient at θ* is the full ∇L(θ*) and whose Hessian is that of L_B; it is still unbiased,
+since E_B[∇L_B(θ*)] = ∇L(θ*).
+
 See Gegenfurtner, Jacobsen & Arvanitidis, arXiv 2602.00199, for the method these speed up.
 """
 
@@ -43,13 +54,16 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from rbmem_tutorial._checks import check_positive_int
+from rbmem_tutorial import fast_mlp
+from rbmem_tutorial._checks import check_positive_int, check_tensor
 from rbmem_tutorial.objective import RegressionObjective
 
 __all__ = [
     "SUBSET_PRESETS",
+    "AnchoredObjective",
     "ParameterSubset",
     "SubsetModel",
+    "anchored",
     "minibatch_objective",
     "parameter_subset",
     "restrict_objective",
@@ -287,3 +301,60 @@ def minibatch_objective(
     noise = noise * factor if isinstance(noise, torch.Tensor) else float(noise) * factor
     return RegressionObjective(objective.model, objective.inputs[rows], objective.targets[rows],
                                noise, objective.prior_precision, prior_mean=objective.prior_mean)
+
+
+class AnchoredObjective:
+    """``loss(θ) − shiftᵀθ``: the same Hessian, the gradient moved by a constant vector.
+
+    Has ``value``, ``grad`` and ``grad_and_hvp`` (what :mod:`rbmem_tutorial.riemannian` needs);
+    the derivatives of a plain MLP regression loss come from the fused kernel of
+    :mod:`rbmem_tutorial.fast_mlp`. Build it with :func:`anchored`.
+    """
+
+    def __init__(self, loss, shift: torch.Tensor):
+        self.loss = loss
+        self.shift = shift.detach()
+        self.num_params = shift.numel()
+        self.num_examples = getattr(loss, "num_examples", None)
+        self._derivatives = loss.grad_and_hvp
+        if fast_mlp.supports(loss):
+            self._derivatives = fast_mlp.MLPRegressionKernel.from_objective(loss).grad_and_hvp
+
+    def value(self, theta: torch.Tensor) -> torch.Tensor:
+        """``loss(θ) − shiftᵀθ``."""
+        return self.loss.value(theta) - self.shift @ theta
+
+    __call__ = value
+
+    def grad(self, theta: torch.Tensor) -> torch.Tensor:
+        """``∇loss(θ) − shift``."""
+        return self.loss.grad(theta) - self.shift
+
+    def grad_and_hvp(self, theta: torch.Tensor, v: torch.Tensor):
+        """``(∇loss(θ) − shift, ∇²loss(θ) v)``."""
+        grad, hvp = self._derivatives(theta, v)
+        return grad - self.shift, hvp
+
+
+def anchored(loss, theta_star: torch.Tensor, target_grad: torch.Tensor) -> AnchoredObjective:
+    """``loss`` shifted by a linear term so that its gradient at θ* is ``target_grad``.
+
+    For a mini-batch loss L_B and the full objective L, ``anchored(L_B, θ*, ∇L(θ*))`` is the
+    control-variate loss of the module notes: geodesics from θ* no longer slide down the
+    batch's own slope. ``loss`` needs ``value``, ``grad`` and ``grad_and_hvp``.
+
+    Example
+    -------
+    >>> lin = nn.Linear(2, 1)
+    >>> obj = RegressionObjective(lin, torch.randn(8, 2), torch.randn(8, 1), 1.0, 1.0)
+    >>> theta = torch.zeros(3, dtype=torch.float64)
+    >>> batch = anchored(minibatch_objective(obj, 2), theta, obj.grad(theta))
+    >>> torch.allclose(batch.grad(theta), obj.grad(theta))
+    True
+    """
+    theta_star = check_tensor("theta_star", theta_star, ndim=1)
+    target_grad = check_tensor("target_grad", target_grad, ndim=1)
+    if target_grad.shape != theta_star.shape:
+        raise ValueError(f"target_grad must have the shape of theta_star {tuple(theta_star.shape)}"
+                         f", got {tuple(target_grad.shape)}.")
+    return AnchoredObjective(loss, loss.grad(theta_star) - target_grad.to(theta_star))

@@ -10,6 +10,7 @@ from rbmem_tutorial.nets import RegressionAdapter, VelocityMLP
 from rbmem_tutorial.objective import RegressionObjective
 from rbmem_tutorial.riemannian import exp_map
 from rbmem_tutorial.subsets import (
+    anchored,
     minibatch_objective,
     parameter_subset,
     restrict_objective,
@@ -166,3 +167,23 @@ def test_minibatch_objective_is_the_scaled_sum_over_its_rows():
     torch.testing.assert_close(sum(per_batch) / 3, objective.data_fit(theta))
     with pytest.raises(ValueError, match="exceeds the 12"):
         minibatch_objective(objective, 13)
+
+
+def test_anchored_minibatch_has_the_full_gradient_at_the_anchor_and_the_batch_hessian():
+    torch.manual_seed(0)
+    objective = regression(VelocityMLP(2, hidden=(6,)), 2, n=12)
+    theta = random_theta(objective)
+    batch = minibatch_objective(objective, 4, seed=1)
+    anchor = anchored(batch, theta, objective.grad(theta))
+    v = torch.randn(theta.shape, generator=torch.Generator().manual_seed(3), dtype=F64)
+    grad, hvp = anchor.grad_and_hvp(theta, v)
+    torch.testing.assert_close(grad, objective.grad(theta))
+    torch.testing.assert_close(hvp, batch.grad_and_hvp(theta, v)[1])
+    other = theta + 0.1 * v
+    torch.testing.assert_close(anchor.grad(other), batch.grad(other) - anchor.shift)
+    # the value is consistent with the gradient
+    point = other.clone().requires_grad_(True)
+    (auto,) = torch.autograd.grad(anchor.value(point), point)
+    torch.testing.assert_close(auto, anchor.grad(other))
+    with pytest.raises(ValueError, match="shape of theta_star"):
+        anchored(batch, theta, objective.grad(theta)[:-1])

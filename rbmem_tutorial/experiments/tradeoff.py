@@ -42,7 +42,7 @@ from ..pipeline import fit_flow_posterior
 from ..posterior import generate
 from ..reference import REFERENCE, FlowConfig
 from ..riemannian import GeodesicSolveError, exp_map, linearised_objective
-from ..subsets import minibatch_objective, parameter_subset
+from ..subsets import anchored, minibatch_objective, parameter_subset
 from . import store
 from .flows import study_data, study_image_shape, study_images, trained_flow
 
@@ -145,7 +145,7 @@ class TradeoffConfig:
         return self.n_param_samples * self.n_x0
 
 
-DIGITS = dict(dataset="digits", n_train=20, hidden=(256, 256, 256), batch_size=20, lr=2e-3)
+DIGITS = dict(dataset="digits", lr=2e-3, methods=METHODS[:5])
 PROFILES = {
     "quick": dict(hidden=(32, 32), steps=2000, early_steps=400, draws_per_point=8,
                   methods=METHODS, scales=(0.25,), n_param_samples=2, n_x0=100),
@@ -154,14 +154,17 @@ PROFILES = {
     "gpu": dict(hidden=(128, 128, 128), steps=20_000, early_steps=4000, methods=METHODS,
                 scales=(0.125, 0.25, 0.5, 1.0, 2.0, 4.0), train_seeds=(0, 1, 2, 3, 4),
                 sample_seeds=(0, 1), n_param_samples=32, n_x0=500, device="cuda"),
-    "cpu-digits": dict(**DIGITS, steps=8000, early_steps=1600, draws_per_point=8,
-                       methods=METHODS[:5], scales=(0.25, 0.5, 1.0), n_param_samples=4,
-                       n_x0=100, geodesic_rtol=1e-3, refine_iterations=200, newton_steps=2),
-    "gpu-digits": {**DIGITS, "hidden": (512, 512, 512), "steps": 16_000, "early_steps": 3000,
-                   "draws_per_point": 16, "methods": METHODS,
-                   "scales": (0.125, 0.25, 0.5, 1.0, 2.0), "train_seeds": (0, 1, 2),
-                   "sample_seeds": (0, 1), "n_param_samples": 16, "n_x0": 250,
-                   "device": "cuda"},
+    # sized for about 10 minutes on a busy 2-core CPU with two processes (one seed each)
+    "cpu-digits": {**DIGITS, "n_train": 10, "hidden": (128, 128, 128), "batch_size": 10,
+                   "steps": 8000, "early_steps": 1600, "draws_per_point": 4,
+                   "scales": (0.5, 1.0, 2.0), "train_seeds": (0, 1), "n_param_samples": 4,
+                   "n_x0": 100, "geodesic_rtol": 1e-3, "refine_iterations": 200,
+                   "newton_steps": 2},
+    "gpu-digits": {**DIGITS, "n_train": 20, "hidden": (512, 512, 512), "batch_size": 20,
+                   "steps": 16_000, "early_steps": 3000, "draws_per_point": 16,
+                   "methods": METHODS, "scales": (0.125, 0.25, 0.5, 1.0, 2.0),
+                   "train_seeds": (0, 1, 2, 3), "sample_seeds": (0, 1), "n_param_samples": 16,
+                   "n_x0": 250, "device": "cuda"},
 }
 
 
@@ -229,8 +232,10 @@ def shard(config: TradeoffConfig, rank: int, world_size: int) -> list[Cell]:
 class SeedContext:
     """What every cell of one training seed shares: data, nets and the posterior.
 
-    ``geodesic_loss`` is the loss whose geodesics give the Riemannian samples: the posterior's
-    objective (restricted to the weight subset, if any), on a mini-batch if asked for.
+    ``geodesic_losses`` maps each geodesic method to the loss whose geodesics give its samples:
+    the posterior's objective (restricted to the weight subset, if any), or its linearisation
+    at θ*; on a mini-batch if asked for, then anchored so that its gradient at θ* is the
+    full one (:func:`rbmem_tutorial.subsets.anchored`).
     """
 
     model: torch.nn.Module
@@ -239,7 +244,8 @@ class SeedContext:
     true: torch.Tensor
     flow_posterior: object
     theta_early: torch.Tensor
-    geodesic_loss: object
+    geodesic_losses: dict
+    geodesic_pairs: int
 
 
 def seed_context(config: TradeoffConfig, train_seed: int, progress: bool = False) -> SeedContext:
@@ -261,10 +267,17 @@ def seed_context(config: TradeoffConfig, train_seed: int, progress: bool = False
         half = len(test) // 2
         test, true = test[:half], test[half:][: config.n_generated]
     theta_early = parameters_vector(early.model).detach().to(device, torch.float64)
-    loss = fp.posterior.objective
-    if config.geodesic_batch is not None and config.geodesic_batch < loss.num_examples:
-        loss = minibatch_objective(loss, config.geodesic_batch, seed=train_seed)
-    return SeedContext(model, train, test, true, fp, theta_early, loss)
+    full, mean = fp.posterior.objective, fp.posterior.mean
+    batch = full
+    if config.geodesic_batch is not None and config.geodesic_batch < full.num_examples:
+        batch = minibatch_objective(full, config.geodesic_batch, seed=train_seed)
+    losses = {"riemannian": batch}
+    if "riemannian-linearised" in config.methods:
+        losses["riemannian-linearised"] = linearised_objective(batch, mean)
+    if batch is not full:
+        target = full.grad(mean)
+        losses = {method: anchored(loss, mean, target) for method, loss in losses.items()}
+    return SeedContext(model, train, test, true, fp, theta_early, losses, batch.num_examples)
 
 
 def _generator(*coordinates: int) -> torch.Generator:
@@ -297,9 +310,7 @@ def parameter_samples(config: TradeoffConfig, ctx: SeedContext, cell: Cell):
                                  scale=cell.scale).to(theta_star.device)
     if cell.method == "laplace":
         return fp.full(theta_star + v), info
-    loss = ctx.geodesic_loss
-    if cell.method == "riemannian-linearised":
-        loss = linearised_objective(loss, theta_star)
+    loss = ctx.geodesic_losses[cell.method]
     endpoints, nfe = [], []
     for row in v:  # one at a time: a batch shares the step size of its stiffest member
         try:
@@ -343,7 +354,7 @@ def run_cell(config: TradeoffConfig, ctx: SeedContext, cell: Cell) -> tuple[dict
         "key": cell.key, **asdict(cell), "dataset": config.dataset, "n_train": config.n_train,
         "net": config.net, "param_subset": config.param_subset or "all",
         "n_posterior_params": ctx.flow_posterior.posterior.mean.numel(),
-        "geodesic_batch": ctx.geodesic_loss.num_examples,
+        "geodesic_batch": ctx.geodesic_pairs,
         "n_param_samples": len(thetas), "n_generated": len(samples),
         "mem_strict": mem.fraction_strict, "mem_strict_lo": lo, "mem_strict_hi": hi,
         "mem_loose": mem.fraction_loose, "mem_loose_lo": loose_lo, "mem_loose_hi": loose_hi,
