@@ -117,7 +117,8 @@ def _noise_variance(noise_std, targets):
 
 
 class MLPRegressionKernel:
-    """``(θ, v) ↦ (∇L(θ), ∇²L(θ) v)`` for the MLP regression loss in the module docstring.
+    """Gradient with the HVP ``∇²L(θ) v`` or the curvature ``vᵀ∇²L(θ) v``, for the MLP
+    regression loss in the module docstring.
 
     Parameters
     ----------
@@ -141,9 +142,12 @@ class MLPRegressionKernel:
     >>> z, y = torch.randn(5, 3, dtype=torch.float64), torch.randn(5, 2, dtype=torch.float64)
     >>> kernel = MLPRegressionKernel(model, z, y, noise_std=0.5, prior_precision=2.0)
     >>> theta = torch.nn.utils.parameters_to_vector(model.parameters()).detach()
-    >>> grad, hvp = kernel.grad_and_hvp(theta, torch.ones_like(theta))
+    >>> v = torch.ones_like(theta)
+    >>> grad, hvp = kernel.grad_and_hvp(theta, v)
     >>> grad.shape, hvp.shape
     (torch.Size([50]), torch.Size([50]))
+    >>> bool(torch.isclose(kernel.grad_and_curvature(theta, v)[1], v @ hvp))
+    True
     """
 
     def __init__(self, model, inputs, targets, *, noise_std: float, prior_precision: float,

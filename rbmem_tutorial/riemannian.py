@@ -248,20 +248,23 @@ def _speed(grad, velocity):
     return (velocity * velocity).sum(-1) + (grad * velocity).sum(-1) ** 2
 
 
-def _solve_error(err: Exception, method, rtol, atol, max_num_steps) -> GeodesicSolveError | None:
-    text = str(err)
-    if "max_num_steps" in text:
-        what = f"stopped after max_num_steps={max_num_steps} steps"
-    elif "underflow" in text or "non-finite" in text:
-        what = "collapsed its step size (the geodesic is too stiff or left the finite region)"
-    else:
-        return None
+def _solve_error(what: str, method, rtol, atol) -> GeodesicSolveError:
     return GeodesicSolveError(
         f"The geodesic solve ({method}, rtol={rtol:g}, atol={atol:g}) {what}. To make it "
         "tractable: raise the prior precision (flatter, better-conditioned posterior), shrink "
         "the tangent scale α, loosen rtol/atol, use the linearised variant "
         "(RiemannianLaplace(..., linearised=True)), or raise max_num_steps."
     )
+
+
+def _solver_failure(err: Exception, max_num_steps) -> str | None:
+    """What went wrong, if ``err`` is torchdiffeq giving up (it signals this by assert)."""
+    text = str(err)
+    if "max_num_steps" in text:
+        return f"stopped after max_num_steps={max_num_steps} steps"
+    if "underflow" in text or "non-finite" in text:
+        return "collapsed its step size (the geodesic is too stiff or left the finite region)"
+    return None
 
 
 def _worst_sample_rms(scaled_error: torch.Tensor) -> torch.Tensor:
@@ -297,16 +300,16 @@ def _solve(derivatives, theta0, v, *, method, rtol, atol, max_num_steps, path_ti
             options={"max_num_steps": max_num_steps, "norm": _worst_sample_rms},
         )
     except (AssertionError, RuntimeError) as err:
-        wrapped = _solve_error(err, method, rtol, atol, max_num_steps)
-        if wrapped is None:
+        what = _solver_failure(err, max_num_steps)
+        if what is None:
             raise
-        raise wrapped from err
+        raise _solve_error(what, method, rtol, atol) from err
     if theta0.is_cuda:
         torch.cuda.synchronize(theta0.device)
     seconds = time.perf_counter() - start
     end, end_velocity = states[-1][..., :dim], states[-1][..., dim:]
     if not bool(torch.isfinite(states[-1]).all()):
-        raise GeodesicSolveError("the geodesic end point is not finite; see the advice above.")
+        raise _solve_error("ended at a non-finite point", method, rtol, atol)
     grad1, _ = derivatives(end, end_velocity)
     speed0, speed1 = _speed(grad0, v), _speed(grad1, end_velocity)
     change = (speed1 - speed0).abs()
@@ -320,7 +323,7 @@ def _solve(derivatives, theta0, v, *, method, rtol, atol, max_num_steps, path_ti
         end_velocities=end_velocity,
         nfe=torch.full(batch, count[0], dtype=torch.int64),
         speed_drift=drift,
-        seconds=torch.full(batch, seconds / max(1, batch.numel()), dtype=F64),
+        seconds=torch.full(batch, seconds / batch.numel(), dtype=F64),
         path=path,
         path_times=path_times,
     )
@@ -414,8 +417,8 @@ def exp_map(
     >>> result.endpoints.shape, bool(result.speed_drift < 1e-2)
     (torch.Size([2]), True)
     """
-    theta0 = _check_float64("theta0", theta0, ndim=1)
-    v = _check_velocity(theta0, v)
+    theta0 = _check_float64("theta0", theta0, ndim=1).detach()
+    v = _check_velocity(theta0, v).detach()
     check_choice("method", method, ADAPTIVE_METHODS)
     options = {
         "method": method,
