@@ -316,9 +316,13 @@ class AnchoredObjective:
         self.shift = shift.detach()
         self.num_params = shift.numel()
         self.num_examples = getattr(loss, "num_examples", None)
-        self._derivatives = loss.grad_and_hvp
+        source = loss
         if fast_mlp.supports(loss):
-            self._derivatives = fast_mlp.MLPRegressionKernel.from_objective(loss).grad_and_hvp
+            source = fast_mlp.MLPRegressionKernel.from_objective(loss)
+        self._derivatives = source.grad_and_hvp
+        if hasattr(source, "grad_and_curvature"):  # the geodesic's cheaper form, if offered
+            self._curvature = source.grad_and_curvature
+            self.grad_and_curvature = self._grad_and_curvature
 
     def value(self, theta: torch.Tensor) -> torch.Tensor:
         """``loss(θ) − shiftᵀθ``."""
@@ -334,6 +338,10 @@ class AnchoredObjective:
         """``(∇loss(θ) − shift, ∇²loss(θ) v)``."""
         grad, hvp = self._derivatives(theta, v)
         return grad - self.shift, hvp
+
+    def _grad_and_curvature(self, theta, v):
+        grad, curvature = self._curvature(theta, v)
+        return grad - self.shift, curvature
 
 
 def anchored(loss, theta_star: torch.Tensor, target_grad: torch.Tensor) -> AnchoredObjective:
