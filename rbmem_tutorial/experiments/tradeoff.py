@@ -337,7 +337,10 @@ def run_cell(config: TradeoffConfig, ctx: SeedContext, cell: Cell) -> tuple[dict
     start = time.perf_counter()
     thetas, info = parameter_samples(config, ctx, cell)
     dim = ctx.train.shape[1]
-    x0 = torch.randn(config.n_x0, dim, generator=_generator(cell.sample_seed, 7)).to(ctx.train)
+    # A single weight vector starts from as many x0 as a posterior's S samples share in all, so
+    # every cell scores the same number of generated points (k-NN recall depends on it).
+    n_x0 = config.n_x0 if len(thetas) > 1 else config.n_generated
+    x0 = torch.randn(n_x0, dim, generator=_generator(cell.sample_seed, 7)).to(ctx.train)
     samples = generate(ctx.model, thetas.to(torch.float32), x0,
                        rtol=config.rtol, atol=config.rtol).reshape(-1, dim)
     if not bool(torch.isfinite(samples).all()):
