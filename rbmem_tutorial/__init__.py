@@ -6,13 +6,14 @@ The package follows the book, one module per idea:
 - :mod:`.memorisation`, :mod:`.metrics`: chapter 2, detecting memorisation and measuring quality;
 - :mod:`.objective`, :mod:`.laplace`, :mod:`.posterior`, :mod:`.pipeline`: chapter 3, Laplace;
 - :mod:`.riemannian` (with the fused kernel :mod:`.fast_mlp`): chapter 4, Riemannian Laplace;
-- :mod:`.experiments`: chapters 5 and 6, the experiment scripts.
+- :mod:`.image_nets`, :mod:`.subsets`, :mod:`.experiments`: chapters 5 and 6, images, weight
+  subsets and mini-batches, and the experiment scripts.
 
 Reference: Gegenfurtner, Jacobsen and Arvanitidis, "Reducing Memorisation in Generative Models
 via Riemannian Bayesian Inference", arXiv:2602.00199.
 """
 
-from .data import DATASETS, TOY_DATASETS, load_dataset, sample_dataset
+from .data import DATASETS, TOY_DATASETS, load_dataset, load_image_file, sample_dataset
 from .flow_matching import (
     EmpiricalOptimalVelocity,
     cfm_loss,
@@ -21,6 +22,7 @@ from .flow_matching import (
     sample,
     train_flow_matching,
 )
+from .image_nets import VelocityConvNet
 from .laplace import LaplacePosterior, fit_laplace
 from .memorisation import (
     MemorisationReport,
@@ -58,6 +60,13 @@ from .riemannian import (
     geodesic_acceleration,
     linearised_objective,
 )
+from .subsets import (
+    ParameterSubset,
+    anchored,
+    minibatch_objective,
+    parameter_subset,
+    restrict_objective,
+)
 
 __version__ = "0.1.0"
 
@@ -72,4 +81,6 @@ __all__ = [
     "memorised_fraction", "mmd2", "nearest_two", "noise_std_from_residuals", "parameters_vector",
     "precision_recall", "quality_report", "refine_map", "sample", "sample_dataset",
     "sliced_wasserstein", "train_flow_matching", "unflatten", "velocity_uncertainty",
+    "VelocityConvNet", "load_image_file", "ParameterSubset", "anchored", "minibatch_objective",
+    "parameter_subset", "restrict_objective",
 ]
