@@ -19,9 +19,13 @@ with the chapter-3 pipeline; without it, a net trained here on synthetic two-moo
 
 Run from the repository root::
 
-    python benchmarks/bench_geodesic.py            # about 10 minutes on 2 CPU cores
-    python benchmarks/bench_geodesic.py --quick    # about 3 minutes, fewer samples
-    python benchmarks/bench_geodesic.py --compile  # also time torch.compile of the kernel
+    python benchmarks/bench_geodesic.py                     # about 8 minutes on 2 CPU cores
+    python benchmarks/bench_geodesic.py --quick             # about 4 minutes, fewer samples
+    python benchmarks/bench_geodesic.py --source synthetic  # 512 pairs, λ = 2: about 20 min
+    python benchmarks/bench_geodesic.py --compile           # also time torch.compile
+
+Wall times suffer when other processes share the cores; the CPU seconds of this process are
+printed beside them.
 """
 
 from __future__ import annotations
