@@ -379,6 +379,13 @@ def exp_map(
         the conserved speed can drift at loose tolerances while the end point is fine.
     max_num_steps : int
         Step budget per solve; exceeding it raises :class:`GeodesicSolveError`.
+    return_path : bool
+        Also return ``c(t)`` at ``num_path_points`` evenly spaced times (interpolated by the
+        solver, no extra evaluations).
+    batched : bool
+        For ``[S, D]`` input: solve all samples as one ODE if True, or one after the other if
+        False. A batch shares one step size; the error norm is each sample's RMS, worst sample
+        taken, so each sample keeps its tolerance and the batch follows its stiffest member.
 
     Notes
     -----
@@ -390,13 +397,6 @@ def exp_map(
     evaluations at 1e-4 with up to 10% end-point error and 1e-3 was worse, whereas bosh3 at
     1e-4 needed about 450-550 with 0.2-0.4% error (``benchmarks/bench_geodesic.py``). For
     tight reference solves of smooth problems, dopri5 is the better choice.
-    return_path : bool
-        Also return ``c(t)`` at ``num_path_points`` evenly spaced times (interpolated by the
-        solver, no extra evaluations).
-    batched : bool
-        For ``[S, D]`` input: solve all samples as one ODE if True, or one after the other if
-        False. A batch shares one step size; the error norm is each sample's RMS, worst sample
-        taken, so each sample keeps its tolerance and the batch follows its stiffest member.
 
     Returns
     -------

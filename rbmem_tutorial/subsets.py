@@ -12,22 +12,22 @@ Both restrictions make Laplace and geodesics cheaper on large nets (chapter 6).
 
 so ∇L_S = (∇L)_S and ∇²L_S = (∇²L)_{SS}. The Laplace posterior and the geodesics of the
 Riemannian Laplace approximation (Bergamin et al. 2023, arXiv 2306.07158) then live in the
-|S|-dimensional space of θ_S, and a sample is θ* with its S entries replaced
+k-dimensional space of θ_S (k chosen entries), and a sample is θ* with its S entries replaced
 (:meth:`ParameterSubset.embed`). The restricted objective is an ordinary
 :class:`~rbmem_tutorial.objective.RegressionObjective` whose model holds only the chosen tensors
 as parameters (the others become buffers), so every Laplace structure works on it; KFAC needs
 the chosen tensors to fill whole ``nn.Linear`` layers.
 
-**Mini-batches.** A fixed random set B of |B| of the N frozen pairs, with the data term scaled by
-N/|B| so that it is an unbiased estimate of the full one:
+**Mini-batches.** A fixed random set B of n_B of the N frozen pairs, with the data term scaled
+by N/n_B so that it is an unbiased estimate of the full one:
 
 .. math::
 
     L_B(θ) = \\frac{N}{|B|} \\cdot \\tfrac12 \\sum_{n ∈ B} \\sum_j (f_θ(z_n)_j − y_{n,j})^2/σ_j^2
-             + \\tfrac{λ}{2} \\lVert θ \\rVert^2,
+             + \\tfrac{λ}{2} \\lVert θ - m \\rVert^2,
 
-which is the objective with noise σ√(|B|/N). Gradients and Hessian-vector products of L_B cost
-|B|/N of the full ones; the geodesic end points move (measure it with a full-data solve).
+which is the objective with noise σ√(n_B/N). Gradients and Hessian-vector products of L_B cost
+n_B/N of the full ones; the geodesic end points move (measure it with a full-data solve).
 
 θ* is stationary for L but not for L_B, and a geodesic that starts with ∇L_B(θ*) ≠ 0 slides
 downhill on the batch's surface. :func:`anchored` removes that with a fixed linear term (a
@@ -98,7 +98,7 @@ class ParameterSubset:
 
     @property
     def size(self) -> int:
-        """k = |S|."""
+        """k, the number of chosen entries."""
         return int(self.index.numel())
 
     def restrict(self, theta: torch.Tensor) -> torch.Tensor:
@@ -275,10 +275,10 @@ def restrict_objective(
 def minibatch_objective(
     objective: RegressionObjective, batch_size: int, seed: int = 0
 ) -> RegressionObjective:
-    """L_B: the objective on a fixed random set of ``batch_size`` pairs, data term scaled N/|B|.
+    """L_B: the objective on a fixed random set of ``batch_size`` pairs, data term scaled N/n_B.
 
     The pairs are drawn without replacement by a generator seeded with ``seed``; the scaling
-    is done through the noise, σ_B = σ √(|B|/N), so the data term is unbiased for the full one
+    is done through the noise, σ_B = σ √(n_B/N), so the data term is unbiased for the full one
     and the prior is unchanged. A batch as large as the data gives the objective back.
 
     Example
