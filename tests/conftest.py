@@ -1,5 +1,9 @@
 """Shared test settings: one thread (much faster for toy models on small CPUs), float64 helpers."""
 
+import os
+import subprocess
+import sys
+
 import pytest
 import torch
 
@@ -13,3 +17,13 @@ def generator():
 
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
+def run_study_in_two_processes(args, out, port):
+    """Run ``python -m rbmem_tutorial.experiments ARGS --out OUT`` under torchrun with two CPU
+    (gloo) processes; returns the finished process."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+               "--master_port", str(port), "-m", "rbmem_tutorial.experiments", *args,
+               "--out", str(out)]
+    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)

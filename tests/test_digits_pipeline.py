@@ -3,14 +3,12 @@ subsets, mini-batched geodesics, several processes, and bad files."""
 
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from conftest import cuda
+from conftest import cuda, run_study_in_two_processes
 
 from rbmem_tutorial.experiments import __main__ as cli
 from rbmem_tutorial.experiments import tradeoff
@@ -135,11 +133,7 @@ def test_conv_needs_images(tmp_path, capsys):
 
 @pytest.mark.slow
 def test_two_gloo_processes_equal_one_on_digits(digits_run, tmp_path):
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-               "--master_port", "29519", "-m", "rbmem_tutorial.experiments", "tradeoff",
-               *TINY, "--out", str(tmp_path)]
-    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    done = run_study_in_two_processes(["tradeoff", *TINY], tmp_path, port=29519)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "rank 1: computed 6 cells" in done.stdout  # one training seed per process
     expected, got = results(digits_run), results(tmp_path)

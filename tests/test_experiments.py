@@ -2,13 +2,12 @@
 
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from conftest import run_study_in_two_processes
 
 from rbmem_tutorial.experiments import __main__ as cli
 from rbmem_tutorial.experiments import tradeoff
@@ -126,11 +125,7 @@ def test_unwritable_output_folder_is_a_clear_error(tmp_path, capsys):
 
 @pytest.mark.slow
 def test_two_gloo_processes_equal_one(reference_run, tmp_path):
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-               "--master_port", "29517", "-m", "rbmem_tutorial.experiments", "tradeoff",
-               *TINY, "--out", str(tmp_path)]
-    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    done = run_study_in_two_processes(["tradeoff", *TINY], tmp_path, port=29517)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "rank 1: computed" in done.stdout
     expected, got = results(reference_run), results(tmp_path)
