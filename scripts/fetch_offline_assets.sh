@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Fetch the JavaScript the built book needs (MathJax 3, RequireJS, the ipywidgets HTML manager)
-# from the npm registry into book/_static/vendor/ (git-ignored). When these files are present
+# from the npm registry into book/_static/offline/ (git-ignored). When these files are present
 # the book uses them and renders without a CDN, also from file://; otherwise it falls back to
 # the CDN. Needs npm. Safe to rerun.
 set -euo pipefail
@@ -10,7 +10,7 @@ MATHJAX=mathjax@3.2.2
 REQUIREJS=requirejs@2.3.8
 HTML_MANAGER=@jupyter-widgets/html-manager@1.0.15
 
-vendor=book/_static/vendor
+vendor=book/_static/offline
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 
@@ -34,6 +34,10 @@ cp "$es5/tex-mml-chtml.js" "$vendor.tmp/mathjax/"
 cp -r "$es5/input" "$es5/output" "$es5/ui" "$es5/a11y" "$es5/adaptors" "$vendor.tmp/mathjax/"
 rm -rf "$vendor.tmp/mathjax/output/svg"*
 cp "$work/requirejs/package/require.js" "$vendor.tmp/require.js"
-cp "$work/html-manager/package/dist/embed-amd.js" "$vendor.tmp/embed-amd.js"
+# The widget renderer and the icon fonts it finds next to itself (see book/_static/widgets-offline.js).
+mkdir -p "$vendor.tmp/html-manager"
+dist="$work/html-manager/package/dist"
+cp "$dist/embed-amd.js" "$dist"/*.woff2 "$dist"/*.woff "$dist"/*.ttf "$dist"/*.eot "$dist"/*.svg \
+  "$vendor.tmp/html-manager/"
 rm -rf "$vendor" && mv "$vendor.tmp" "$vendor"
 echo "offline assets in $vendor: $MATHJAX, $REQUIREJS, $HTML_MANAGER"

@@ -1,8 +1,9 @@
 """Every built page of the book, loaded from disk in headless Chromium.
 
 Checks, per page: math is typeset (no raw TeX left), every image loads, every saved widget
-renders, and no JavaScript error comes from our pages. A screenshot of each page goes to
-``artifacts/screenshots/``.
+renders with its label, every JavaScript player has its button icons, and the console shows no
+error at all: no script error and no failed load, so the page needs no network. A screenshot of
+each page goes to ``artifacts/screenshots/``.
 
 The pages exist only after the book is built (README command 1), so CI runs this module as its own
 step after the build with ``RBMEM_BROWSER_TEST=1``; then a missing build or browser is a failure.
@@ -52,6 +53,33 @@ const start = Date.now();
 })();
 """
 
+RENDERED_WIDGETS = """
+const done = arguments[arguments.length - 1];
+const views = [...document.querySelectorAll(
+    'script[type="application/vnd.jupyter.widget-view+json"]')];
+const models = Object.assign({}, ...[...document.querySelectorAll(
+    'script[type="application/vnd.jupyter.widget-state+json"]')]
+    .map(s => JSON.parse(s.textContent).state));
+const labels = id => {  // descriptions of a saved widget and of the widgets it holds
+  const m = models[id]?.state || {};
+  const kids = (m.children || []).map(c => labels(c.replace('IPY_MODEL_', '')));
+  return [m.description, ...kids.flat()].filter(Boolean);
+};
+const missing = () => views.flatMap(v => {
+  const area = v.parentElement.querySelector('.widget-subarea');
+  const id = JSON.parse(v.textContent).model_id;
+  if (!area || !area.querySelector('.jupyter-widgets, .lm-Widget')) return [`${id}: empty`];
+  const shown = [...area.querySelectorAll('.widget-label')].map(el => el.textContent.trim());
+  return labels(id).filter(d => !shown.includes(d)).map(d => `${id}: no label ${d}`);
+});
+const start = Date.now();
+(function poll() {
+  const left = missing();
+  if (!left.length || Date.now() - start > 15000) { done(left); }
+  else { setTimeout(poll, 200); }
+})();
+"""
+
 
 @pytest.fixture(scope="module")
 def browser():
@@ -69,11 +97,6 @@ def browser():
     driver.set_script_timeout(30)
     yield driver
     driver.quit()
-
-
-def _ours(message: str) -> bool:
-    """A console error from one of our files (not from an unreachable external host)."""
-    return HTML.as_uri() in message or "file://" + str(HTML) in message
 
 
 def test_pages_were_found():
@@ -115,27 +138,17 @@ def test_page_renders(browser, page):
     """)
     assert not broken, f"images that did not load: {broken}"
 
-    widgets = browser.execute_script(
-        f"return document.querySelectorAll('script[type=\"{WIDGET_VIEW}\"]').length;"
-    )
-    if widgets:
-        empty = browser.execute_async_script("""
-            const done = arguments[arguments.length - 1];
-            const start = Date.now();
-            (function poll() {
-              const views = [...document.querySelectorAll(
-                  'script[type="application/vnd.jupyter.widget-view+json"]')];
-              const rendered = '.jupyter-widgets, .widget-inline-hbox, .lm-Widget';
-              const empty = views.filter(v => !v.parentElement.querySelector(rendered));
-              if (!empty.length || Date.now() - start > 15000) { done(empty.length); }
-              else { setTimeout(poll, 200); }
-            })();
-        """)
-        assert empty == 0, f"{empty} of {widgets} saved widgets did not render"
+    missing_widgets = browser.execute_async_script(RENDERED_WIDGETS)
+    assert not missing_widgets, f"saved widgets that did not render: {missing_widgets}"
 
-    errors = [e["message"] for e in browser.get_log("browser")
-              if e["level"] == "SEVERE" and _ours(e["message"])]
+    bare_buttons = browser.execute_script("""
+        return [...document.querySelectorAll('.anim-buttons button')]
+            .filter(b => !b.querySelector('svg, i.fa')?.getBoundingClientRect().width).length;
+    """)
+    assert bare_buttons == 0, f"{bare_buttons} player buttons have no icon"
+
+    errors = [e["message"] for e in browser.get_log("browser") if e["level"] == "SEVERE"]
     SHOTS.mkdir(parents=True, exist_ok=True)
     name = str(page.relative_to(HTML)).replace("/", "__").removesuffix(".html") + ".png"
     browser.save_screenshot(str(SHOTS / name))
-    assert not errors, f"JavaScript errors from our pages: {errors}"
+    assert not errors, f"console errors (scripts or failed loads): {errors}"
