@@ -1,9 +1,9 @@
 """Every built page of the book, loaded from disk in headless Chromium.
 
 Checks, per page: math is typeset (no raw TeX left), every image loads, every saved widget
-renders with its label, every JavaScript player has its button icons, and the console shows no
-error at all: no script error and no failed load, so the page needs no network. A screenshot of
-each page goes to ``artifacts/screenshots/``.
+renders with its label, every JavaScript player has its button icons, at most one search field
+shows, and the console shows no error at all: no script error and no failed load, so the page
+needs no network. A screenshot of each page goes to ``artifacts/screenshots/``.
 
 The pages exist only after the book is built (README command 1), so CI runs this module as its own
 step after the build with ``RBMEM_BROWSER_TEST=1``; then a missing build or browser is a failure.
@@ -146,6 +146,12 @@ def test_page_renders(browser, page):
             .filter(b => !b.querySelector('svg, i.fa')?.getBoundingClientRect().width).length;
     """)
     assert bare_buttons == 0, f"{bare_buttons} player buttons have no icon"
+
+    search_fields = browser.execute_script("""
+        return [...document.querySelectorAll('.search-button-field, input[type=search]')]
+            .filter(el => el.getBoundingClientRect().width > 0).length;
+    """)
+    assert search_fields <= 1, f"{search_fields} search fields on the page (one is enough)"
 
     errors = [e["message"] for e in browser.get_log("browser") if e["level"] == "SEVERE"]
     SHOTS.mkdir(parents=True, exist_ok=True)
