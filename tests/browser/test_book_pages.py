@@ -158,3 +158,32 @@ def test_page_renders(browser, page):
     name = str(page.relative_to(HTML)).replace("/", "__").removesuffix(".html") + ".png"
     browser.save_screenshot(str(SHOTS / name))
     assert not errors, f"console errors (scripts or failed loads): {errors}"
+
+
+def _repository() -> str:
+    """``owner/name`` of the repository URL set once in ``_config.yml``."""
+    import yaml
+
+    url = yaml.safe_load((ROOT / "_config.yml").read_text())["repository"]["url"]
+    return url.removeprefix("https://github.com/").strip("/")
+
+
+NOTEBOOK_PAGES = [p for p in PAGES if (ROOT / "book" / f"{p.stem}.ipynb").is_file()]
+
+
+@pytest.mark.parametrize("page", NOTEBOOK_PAGES, ids=lambda p: p.stem)
+def test_launch_and_download_buttons_open_this_notebook(browser, page):
+    browser.get(page.as_uri())
+    links = browser.execute_script("return [...document.querySelectorAll('a')].map(a => a.href);")
+    notebook, repo = f"book/{page.stem}.ipynb", _repository()
+    expected = {
+        "Colab": f"https://colab.research.google.com/github/{repo}/blob/main/{notebook}",
+        "Binder": f"https://mybinder.org/v2/gh/{repo}/main?urlpath=tree/{notebook}",
+    }
+    for button, url in expected.items():
+        assert url in links, f"no {button} button for {notebook}; links: {links[:40]}"
+    downloads = [u for u in links if u.startswith("file:") and u.endswith(".ipynb")]
+    assert downloads, "no .ipynb download button"
+    for url in downloads:
+        path = Path(url.removeprefix("file://"))
+        assert path.is_file() and path.name == f"{page.stem}.ipynb", url
