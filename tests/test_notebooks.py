@@ -35,3 +35,45 @@ def test_notebook_states_objectives_and_run_time(path):
     text = "".join(first["source"])
     assert first["cell_type"] == "markdown"
     assert "Learning objectives" in text and "Run time" in text, path.name
+
+
+CHAPTERS = [p for p in NOTEBOOKS if not p.name.startswith("00_")]
+
+
+def _sources(path, kind):
+    return ["".join(c["source"]) for c in json.loads(path.read_text())["cells"]
+            if c["cell_type"] == kind]
+
+
+@pytest.mark.parametrize("path", CHAPTERS, ids=lambda p: p.name)
+def test_chapter_has_two_exercises_with_collapsed_executable_solutions(path):
+    markdown = "\n".join(_sources(path, "markdown"))
+    exercises = markdown.count("{exercise}")
+    starts = markdown.count("{solution-start}")
+    assert exercises >= 2, f"{path.name}: {exercises} exercises, at least two wanted"
+    assert starts == exercises == markdown.count("{solution-end}"), path.name
+    # Collapsed by default: every solution block carries the dropdown class.
+    blocks = markdown.split("{solution-start}")[1:]
+    assert all(":class: dropdown" in b.split("\n", 3)[1] + b.split("\n", 3)[2] for b in blocks), (
+        f"{path.name}: a solution is not collapsed (:class: dropdown)"
+    )
+    # Executable: at least one code cell sits between each solution-start and solution-end.
+    cells = json.loads(path.read_text())["cells"]
+    inside, code_in = False, []
+    for cell in cells:
+        text = "".join(cell["source"])
+        if cell["cell_type"] == "markdown" and "{solution-start}" in text:
+            inside, code_in = True, [*code_in, 0]
+        if inside and cell["cell_type"] == "code":
+            code_in[-1] += 1
+        if cell["cell_type"] == "markdown" and "{solution-end}" in text:
+            inside = False
+    assert code_in and all(n > 0 for n in code_in), f"{path.name}: solutions without code {code_in}"
+
+
+@pytest.mark.parametrize("path", CHAPTERS, ids=lambda p: p.name)
+def test_every_live_slider_has_a_kernel_free_player(path):
+    code = "\n".join(_sources(path, "code"))
+    assert code.count("slider(") <= code.count("animation_html("), (
+        f"{path.name}: a live slider has no animation_html counterpart for the static book"
+    )
