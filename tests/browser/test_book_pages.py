@@ -3,7 +3,8 @@
 Checks, per page: math is typeset (no raw TeX left), every image loads, every saved widget
 renders with its label, every JavaScript player has its button icons, at most one search field
 shows, and the console shows no error at all: no script error and no failed load, so the page
-needs no network. A screenshot of each page goes to ``artifacts/screenshots/``.
+needs no network. A screenshot of the top of each page goes to ``artifacts/screenshots/``, and
+one of its first interactive figure (saved widget or JavaScript player) where it has one.
 
 The pages exist only after the book is built (README command 1), so CI runs this module as its own
 step after the build with ``RBMEM_BROWSER_TEST=1``; then a missing build or browser is a failure.
@@ -78,6 +79,14 @@ const start = Date.now();
   if (!left.length || Date.now() - start > 15000) { done(left); }
   else { setTimeout(poll, 200); }
 })();
+"""
+
+SCROLL_TO_EXPLORER = """
+const explorer = document.querySelector('.widget-subarea, .animation');
+if (!explorer) { return false; }
+explorer.scrollIntoView({block: 'start'});
+window.scrollBy(0, -60);
+return true;
 """
 
 
@@ -155,8 +164,10 @@ def test_page_renders(browser, page):
 
     errors = [e["message"] for e in browser.get_log("browser") if e["level"] == "SEVERE"]
     SHOTS.mkdir(parents=True, exist_ok=True)
-    name = str(page.relative_to(HTML)).replace("/", "__").removesuffix(".html") + ".png"
-    browser.save_screenshot(str(SHOTS / name))
+    name = str(page.relative_to(HTML)).replace("/", "__").removesuffix(".html")
+    browser.save_screenshot(str(SHOTS / f"{name}.png"))
+    if browser.execute_script(SCROLL_TO_EXPLORER):  # a second picture: the page's first explorer
+        browser.save_screenshot(str(SHOTS / f"{name}__explorer.png"))
     assert not errors, f"console errors (scripts or failed loads): {errors}"
 
 
