@@ -77,3 +77,15 @@ def test_every_live_slider_has_a_kernel_free_player(path):
     assert code.count("slider(") <= code.count("animation_html("), (
         f"{path.name}: a live slider has no animation_html counterpart for the static book"
     )
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_first_code_cell_installs_the_package_from_the_book_repository(path):
+    import yaml
+
+    repository = yaml.safe_load((ROOT / "_config.yml").read_text())["repository"]["url"]
+    first = _sources(path, "code")[0]
+    assert "except ImportError" in first and "import rbmem_tutorial" in first, path.name
+    assert f"%pip install -q git+{repository}" in first, (
+        f"{path.name}: the install line does not use the repository URL in _config.yml"
+    )

@@ -82,7 +82,8 @@ const start = Date.now();
 """
 
 SCROLL_TO_EXPLORER = """
-const explorer = document.querySelector('.widget-subarea, .animation');
+const explorer = [...document.querySelectorAll('.widget-subarea, .animation')]
+    .find(el => el.classList.contains('animation') || el.querySelector('.widget-slider'));
 if (!explorer) { return false; }
 explorer.scrollIntoView({block: 'start'});
 window.scrollBy(0, -60);
