@@ -1,6 +1,7 @@
 """Every built page of the book, loaded from disk in headless Chromium.
 
-Checks, per page: math is typeset (no raw TeX left), every image loads, every saved widget
+Checks, per page: math is typeset (no raw TeX left), every image loads, every cell that calls
+``plt.show()`` shows a figure and so does every saved widget output, every saved widget
 renders with its label, every JavaScript player has its button icons, at most one search field
 shows, and the console shows no error at all: no script error and no failed load, so the page
 needs no network. A screenshot of the top of each page goes to ``artifacts/screenshots/``, and
@@ -148,8 +149,20 @@ def test_page_renders(browser, page):
     """)
     assert not broken, f"images that did not load: {broken}"
 
+    no_figure = browser.execute_script("""
+        return [...document.querySelectorAll('div.cell')]
+            .filter(c => (c.querySelector('.cell_input')?.textContent || '').includes('plt.show()'))
+            .filter(c => !c.querySelector('.cell_output img'))
+            .map(c => c.querySelector('.cell_input').textContent.trim().slice(0, 60));
+    """)
+    assert not no_figure, f"cells that call plt.show() but show no figure: {no_figure}"
     missing_widgets = browser.execute_async_script(RENDERED_WIDGETS)
     assert not missing_widgets, f"saved widgets that did not render: {missing_widgets}"
+    empty_outputs = browser.execute_script("""
+        return [...document.querySelectorAll('.widget-output')]
+            .filter(o => !o.querySelector('img')).length;
+    """)
+    assert empty_outputs == 0, f"{empty_outputs} saved widget outputs hold no figure"
 
     bare_buttons = browser.execute_script("""
         return [...document.querySelectorAll('.anim-buttons button')]
