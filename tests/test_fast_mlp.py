@@ -160,6 +160,20 @@ def test_docstring_examples_run():
 # --- the kernel behind a RegressionObjective --------------------------------------------------
 
 
+def assert_kernel_matches(kernel, objective, theta, vs):
+    """The kernel's gradient, HVPs and curvatures vᵀ∇²L v against autograd on ``objective``.
+
+    Returns autograd's gradient and the kernel's ``grad_and_curvature`` gradients.
+    """
+    expected_grad, expected_hvps = objective.grad_and_hvp(theta, vs)
+    grad, hvps = kernel.grad_and_hvp(theta, vs)
+    assert_relative(grad, expected_grad)
+    assert_relative(hvps, expected_hvps)
+    grads, curvatures = kernel.grad_and_curvature(theta, vs)
+    assert_relative(curvatures, (vs * expected_hvps).sum(-1))
+    return expected_grad, grads
+
+
 def objective_for(model, noise_std=0.4, n=13):
     g = torch.Generator().manual_seed(5)
     inputs = torch.randn(n, 3, generator=g, dtype=F64)
@@ -187,12 +201,7 @@ def test_matches_regression_objective(model, noise_std):
         objective.num_params, generator=g, dtype=F64
     )
     vs = torch.randn(3, objective.num_params, generator=g, dtype=F64)
-    expected_grad, expected_hvps = objective.grad_and_hvp(theta, vs)
-    grad, hvps = kernel.grad_and_hvp(theta, vs)
-    assert_relative(grad, expected_grad)
-    assert_relative(hvps, expected_hvps)
-    _, curvatures = kernel.grad_and_curvature(theta, vs)
-    assert_relative(curvatures, (vs * expected_hvps).sum(-1))
+    assert_kernel_matches(kernel, objective, theta, vs)
 
 
 def test_supports_only_plain_objectives_on_mlps():
@@ -220,13 +229,8 @@ def test_prior_mean_matches_regression_objective():
     kernel = MLPRegressionKernel.from_objective(objective)
     theta = parameters_vector(objective.model)
     vs = torch.randn(2, objective.num_params, generator=g, dtype=F64)
-    expected_grad, expected_hvps = objective.grad_and_hvp(theta, vs)
-    grad, hvps = kernel.grad_and_hvp(theta, vs)
-    assert_relative(grad, expected_grad)
-    assert_relative(hvps, expected_hvps)
-    grads, curvatures = kernel.grad_and_curvature(theta, vs)
+    expected_grad, grads = assert_kernel_matches(kernel, objective, theta, vs)
     assert_relative(grads[1], expected_grad)
-    assert_relative(curvatures, (vs * expected_hvps).sum(-1))
     # the prior term moved by exactly -λ m
     zero_mean_grad = base.grad(theta)
     torch.testing.assert_close(expected_grad, zero_mean_grad - 1.5 * mean)
