@@ -1,8 +1,10 @@
 """Shared test settings: one thread (much faster for toy models on small CPUs), float64 helpers."""
 
+import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -27,3 +29,22 @@ def run_study_in_two_processes(args, out, port):
                "--master_port", str(port), "-m", "rbmem_tutorial.experiments", *args,
                "--out", str(out)]
     return subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+
+
+@pytest.fixture
+def private_cache(tmp_path_factory, monkeypatch):
+    """One model cache for a test session's experiment runs, apart from the user's cache."""
+    monkeypatch.setenv("RBMEM_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
+
+
+def results_by_key(out):
+    """The rows of an experiment's ``results.json``, keyed by cell."""
+    return {row["key"]: row for row in json.loads((Path(out) / "results.json").read_text())}
+
+
+def book_repository_url() -> str:
+    """The repository URL set once in ``_config.yml`` (launch buttons, install cells)."""
+    import yaml
+
+    config = Path(__file__).resolve().parents[1] / "_config.yml"
+    return yaml.safe_load(config.read_text())["repository"]["url"]

@@ -3,16 +3,17 @@ subsets, mini-batched geodesics, several processes, and bad files."""
 
 import json
 import os
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from conftest import cuda, run_study_in_two_processes
+from conftest import cuda, results_by_key, run_study_in_two_processes
 
 from rbmem_tutorial.experiments import __main__ as cli
 from rbmem_tutorial.experiments import tradeoff
 from rbmem_tutorial.memorisation import memorisation_report
+
+pytestmark = pytest.mark.usefixtures("private_cache")  # a model cache of their own
 
 TINY = ["--profile", "cpu-digits", "--n-train", "6", "--n-test", "40", "--steps", "40",
         "--early-steps", "10", "--hidden", "8", "--channels", "2", "3", "--n-x0", "6",
@@ -20,15 +21,6 @@ TINY = ["--profile", "cpu-digits", "--n-train", "6", "--n-test", "40", "--steps"
         "--methods", *tradeoff.METHODS, "--no-progress"]
 COLUMNS = {"mem_strict", "mem_loose", "true_mem_strict", "true_mem_loose", "mmd2", "precision",
            "net", "param_subset", "n_posterior_params", "geodesic_batch", "nfe_geodesic_mean"}
-
-
-@pytest.fixture(autouse=True)
-def private_cache(tmp_path_factory, monkeypatch):
-    monkeypatch.setenv("RBMEM_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
-
-
-def results(out):
-    return {row["key"]: row for row in json.loads((Path(out) / "results.json").read_text())}
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +32,7 @@ def digits_run(tmp_path_factory):
 
 
 def test_digits_run_every_method_with_both_thresholds(digits_run):
-    rows = results(digits_run)
+    rows = results_by_key(digits_run)
     assert len(rows) == 2 * len(tradeoff.METHODS)  # the profile's two training seeds
     for row in rows.values():
         assert set(row) >= COLUMNS, COLUMNS - set(row)
@@ -62,7 +54,7 @@ def test_digits_run_every_method_with_both_thresholds(digits_run):
 
 def test_preview_holds_samples_and_their_nearest_training_digits(digits_run):
     preview = np.load(digits_run / "preview.npz")
-    cells = len(results(digits_run))
+    cells = len(results_by_key(digits_run))
     assert preview["samples"].shape == (cells, min(tradeoff.PREVIEW_SAMPLES, 6), 64)
     assert preview["train"].shape == (6, 64)
     k = list(preview["keys"]).index("map__a0__train0__sample0")
@@ -82,7 +74,7 @@ def test_a_users_image_file_with_the_conv_net_a_subset_and_minibatches(tmp_path)
             "--train-seeds", "0",
             "--methods", "map", "laplace", "riemannian", "--out", str(out)]
     assert cli.main(argv) == 0
-    rows = results(out)
+    rows = results_by_key(out)
     conv = tradeoff.build_velocity_net("conv", 16, hidden=(2, 3), image_shape=(1, 4, 4))
     subset = tradeoff.parameter_subset(conv, "last2")
     for row in rows.values():
@@ -136,7 +128,7 @@ def test_two_gloo_processes_equal_one_on_digits(digits_run, tmp_path):
     done = run_study_in_two_processes(["tradeoff", *TINY], tmp_path, port=29519)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "rank 1: computed 6 cells" in done.stdout  # one training seed per process
-    expected, got = results(digits_run), results(tmp_path)
+    expected, got = results_by_key(digits_run), results_by_key(tmp_path)
     assert expected.keys() == got.keys()
     for key in expected:
         for column in set(expected[key]) - {"seconds"}:
@@ -153,4 +145,4 @@ def test_digits_on_the_gpu_keep_float64_geodesics(tmp_path):
     ctx = tradeoff.seed_context(config, 0)
     assert ctx.flow_posterior.theta_map.is_cuda
     assert ctx.flow_posterior.theta_map.dtype == torch.float64
-    assert all(row["n_failed"] == 0 for row in results(tmp_path).values())
+    assert all(row["n_failed"] == 0 for row in results_by_key(tmp_path).values())

@@ -2,17 +2,18 @@
 
 import json
 import os
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from conftest import run_study_in_two_processes
+from conftest import results_by_key, run_study_in_two_processes
 
 from rbmem_tutorial.experiments import __main__ as cli
 from rbmem_tutorial.experiments import tradeoff
 from rbmem_tutorial.memorisation import memorisation_report
 from rbmem_tutorial.reference import load_or_train
+
+pytestmark = pytest.mark.usefixtures("private_cache")  # a model cache of their own
 
 TINY = ["--quick", "--steps", "60", "--early-steps", "20", "--hidden", "8",
         "--n-x0", "12", "--n-param-samples", "2", "--draws-per-point", "2",
@@ -24,17 +25,8 @@ SCHEMA = {"key", "method", "scale", "train_seed", "sample_seed", "mem_strict", "
           "nfe_geodesic_mean", "n_failed", "baseline_mmd2", "gap_ratio"}
 
 
-@pytest.fixture(autouse=True)
-def private_cache(tmp_path_factory, monkeypatch):
-    monkeypatch.setenv("RBMEM_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
-
-
 def run(out, *extra):
     return cli.main(["tradeoff", *TINY, "--out", str(out), *extra])
-
-
-def results(out):
-    return {row["key"]: row for row in json.loads((Path(out) / "results.json").read_text())}
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +38,7 @@ def reference_run(tmp_path_factory):
 
 
 def test_cli_writes_the_documented_schema(reference_run):
-    rows = results(reference_run)
+    rows = results_by_key(reference_run)
     assert len(rows) == 2 + 4 * 2  # map and early-stop once, four scaled methods at two scales
     for row in rows.values():
         assert set(row) >= SCHEMA, SCHEMA - set(row)
@@ -64,7 +56,7 @@ def test_fractions_equal_a_recomputation_from_saved_samples(reference_run):
     flow = tradeoff.profile_config("quick", hidden=tuple(config["hidden"]), steps=60,
                                    early_steps=20).flow_config(0)
     train = load_or_train(flow, progress=False).train
-    for key, row in results(reference_run).items():
+    for key, row in results_by_key(reference_run).items():
         samples = torch.from_numpy(np.load(reference_run / "cells" / f"{key}.npz")["samples"])
         report = memorisation_report(samples, train)
         assert report.fraction_strict == row["mem_strict"]
@@ -91,7 +83,7 @@ def test_interrupted_run_resumes_and_matches(reference_run, tmp_path, monkeypatc
     assert {c.key for c in computed}.isdisjoint(calls)
     assert len(computed) == 10 - 3
     tradeoff.finish(config, tmp_path)
-    expected, got = results(reference_run), results(tmp_path)
+    expected, got = results_by_key(reference_run), results_by_key(tmp_path)
     assert expected.keys() == got.keys()
     for key in expected:
         for column in SCHEMA - {"seconds"}:
@@ -128,7 +120,7 @@ def test_two_gloo_processes_equal_one(reference_run, tmp_path):
     done = run_study_in_two_processes(["tradeoff", *TINY], tmp_path, port=29517)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "rank 1: computed" in done.stdout
-    expected, got = results(reference_run), results(tmp_path)
+    expected, got = results_by_key(reference_run), results_by_key(tmp_path)
     assert expected.keys() == got.keys()
     for key in expected:
         for column in SCHEMA - {"seconds"}:

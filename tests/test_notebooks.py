@@ -4,6 +4,7 @@ import json
 from pathlib import Path
 
 import pytest
+from conftest import book_repository_url
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((ROOT / "book").glob("*.ipynb"))
@@ -81,9 +82,7 @@ def test_every_live_slider_has_a_kernel_free_player(path):
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
 def test_first_code_cell_installs_the_package_from_the_book_repository(path):
-    import yaml
-
-    repository = yaml.safe_load((ROOT / "_config.yml").read_text())["repository"]["url"]
+    repository = book_repository_url()
     first = _sources(path, "code")[0]
     assert "except ImportError" in first and "import rbmem_tutorial" in first, path.name
     assert f"%pip install -q git+{repository}" in first, (

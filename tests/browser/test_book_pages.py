@@ -17,6 +17,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+from conftest import book_repository_url
 
 ROOT = Path(__file__).resolve().parents[2]
 HTML = ROOT / "_build" / "html"
@@ -185,14 +186,6 @@ def test_page_renders(browser, page):
     assert not errors, f"console errors (scripts or failed loads): {errors}"
 
 
-def _repository() -> str:
-    """``owner/name`` of the repository URL set once in ``_config.yml``."""
-    import yaml
-
-    url = yaml.safe_load((ROOT / "_config.yml").read_text())["repository"]["url"]
-    return url.removeprefix("https://github.com/").strip("/")
-
-
 NOTEBOOK_PAGES = [p for p in PAGES if (ROOT / "book" / f"{p.stem}.ipynb").is_file()]
 
 
@@ -200,7 +193,8 @@ NOTEBOOK_PAGES = [p for p in PAGES if (ROOT / "book" / f"{p.stem}.ipynb").is_fil
 def test_launch_and_download_buttons_open_this_notebook(browser, page):
     browser.get(page.as_uri())
     links = browser.execute_script("return [...document.querySelectorAll('a')].map(a => a.href);")
-    notebook, repo = f"book/{page.stem}.ipynb", _repository()
+    notebook = f"book/{page.stem}.ipynb"
+    repo = book_repository_url().removeprefix("https://github.com/").strip("/")  # owner/name
     expected = {
         "Colab": f"https://colab.research.google.com/github/{repo}/blob/main/{notebook}",
         "Binder": f"https://mybinder.org/v2/gh/{repo}/main?urlpath=tree/{notebook}",
