@@ -11,6 +11,7 @@ from conftest import cuda, results_by_key, run_study_in_two_processes
 
 from rbmem_tutorial.experiments import __main__ as cli
 from rbmem_tutorial.experiments import tradeoff
+from rbmem_tutorial.image_nets import build_velocity_net
 from rbmem_tutorial.memorisation import memorisation_report
 
 pytestmark = pytest.mark.usefixtures("private_cache")  # a model cache of their own
@@ -75,7 +76,7 @@ def test_a_users_image_file_with_the_conv_net_a_subset_and_minibatches(tmp_path)
             "--methods", "map", "laplace", "riemannian", "--out", str(out)]
     assert cli.main(argv) == 0
     rows = results_by_key(out)
-    conv = tradeoff.build_velocity_net("conv", 16, hidden=(2, 3), image_shape=(1, 4, 4))
+    conv = build_velocity_net("conv", 16, hidden=(2, 3), image_shape=(1, 4, 4))
     subset = tradeoff.parameter_subset(conv, "last2")
     for row in rows.values():
         assert row["dataset"] == "file" and row["net"] == "conv"

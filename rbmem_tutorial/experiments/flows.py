@@ -52,6 +52,14 @@ def study_data(config, images: torch.Tensor | None = None) -> DataSplit:
     return split_images(images, config.n_train, config.held_out_size(len(images)), 0)
 
 
+def study_net(config, dim: int, images: torch.Tensor | None = None,
+              seed: int | None = None) -> torch.nn.Module:
+    """The study's untrained velocity net on data rows of size ``dim`` (``config.net`` with
+    ``config.net_widths``)."""
+    return build_velocity_net(config.net, dim, hidden=config.net_widths,
+                              image_shape=study_image_shape(config, images), seed=seed)
+
+
 def trained_flow(config, train_seed: int, steps: int, progress: bool = False) -> StudyFlow:
     """The velocity net of one training seed after ``steps`` Adam steps (cached)."""
     if config.net == "mlp" and config.data_file is None:
@@ -59,10 +67,8 @@ def trained_flow(config, train_seed: int, steps: int, progress: bool = False) ->
         return StudyFlow(trained.model, trained.train, trained.test, trained.train_seconds)
     images = study_images(config)
     train, test = study_data(config, images)
-    widths = config.hidden if config.net == "mlp" else config.channels
-    model = build_velocity_net(config.net, train.shape[1], hidden=widths,
-                               image_shape=study_image_shape(config, images), seed=train_seed)
-    key = digest({"net": config.net, "widths": list(widths), "steps": steps,
+    model = study_net(config, train.shape[1], images, seed=train_seed)
+    key = digest({"net": config.net, "widths": list(config.net_widths), "steps": steps,
                   "batch_size": config.batch_size, "lr": config.lr, "seed": train_seed,
                   "train": train, "device": config.device.split(":")[0],
                   "version": __version__})

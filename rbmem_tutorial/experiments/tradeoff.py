@@ -34,7 +34,7 @@ import torch
 
 from .._checks import check_choice, check_positive, check_positive_int
 from ..data import DATASETS, DIGITS_COUNT, TOY_DATASETS, sample_dataset
-from ..image_nets import NETS, build_velocity_net
+from ..image_nets import NETS
 from ..memorisation import memorisation_report
 from ..metrics import quality_report
 from ..objective import parameters_vector
@@ -44,7 +44,7 @@ from ..reference import REFERENCE, FlowConfig
 from ..riemannian import GeodesicSolveError, exp_map, linearised_objective
 from ..subsets import anchored, minibatch_objective, parameter_subset
 from . import store
-from .flows import study_data, study_image_shape, study_images, trained_flow
+from .flows import study_data, study_image_shape, study_images, study_net, trained_flow
 
 METHODS = ("map", "early-stop", "isotropic", "laplace", "riemannian", "riemannian-linearised")
 SCALED = ("isotropic", "laplace", "riemannian", "riemannian-linearised")
@@ -144,6 +144,11 @@ class TradeoffConfig:
     def n_generated(self) -> int:
         return self.n_param_samples * self.n_x0
 
+    @property
+    def net_widths(self) -> tuple[int, ...]:
+        """The widths of the velocity net: ``hidden`` for the MLP, ``channels`` for the conv."""
+        return self.hidden if self.net == "mlp" else self.channels
+
 
 DIGITS = dict(dataset="digits", lr=2e-3, methods=METHODS[:5])
 PROFILES = {
@@ -182,10 +187,7 @@ def check_config(config: TradeoffConfig) -> None:
     images = study_images(config)
     train, _ = study_data(config, images)
     if config.param_subset is not None:
-        widths = config.hidden if config.net == "mlp" else config.channels
-        net = build_velocity_net(config.net, train.shape[1], hidden=widths,
-                                 image_shape=study_image_shape(config, images))
-        parameter_subset(net, config.param_subset)
+        parameter_subset(study_net(config, train.shape[1], images), config.param_subset)
 
 
 @dataclass(frozen=True)
