@@ -8,6 +8,8 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import numpy as np
 
+from ..memorisation import LOOSE_C, RATIO_THRESHOLD
+
 COLOURS = {"map": "black", "early-stop": "grey", "isotropic": "tab:green",
            "laplace": "tab:blue", "riemannian": "tab:red", "riemannian-linearised": "tab:orange"}
 QUALITY = (("mmd2", "MMD² to held-out data (lower is better)"),
@@ -120,7 +122,8 @@ def image_samples_figure(preview, image_shape, keys=None, columns: int = 8):
         i = all_keys.index(key)
         for c in range(columns):
             ratio = float(preview["ratio"][i, c])
-            colour = "red" if ratio < 1 / 3 else "darkorange" if ratio < 3**-0.5 else "black"
+            colour = ("red" if ratio < RATIO_THRESHOLD
+                      else "darkorange" if ratio < LOOSE_C**0.5 else "black")
             top, bottom = axes[2 * r, c], axes[2 * r + 1, c]
             _show(top, preview["samples"][i, c], image_shape)
             top.set_title(f"{ratio:.2f}", fontsize=7, color=colour)

@@ -35,7 +35,7 @@ import torch
 from .._checks import check_choice, check_positive, check_positive_int
 from ..data import DATASETS, DIGITS_COUNT, TOY_DATASETS, sample_dataset
 from ..image_nets import NETS
-from ..memorisation import memorisation_report
+from ..memorisation import LOOSE_C, RATIO_THRESHOLD, memorisation_report
 from ..metrics import quality_report
 from ..objective import parameters_vector
 from ..pipeline import fit_flow_posterior
@@ -48,7 +48,6 @@ from .flows import study_data, study_image_shape, study_images, study_net, train
 
 METHODS = ("map", "early-stop", "isotropic", "laplace", "riemannian", "riemannian-linearised")
 SCALED = ("isotropic", "laplace", "riemannian", "riemannian-linearised")
-LOOSE_C = 1 / 3  # the poster's squared form d1² ≤ c d2² with c = 1/3 (ratio 0.577)
 
 
 @dataclass(frozen=True)
@@ -353,7 +352,7 @@ def run_cell(config: TradeoffConfig, ctx: SeedContext, cell: Cell) -> tuple[dict
     mem = memorisation_report(samples, ctx.train, true_samples=true)
     quality = quality_report(samples, ctx.test, ctx.train, true_samples=true,
                              generator=torch.Generator().manual_seed(cell.sample_seed))
-    lo, hi = _interval(mem, threshold=1 / 3)
+    lo, hi = _interval(mem, threshold=RATIO_THRESHOLD)
     loose_lo, loose_hi = _interval(mem, c=LOOSE_C)
     row = {
         "key": cell.key, **asdict(cell), "dataset": config.dataset, "n_train": config.n_train,
