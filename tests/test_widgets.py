@@ -1,12 +1,18 @@
-"""The two explorers build from one drawing function and call it once per value."""
+"""Explorers build from one drawing function; one call gives the live slider and the player."""
+
+from pathlib import Path
 
 import matplotlib
 
 matplotlib.use("Agg")
 
 import pytest  # noqa: E402
+import yaml  # noqa: E402
+from myst_nb.core.render import get_mime_priority  # noqa: E402
 
-from rbmem_tutorial.widgets import animation_html, slider  # noqa: E402
+from rbmem_tutorial.widgets import WIDGET_VIEW, animation_html, explorer, slider  # noqa: E402
+
+CONFIG = Path(__file__).resolve().parents[1] / "_config.yml"
 
 
 def test_animation_html_draws_every_value_once():
@@ -30,7 +36,37 @@ def test_slider_offers_the_given_values():
     assert control.description == "t"
 
 
-@pytest.mark.parametrize("explorer", [slider, animation_html])
-def test_empty_values_are_rejected(explorer):
+def test_explorer_is_one_output_carrying_the_widget_and_the_player():
+    shown = explorer(lambda ax, v: ax.plot([0, 1], [0, v]), [1.0, 2.0, 4.0], label="slope")
+    bundle = shown._repr_mimebundle_()
+    assert bundle[WIDGET_VIEW]["model_id"] == shown.live.model_id
+    assert [v for _, v in shown.live.children[0].options] == [1.0, 2.0, 4.0]
+    assert shown.live.children[0].description == "slope"
+    # The player holds one embedded PNG frame per value.
+    assert bundle["text/html"] == shown.player
+    assert shown.player.count("data:image/png;base64") == 3
+
+
+def _chosen(bundle, builder):
+    """The mime type myst-nb renders for ``bundle`` with the book's configuration."""
+    overrides = yaml.safe_load(CONFIG.read_text())["sphinx"]["config"].get(
+        "nb_mime_priority_overrides", [])
+    priority = get_mime_priority(builder, [tuple(o) for o in overrides])
+    return next(m for m in priority if m in bundle)
+
+
+def test_the_web_book_shows_the_player_and_a_plain_widget_still_renders():
+    shown = explorer(lambda ax, v: ax.plot([v]), [1.0, 2.0])
+    assert _chosen(shown._repr_mimebundle_(), "html") == "text/html"
+    assert _chosen(shown.live._repr_mimebundle_(), "html") == WIDGET_VIEW
+
+
+@pytest.mark.parametrize("build", [slider, animation_html, explorer])
+def test_empty_values_are_rejected(build):
     with pytest.raises(ValueError, match="values"):
-        explorer(lambda ax, v: None, [])
+        build(lambda ax, v: None, [])
+
+
+def test_explorer_rejects_a_draw_that_is_not_a_function():
+    with pytest.raises(TypeError, match="draw"):
+        explorer("not a function", [1.0])
