@@ -132,11 +132,11 @@ def per_call_ms(designs: dict, repeats: int, calls: int) -> dict:
 
 def field_of(loss, dim):
     """The geodesic right-hand side ``[θ̇, c̈]`` exactly as :func:`exp_map` builds it."""
-    derivatives = riemannian._Derivatives(loss, torch.zeros(dim, dtype=F64))
+    metric = riemannian.MongeMetric(loss, torch.zeros(dim, dtype=F64))
 
     def field(state):
         theta, velocity = state[:dim], state[dim:]
-        return torch.cat([velocity, riemannian._acceleration(derivatives, theta, velocity)])
+        return torch.cat([velocity, metric.acceleration(theta, velocity)])
 
     return field
 

@@ -1,0 +1,38 @@
+"""Riemannian Laplace: geodesics of a metric on parameter space and the sampler built on them.
+
+Map of the subpackage:
+
+- :mod:`.geodesic` — the metric protocol, :func:`exp_map` (the torchdiffeq solve),
+  :func:`geodesic_acceleration`, :class:`GeodesicResult`, :class:`GeodesicSolveError`;
+- :mod:`.monge` — :class:`MongeMetric`, the metric ``I + ∇L∇Lᵀ/T²`` of the loss graph, and the
+  forms of a loss it reads (fast MLP kernel, ``grad_and_curvature``, ``grad_and_hvp``, callable);
+- :mod:`.temperature` — the temperature ``T``, its presets ``"sum"``, ``"mean"``,
+  ``"data-mean"``, and the bound ``L(c(1)) − L(θ*) ≤ T‖v‖``;
+- :mod:`.fisher` — the pull-back (Fisher/GGN) metric of a regression network (``metric="fisher"``);
+- :mod:`.linearised` — the loss of the network linearised at θ*;
+- :mod:`.sampler` — :class:`RiemannianLaplace`, Laplace tangent vectors through ``Exp_θ*``;
+- :mod:`.diagnostics` — per-sample travel and loss rise, and :func:`common_drift`.
+"""
+
+from ._checks import F64
+from .diagnostics import common_drift
+from .geodesic import (
+    ADAPTIVE_METHODS,
+    METRICS,
+    GeodesicResult,
+    GeodesicSolveError,
+    build_metric,
+    exp_map,
+    geodesic_acceleration,
+)
+from .linearised import LinearisedObjective, linearised_objective
+from .monge import MongeMetric
+from .sampler import RiemannianLaplace
+from .temperature import TEMPERATURE_PRESETS, data_mean_objective, resolve_temperature
+
+__all__ = [
+    "ADAPTIVE_METHODS", "F64", "METRICS", "TEMPERATURE_PRESETS", "GeodesicResult",
+    "GeodesicSolveError", "LinearisedObjective", "MongeMetric", "RiemannianLaplace",
+    "build_metric", "common_drift", "data_mean_objective", "exp_map", "geodesic_acceleration",
+    "linearised_objective", "resolve_temperature",
+]
