@@ -26,26 +26,29 @@ e ≥ 0 (U = I for ``diag``; U = U_G ⊗ U_A for ``kfac``). Sampling, variances 
 are then cheap for every λ.
 
 **Evidence and prior precision.** For a Gaussian likelihood y_n ~ N(f_θ(z_n), diag(σ²)) and
-prior N(0, λ⁻¹ I) over the k integrated parameters, the Laplace approximation of the marginal
-likelihood is (MacKay 1992; Immer et al. 2021, arXiv 2104.04975)
+prior N(m, λ⁻¹ I) over the k integrated parameters (m = 0 or the objective's ``prior_mean``),
+the Laplace approximation of the marginal likelihood is (MacKay 1992; Immer et al. 2021,
+arXiv 2104.04975)
 
 .. math::
 
     \\log p(\\mathcal{D} \\mid λ) ≈ −\\tfrac12 \\sum_{n,j} r_{n,j}^2/σ_j^2
         − \\tfrac{N}{2} \\sum_j \\log(2π σ_j^2)
-        − \\tfrac{λ}{2} \\lVert θ^* \\rVert^2 + \\tfrac{k}{2} \\log λ
+        − \\tfrac{λ}{2} \\lVert θ^* − m \\rVert^2 + \\tfrac{k}{2} \\log λ
         − \\tfrac12 \\sum_i \\log(e_i + λ),
 
 with residuals r at θ* (the 2π factors of prior and Gaussian integral cancel). It is exact for
 Bayesian linear regression. With θ* held fixed, as is usual, its derivative in log λ is
-½(γ − λ‖θ*‖²) with γ = Σ_i e_i / (e_i + λ), which decreases in λ: the maximiser is unique and is
-MacKay's fixed point λ = γ / ‖θ*‖². :func:`optimal_prior_precision` finds it by bracketing.
+½(γ − λ‖θ* − m‖²) with γ = Σ_i e_i / (e_i + λ), which decreases in λ: the maximiser is unique
+and is MacKay's fixed point λ = γ / ‖θ* − m‖². :func:`optimal_prior_precision` finds it by
+bracketing. Only the offset from the prior mean enters: a prior centred at θ* itself has no
+finite maximiser.
 
 **One λ.** The tuned λ becomes the λ of the objective that the posterior carries
 (``posterior.objective``); chapter 4's geodesics use that objective. Because the prior is
-centred at zero, changing λ by Δλ adds Δλ θ* to ∇L(θ*), so θ* is no longer exactly stationary;
-``posterior.gradient_norm`` reports ‖∇L(θ*)‖ under the tuned λ. Where stationarity matters
-(geodesics), refine and refit once with the tuned λ held fixed::
+not centred at θ*, changing λ by Δλ adds Δλ (θ* − m) to ∇L(θ*), so θ* is no longer exactly
+stationary; ``posterior.gradient_norm`` reports ‖∇L(θ*)‖ under the tuned λ. Where stationarity
+matters (geodesics), refine and refit once with the tuned λ held fixed::
 
     post = fit_laplace(objective, theta, "diag")                     # tunes λ
     theta, record = refine_map(post.objective, theta)                # stationary for that λ
@@ -72,6 +75,7 @@ __all__ = [
     "KronLaplace",
     "LaplacePosterior",
     "LastLayerLaplace",
+    "STRUCTURES",
     "fit_laplace",
     "optimal_prior_precision",
 ]
@@ -82,7 +86,7 @@ _LOG_LAMBDA_RANGE = (-30.0, 30.0)
 def optimal_prior_precision(eigenvalues: torch.Tensor, theta_sq_norm: float) -> float:
     """The λ that maximises the Laplace evidence for a fixed θ*.
 
-    Maximises F(λ) = −λ s/2 + (k/2) log λ − ½ Σ_i log(e_i + λ), s = ‖θ*‖², by finding the root
+    Maximises F(λ) = −λ s/2 + (k/2) log λ − ½ Σ_i log(e_i + λ), s = ‖θ* − m‖², by finding the root
     of its log-λ derivative γ(λ) − λ s (γ = Σ e_i/(e_i + λ), decreasing) with Brent's method
     in log λ ∈ [−30, 30].
 
@@ -91,7 +95,7 @@ def optimal_prior_precision(eigenvalues: torch.Tensor, theta_sq_norm: float) -> 
     eigenvalues : Tensor [k]
         Spectrum e ≥ 0 of the GGN (or its structured approximation).
     theta_sq_norm : float
-        s = ‖θ*‖² over the same k parameters; positive.
+        s = ‖θ* − m‖² over the same k parameters (m the prior mean); positive.
 
     Example
     -------
@@ -183,6 +187,11 @@ class LaplacePosterior:
             + 0.5 * k * math.log(lam)
             - 0.5 * log_det
         )
+
+    def evidence_optimum(self) -> float:
+        """The λ that maximises :meth:`log_marginal_likelihood` at this θ* (MacKay's fixed point
+        λ = γ/‖θ* − m‖²); it differs from ``prior_precision`` when that λ was tuned elsewhere."""
+        return optimal_prior_precision(self._eigenvalues, self._prior_sq_norm)
 
     def sample_tangent(self, n: int, generator: torch.Generator | None = None, scale=None):
         """Tangent vectors v = α Σ^{1/2} z, z ~ N(0, I): [n, D] (geodesic initial velocities)."""
@@ -336,9 +345,9 @@ class KronLaplace(LaplacePosterior):
 class LastLayerLaplace(LaplacePosterior):
     """P = GGN_L + λI over the last ``nn.Linear`` layer (in module order); the rest fixed at θ*.
 
-    The evidence integrates only the last layer: its prior term is λ/2 ‖θ*_L‖² with k = D_L, and
-    the fixed parameters act as hyperparameters. Outside the last layer, samples equal θ*, the
-    variance is 0 and ``precision_diag`` is +inf.
+    The evidence integrates only the last layer: its prior term is λ/2 ‖θ*_L − m_L‖² with
+    k = D_L, and the fixed parameters act as hyperparameters. Outside the last layer, samples
+    equal θ*, the variance is 0 and ``precision_diag`` is +inf.
     """
 
     structure = "last_layer"
@@ -375,6 +384,8 @@ class LastLayerLaplace(LaplacePosterior):
 _STRUCTURES = {
     cls.structure: cls for cls in (FullLaplace, DiagLaplace, KronLaplace, LastLayerLaplace)
 }
+STRUCTURES = tuple(_STRUCTURES)
+"""Names of the posterior structures :func:`fit_laplace` accepts."""
 
 
 def fit_laplace(

@@ -298,6 +298,36 @@ class RegressionObjective:
         other.prior_precision = check_positive("prior_precision", prior_precision)
         return other
 
+    def tilted(self, theta0: torch.Tensor) -> RegressionObjective:
+        """A copy made stationary at θ0 by a linear term, the same Hessian everywhere.
+
+        .. math::
+
+            \\tilde L(θ) = L(θ) − ∇L(θ_0)^\\top (θ − θ_0)
+                       = L_{m'}(θ) + \\text{const}, \\qquad m' = m + ∇L(θ_0)/λ,
+
+        that is, the prior re-centred at m' (expand (λ/2)‖θ − m'‖²). The result is an
+        ordinary ``RegressionObjective`` (the fused MLP kernel, weight subsets and mini-batches
+        all apply), with the likelihood term, GGN and Hessian of L. It equals
+        :func:`~rbmem_tutorial.subsets.anchored` ``(L, θ0, 0)`` up to a constant. The tilt
+        belongs to this λ: :meth:`with_prior_precision` keeps m', so another λ leaves θ0 no
+        longer stationary. The Laplace evidence of a tilted objective is that of the re-centred
+        prior, not of the model; tune λ on L itself.
+
+        Example
+        -------
+        >>> lin = torch.nn.Linear(2, 1)
+        >>> obj = RegressionObjective(lin, torch.randn(6, 2), torch.randn(6, 1), 1.0, 2.0)
+        >>> theta0 = torch.ones(3, dtype=torch.float64)
+        >>> float(obj.tilted(theta0).grad(theta0).abs().max()) < 1e-12
+        True
+        """
+        theta0 = self._check_theta(theta0).detach()
+        mean = torch.zeros_like(theta0) if self.prior_mean is None else self.prior_mean
+        other = copy.copy(self)
+        other.prior_mean = mean + self.grad(theta0) / self.prior_precision
+        return other
+
     # -- curvature pieces for Laplace -------------------------------------------------------
 
     def jacobian(

@@ -6,36 +6,60 @@ chapter and the experiment scripts share.
 2. Set the noise σ from the residuals of the trained net θ_SGD.
 3. Refine θ_SGD to a stationary point θ* of L: SGD on fresh draws stops near, not at, a
    minimiser of the frozen objective.
-4. Tune the prior precision λ by the Laplace evidence, refine θ* again at that λ (λ moves the
-   minimiser), and fit the posterior there with λ fixed.
+4. Tune the prior precision λ by the Laplace evidence at θ*, refine θ* again at that λ (λ moves
+   the minimiser), and fit the posterior at the base point with λ fixed.
 
-The prior N(θ_SGD, λ⁻¹I) is centred at the trained parameters, not at zero. Under a zero-mean
-prior at the evidence-tuned λ (about 2 for the book's running example), refining switches off
-about 90% of the hidden units: the weight-decay penalty on each unit's in- and outgoing weights
-acts like a sparsity penalty, and the pruned net no longer memorises (0.29 of its samples
-against 0.64 for θ_SGD, with 0.28 for true samples). Centring the prior at θ_SGD keeps the
-refined mode next to the network that was trained, so the posterior describes uncertainty about
-*that* network.
+**Where the prior is centred** (``prior_mean``). ``"sgd"``, the default, centres the prior
+N(θ_SGD, λ⁻¹I) at the trained parameters, which keeps the refined mode next to the network that
+was trained, so the posterior describes uncertainty about *that* network. ``"zero"`` is the
+usual N(0, λ⁻¹I) of the paper (Gegenfurtner, Jacobsen & Arvanitidis, arXiv 2602.00199). Its
+penalty on each hidden unit's in- and outgoing weights acts like a sparsity penalty: refining
+under it switches off most hidden units, and the pruned net memorises less for that reason
+alone. Chapter 3 measures both (section 3.4).
 
-The result holds one objective with one λ: the posterior's covariance and the Riemannian
-metric of chapter 4 both use it.
+**Where the posterior sits** (``base_point``). ``"refined"``, the default, is θ*, where
+∇L = 0 as the Laplace approximation and the geodesics assume. ``"sgd"`` takes θ_SGD as it is,
+the paper's setting: there ∇L ≠ 0, and every geodesic bends downhill along the same direction,
+so the samples share a drift (fine-tuning, not posterior spread). ``"tilted"`` keeps θ_SGD but
+removes that gradient by a linear term,
+
+.. math::
+
+    \\tilde L(θ) = L(θ) − ∇L(θ_{\\mathrm{SGD}})^\\top (θ − θ_{\\mathrm{SGD}}),
+
+which is stationary at θ_SGD with the Hessian of L
+(:meth:`~rbmem_tutorial.objective.RegressionObjective.tilted`; the construction of
+:func:`~rbmem_tutorial.subsets.anchored`); its samples are spread around θ_SGD without the drift.
+
+**λ** (``tune``). ``"evidence-once"``, the default, tunes λ once at the first θ* and refines θ*
+at it. λ then need not maximise the evidence at the final θ*; ``tune_history`` records the
+maximiser there. ``"fixed-point"`` alternates tuning and refining until λ changes by less than
+1%. With the prior centred at θ_SGD that iteration runs towards λ → ∞, θ* → θ_SGD (the prior's
+centre was fitted to the same data, so the evidence rewards a prior that repeats the fit;
+chapter 3, exercise 2); with a zero-mean prior it is MacKay's usual fixed point.
 
 **Weight subsets** (chapter 6). With ``param_subset`` the posterior covers only the chosen
-entries S of θ, the others fixed at θ*: the Laplace posterior is fitted to the restricted
-objective L_S (:func:`~rbmem_tutorial.subsets.restrict_objective`), whose geodesics are the
-Riemannian samples, and λ is tuned by the evidence of that posterior. θ* is refined on the full
-objective (a stationary point of L is one of L_S).
+entries S of θ, the others fixed at the base point: the Laplace posterior is fitted to the
+restricted objective L_S (:func:`~rbmem_tutorial.subsets.restrict_objective`), whose geodesics
+are the Riemannian samples, and λ is tuned by the evidence of that posterior. θ* is refined on
+the full objective (a stationary point of L is one of L_S).
+
+A :class:`FlowPosterior` can be saved with everything that made it and loaded without the cache
+(:meth:`FlowPosterior.save`, :meth:`FlowPosterior.load`).
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+import copy
+import warnings
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 import torch
 
-from ._checks import check_positive, check_positive_int
+from ._checks import check_choice, check_positive, check_positive_int, check_tensor
 from .cache import cache_dir, digest, save_atomic
-from .laplace import LaplacePosterior, fit_laplace
+from .laplace import STRUCTURES, LaplacePosterior, fit_laplace
 from .nets import RegressionAdapter
 from .objective import (
     RefineRecord,
@@ -45,7 +69,17 @@ from .objective import (
     parameters_vector,
     refine_map,
 )
+from .saving import build_net, load_cache_entry, net_architecture, read_saved
 from .subsets import ParameterSubset, parameter_subset, restrict_objective
+
+__all__ = ["BASE_POINTS", "PRIOR_MEANS", "TUNINGS", "FlowPosterior", "fit_flow_posterior"]
+
+PRIOR_MEANS = ("sgd", "zero")
+BASE_POINTS = ("refined", "sgd", "tilted")
+TUNINGS = ("evidence-once", "fixed-point")
+TUNE_RTOL = 0.01
+"""``tune="fixed-point"`` stops when the evidence maximiser moves λ by less than this."""
+_KIND, _FORMAT = "rbmem_tutorial.FlowPosterior", 1
 
 
 @dataclass
@@ -55,37 +89,120 @@ class FlowPosterior:
     Attributes
     ----------
     objective : RegressionObjective
-        The frozen negative log posterior at the tuned λ (``objective.prior_precision``).
+        The loss whose geodesics give the samples, over all D parameters, at the posterior's λ
+        (``objective.prior_precision``): L for base points ``"refined"`` and ``"sgd"``, the
+        tilted L̃ for ``"tilted"``.
     theta_sgd : Tensor [D]
         The trained parameters, as SGD left them (float64).
     theta_map : Tensor [D]
-        θ*, refined to a stationary point of ``objective``.
-    refine_first, refine_final : RefineRecord
-        ‖∇L‖ and loss before and after refining at the initial and at the tuned λ.
+        The base point: the posterior's centre and the geodesics' start. θ*, refined to a
+        stationary point of L, for ``base_point="refined"``; θ_SGD for ``"sgd"`` and
+        ``"tilted"``.
+    refine_first, refine_final : RefineRecord or None
+        ‖∇L‖ and loss before and after refining at the initial and at the final λ; ``None``
+        when nothing was refined (base point θ_SGD with a given λ).
     posterior : LaplacePosterior
-        N(θ*, α² (GGN + λI)⁻¹) of the chosen structure; over θ_S when ``subset`` is set
+        N(base, α² (GGN + λI)⁻¹) of the chosen structure; over θ_S when ``subset`` is set
         (then ``posterior.objective`` is the restricted L_S, the loss of its geodesics).
     noise_std : float
         σ from the residuals of θ_SGD.
     subset : ParameterSubset or None
         The weights the posterior covers; ``None`` for all of them.
+    prior_mean, base_point : str
+        The options that made it (module notes).
+    base_grad_norm : float
+        ‖∇L‖ at the base point for the untilted L over all D parameters at the final λ: about 0
+        for ``"refined"``, the slope the samples drift down for ``"sgd"``, and the slope the
+        tilt removed for ``"tilted"``.
+    theta_refined : Tensor [D] or None
+        The refined θ* at which λ was tuned (``theta_map`` itself for ``"refined"``).
+    tune_history : list of dict
+        One row per refinement: ``refined_at`` (the λ θ* was refined at), ``offset_norm``
+        (‖θ* − prior mean‖) and ``evidence_optimum`` (the λ that maximises the evidence at that
+        θ*). Empty for a given λ.
+    options : dict
+        Every argument of :func:`fit_flow_posterior` except the net, the data and ``use_cache``.
+    velocity_net : nn.Module
+        A copy of the trained net it was fitted to.
+    train : Tensor [N, d]
+        The training set.
     """
 
     objective: RegressionObjective
     theta_sgd: torch.Tensor
     theta_map: torch.Tensor
-    refine_first: RefineRecord
-    refine_final: RefineRecord
+    refine_first: RefineRecord | None
+    refine_final: RefineRecord | None
     posterior: LaplacePosterior
     noise_std: float
     subset: ParameterSubset | None = None
+    prior_mean: str = "sgd"
+    base_point: str = "refined"
+    base_grad_norm: float = 0.0
+    theta_refined: torch.Tensor | None = None
+    tune_history: list = field(default_factory=list)
+    options: dict = field(default_factory=dict)
+    velocity_net: torch.nn.Module | None = None
+    train: torch.Tensor | None = None
 
     def full(self, theta: torch.Tensor) -> torch.Tensor:
-        """Full parameter vectors ``[..., D]`` from vectors in the posterior's space (θ* with
-        the subset's entries replaced; the identity without a subset)."""
+        """Full parameter vectors ``[..., D]`` from vectors in the posterior's space (the base
+        point with the subset's entries replaced; the identity without a subset)."""
         if self.subset is None:
             return theta
         return self.subset.embed(self.theta_map, theta)
+
+    def save(self, path) -> None:
+        """Write the posterior and everything that made it to ``path`` (readable with
+        ``torch.load(path, weights_only=True)``): the options, the net's architecture and
+        weights, the data, θ_SGD, θ*, λ, σ and the refinement records.
+
+        Example
+        -------
+        >>> import tempfile, pathlib
+        >>> from rbmem_tutorial.nets import VelocityMLP
+        >>> _ = torch.manual_seed(0)
+        >>> fp = fit_flow_posterior(VelocityMLP(2, hidden=(4,)), torch.randn(3, 2),
+        ...                         draws_per_point=2, use_cache=False)
+        >>> path = pathlib.Path(tempfile.mkdtemp()) / "posterior.pt"
+        >>> fp.save(path)
+        >>> again = FlowPosterior.load(path)
+        >>> g = lambda: torch.Generator().manual_seed(0)
+        >>> torch.equal(again.posterior.sample(2, g()), fp.posterior.sample(2, g()))
+        True
+        """
+        cpu = {k: v.detach().cpu() for k, v in self.velocity_net.state_dict().items()}
+        record = {
+            "kind": _KIND, "format": _FORMAT, "options": dict(self.options),
+            "net": net_architecture(self.velocity_net), "net_state": cpu,
+            "train": self.train.detach().cpu(), "fitted": _fitted_record(self),
+            "theta_sgd": self.theta_sgd.cpu(), "theta_map": self.theta_map.cpu(),
+            "prior_precision": self.posterior.prior_precision, "noise_std": self.noise_std,
+            "base_grad_norm": self.base_grad_norm,
+        }
+        save_atomic(record, Path(path))
+
+    @classmethod
+    def load(cls, path, device=None) -> FlowPosterior:
+        """Read a posterior written by :meth:`save`, on ``device`` (default: CPU).
+
+        The net and the objective are rebuilt from the file and the posterior is refitted at
+        the stored base point and λ (no refinement), so samples equal the original's for the
+        same generator.
+        """
+        record = read_saved(path, _KIND, _FORMAT)
+        net = build_net(record["net"], record["net_state"])
+        train = record["train"]
+        if device is not None:
+            net, train = net.to(device), train.to(device)
+        options = _checked_options(net, record["options"])
+        fitted = record["fitted"]
+        fitted["theta_map"] = _to(fitted["theta_map"], train.device)
+        fp = _assemble(_Setup(net, train, options), options, fitted)
+        if not torch.equal(fp.theta_sgd.cpu(), record["theta_sgd"]):
+            raise ValueError(f"{path}: the stored net does not give the stored θ_SGD; the file "
+                             "is damaged.")
+        return fp
 
 
 def fit_flow_posterior(
@@ -102,8 +219,20 @@ def fit_flow_posterior(
     chunk_size: int | None = None,
     refine_iterations: int = 1000,
     newton_steps: int = 10,
+    prior_mean: str = "sgd",
+    base_point: str = "refined",
+    tune: str = "evidence-once",
+    max_tune_rounds: int = 10,
 ) -> FlowPosterior:
     """Build the frozen objective of a trained velocity net and fit a Laplace posterior to it.
+
+    The combinations (module notes): ``prior_mean`` ∈ {``"sgd"``: N(θ_SGD, λ⁻¹I), ``"zero"``:
+    N(0, λ⁻¹I)} × ``base_point`` ∈ {``"refined"``: the posterior at the refined θ*, ``"sgd"``:
+    at θ_SGD with ∇L ≠ 0 (the paper's setting with ``prior_mean="zero"``), ``"tilted"``: at
+    θ_SGD on the tilted loss L̃, stationary there}. λ is always tuned at a refined θ*, where the
+    Laplace evidence is meant to be evaluated, and then used at the base point. The defaults
+    (``"sgd"``, ``"refined"``, ``"evidence-once"``) are those chapters 3-5 are written for: a
+    stationary base point next to the trained network, and the λ chapter 3 discusses.
 
     Parameters
     ----------
@@ -123,8 +252,8 @@ def fit_flow_posterior(
         λ used for the first refinement, before λ is tuned.
     use_cache : bool
         Reuse θ*, λ and the refinement records from the cache (:mod:`rbmem_tutorial.cache`),
-        keyed by the net's parameters, the data and every option; refining takes tens of
-        seconds, refitting the posterior from them well under one.
+        keyed by the net's parameters, the data and every option that changes them; a damaged
+        entry is named in a warning, moved aside and recomputed.
     param_subset : str, optional
         Weights the posterior covers (:func:`~rbmem_tutorial.subsets.parameter_subset`:
         ``"all"``, ``"first"``, ``"last"``, ``"lastK"`` or name patterns of the velocity net);
@@ -137,59 +266,188 @@ def fit_flow_posterior(
         (:func:`~rbmem_tutorial.objective.refine_map`'s ``max_iter`` and ``newton_steps``).
         Fewer make large nets affordable on a CPU at the price of a less stationary θ*: check
         ``refine_final.grad_norm_after``.
+    prior_mean : {"sgd", "zero"}
+        The prior's centre: θ_SGD or 0.
+    base_point : {"refined", "sgd", "tilted"}
+        Where the posterior sits and on which loss its geodesics run (module notes).
+    tune : {"evidence-once", "fixed-point"}
+        How λ is tuned when ``prior_precision`` is not given.
+    max_tune_rounds : int
+        Refinements at most for ``tune="fixed-point"`` (a warning when λ has not settled).
 
     Example
     -------
     >>> from rbmem_tutorial.nets import VelocityMLP
-    >>> torch.manual_seed(0)  # doctest: +ELLIPSIS
-    <torch._C.Generator object at ...>
+    >>> _ = torch.manual_seed(0)
     >>> fp = fit_flow_posterior(VelocityMLP(2, hidden=(8,)), torch.randn(4, 2), draws_per_point=4)
     >>> fp.posterior.sample(3).shape
-    torch.Size([3, 49])
+    torch.Size([3, 50])
     """
-    check_positive_int("draws_per_point", draws_per_point)
-    lam0 = check_positive("initial_prior_precision", initial_prior_precision)
-    subset = None if param_subset is None else parameter_subset(velocity_net, param_subset)
-    model = RegressionAdapter(velocity_net)
-    inputs, targets = flow_matching_regression_set(train, draws_per_point, seed)
-    theta_sgd = parameters_vector(model).detach().to(torch.float64)
-    sigma = float(noise_std_from_residuals(model, theta_sgd, inputs, targets))
-    objective = RegressionObjective(model, inputs, targets, sigma, lam0, prior_mean=theta_sgd)
-    if chunk_size is None:
-        width = objective.num_params if subset is None else subset.size
-        per_example = 8 * targets.shape[1] * width
-        chunk_size = max(1, min(256, 2**28 // per_example))
-    chunk_size = check_positive_int("chunk_size", chunk_size)
+    options = _checked_options(velocity_net, {
+        "structure": structure, "draws_per_point": draws_per_point, "seed": seed,
+        "prior_precision": prior_precision, "initial_prior_precision": initial_prior_precision,
+        "param_subset": param_subset, "chunk_size": chunk_size,
+        "refine_iterations": refine_iterations, "newton_steps": newton_steps,
+        "prior_mean": prior_mean, "base_point": base_point, "tune": tune,
+        "max_tune_rounds": max_tune_rounds,
+    })
+    setup = _Setup(velocity_net, train, options)
+    path = cache_dir() / f"posterior-{digest(_cache_key(setup, options))[:20]}.pt"
+    required = ("theta_map", "prior_precision", "refine_first", "refine_final")
+    fitted = load_cache_entry(path, required) if use_cache else None
+    if fitted is None:
+        fitted = _refine_and_tune(setup, options)
+        if use_cache and fitted["theta_map"] is not None:
+            save_atomic(fitted, path)
+    fitted["theta_map"] = _to(fitted["theta_map"], setup.theta_sgd.device)
+    return _assemble(setup, options, fitted)
 
-    def laplace(objective, theta, lam):
-        if subset is None:
-            return fit_laplace(objective, theta, structure, lam, chunk_size=chunk_size)
-        restricted = restrict_objective(objective, theta, subset)
-        return fit_laplace(restricted, subset.restrict(theta), structure, lam,
-                           chunk_size=chunk_size)
 
-    key = {"theta": theta_sgd, "train": train, "structure": structure, "K": draws_per_point,
-           "seed": seed, "lambda": prior_precision, "lambda0": lam0, "prior_mean": "theta_sgd"}
-    if subset is not None:
-        key["subset"] = subset.index
-    refine = {"max_iter": refine_iterations, "newton_steps": newton_steps}
+def _checked_options(velocity_net, options: dict) -> dict:
+    """Every option checked before any work; a one-line error names the bad one."""
+    if not isinstance(velocity_net, torch.nn.Module):
+        raise TypeError(f"velocity_net must be an nn.Module, got {type(velocity_net).__name__}.")
+    out = dict(options)
+    check_choice("structure", out["structure"], STRUCTURES)
+    check_positive_int("draws_per_point", out["draws_per_point"])
+    check_positive_int("seed", out["seed"], minimum=0)
+    if out["prior_precision"] is not None:
+        out["prior_precision"] = check_positive("prior_precision", out["prior_precision"])
+    out["initial_prior_precision"] = check_positive("initial_prior_precision",
+                                                    out["initial_prior_precision"])
+    if out["param_subset"] is not None:
+        parameter_subset(velocity_net, out["param_subset"])
+    if out["chunk_size"] is not None:
+        check_positive_int("chunk_size", out["chunk_size"])
+    check_positive_int("refine_iterations", out["refine_iterations"])
+    check_positive_int("newton_steps", out["newton_steps"], minimum=0)
+    check_choice("prior_mean", out["prior_mean"], PRIOR_MEANS)
+    check_choice("base_point", out["base_point"], BASE_POINTS)
+    check_choice("tune", out["tune"], TUNINGS)
+    check_positive_int("max_tune_rounds", out["max_tune_rounds"], minimum=2)
+    if out["tune"] != "evidence-once" and out["prior_precision"] is not None:
+        raise ValueError(f"tune={out['tune']!r} tunes λ, but prior_precision="
+                         f"{out['prior_precision']} fixes it; pass one of the two.")
+    return out
+
+
+class _Setup:
+    """The frozen objective at the initial λ, θ_SGD, σ, the subset and the chunk size."""
+
+    def __init__(self, velocity_net, train, options):
+        train = check_tensor("train", train, ndim=2, min_rows=1)
+        self.velocity_net = copy.deepcopy(velocity_net).eval()
+        self.train = train.detach().clone()
+        self.structure = options["structure"]
+        self.subset = None
+        if options["param_subset"] is not None:
+            self.subset = parameter_subset(velocity_net, options["param_subset"])
+        model = RegressionAdapter(velocity_net)
+        inputs, targets = flow_matching_regression_set(train, options["draws_per_point"],
+                                                       options["seed"])
+        self.theta_sgd = parameters_vector(model).detach().to(torch.float64)
+        self.noise_std = float(noise_std_from_residuals(model, self.theta_sgd, inputs, targets))
+        mean = self.theta_sgd if options["prior_mean"] == "sgd" else None
+        self.objective = RegressionObjective(model, inputs, targets, self.noise_std,
+                                             options["initial_prior_precision"], prior_mean=mean)
+        chunk = options["chunk_size"]
+        if chunk is None:
+            width = self.objective.num_params if self.subset is None else self.subset.size
+            chunk = max(1, min(256, 2**28 // (8 * targets.shape[1] * width)))
+        self.chunk_size = chunk
+
+    def laplace(self, objective, theta, lam):
+        """The posterior of ``objective`` at ``theta`` (over the subset when there is one)."""
+        if self.subset is None:
+            return fit_laplace(objective, theta, self.structure, lam, chunk_size=self.chunk_size)
+        restricted = restrict_objective(objective, theta, self.subset)
+        return fit_laplace(restricted, self.subset.restrict(theta), self.structure, lam,
+                           chunk_size=self.chunk_size)
+
+
+def _cache_key(setup, options) -> dict:
+    """The default options keep the key of earlier versions, so existing entries stay valid;
+    every other option value enters it."""
+    key = {"theta": setup.theta_sgd, "train": setup.train, "structure": options["structure"],
+           "K": options["draws_per_point"], "seed": options["seed"],
+           "lambda": options["prior_precision"], "lambda0": options["initial_prior_precision"],
+           "prior_mean": "theta_sgd" if options["prior_mean"] == "sgd" else "zero"}
+    if setup.subset is not None:
+        key["subset"] = setup.subset.index
+    refine = {"max_iter": options["refine_iterations"], "newton_steps": options["newton_steps"]}
     if refine != {"max_iter": 1000, "newton_steps": 10}:
         key["refine"] = refine
-    path = cache_dir() / f"posterior-{digest(key)[:20]}.pt"
-    if use_cache and path.exists():
-        record = torch.load(path, weights_only=False)
-        theta, lam = record["theta_map"], record["prior_precision"]
-        first = RefineRecord(**record["refine_first"])
-        final = RefineRecord(**record["refine_final"])
-    else:
-        theta, first = refine_map(objective, theta_sgd, **refine)
-        lam = prior_precision
-        if lam is None:
-            lam = laplace(objective, theta, None).prior_precision
+    if options["base_point"] != "refined":
+        key["base_point"] = options["base_point"]
+    if options["tune"] != "evidence-once":
+        key["tune"] = [options["tune"], options["max_tune_rounds"], TUNE_RTOL]
+    return key
+
+
+def _refine_and_tune(setup, options) -> dict:
+    """Refine θ* and tune λ (module notes); a plain record for the cache and for files."""
+    objective = setup.objective
+    refine = {"max_iter": options["refine_iterations"], "newton_steps": options["newton_steps"]}
+    lam = options["prior_precision"]
+    if lam is not None and options["base_point"] != "refined":
+        return {"theta_map": None, "prior_precision": lam, "refine_first": None,
+                "refine_final": None, "tune_history": []}
+    theta, first = refine_map(objective, setup.theta_sgd, **refine)
+    history, refined_at = [], options["initial_prior_precision"]
+    if lam is not None:
         theta, final = refine_map(objective.with_prior_precision(lam), theta, **refine)
-        if use_cache:
-            save_atomic({"theta_map": theta, "prior_precision": lam,
-                         "refine_first": asdict(first), "refine_final": asdict(final)}, path)
-    objective = objective.with_prior_precision(lam)
-    posterior = laplace(objective, theta, lam)
-    return FlowPosterior(objective, theta_sgd, theta, first, final, posterior, sigma, subset)
+        return _record(theta, lam, first, final, history)
+    rounds = 2 if options["tune"] == "evidence-once" else options["max_tune_rounds"]
+    for k in range(rounds):
+        optimum = setup.laplace(objective, theta, None).prior_precision
+        offset = float(objective.prior_offset(theta).norm())
+        history.append({"refined_at": refined_at, "offset_norm": offset,
+                        "evidence_optimum": optimum})
+        settled = abs(optimum / refined_at - 1) < TUNE_RTOL
+        if k == rounds - 1 or (k > 0 and settled):
+            break
+        theta, final = refine_map(objective.with_prior_precision(optimum), theta, **refine)
+        refined_at = optimum
+    if options["tune"] == "fixed-point" and not settled:
+        warnings.warn(f"λ did not settle in {rounds} rounds ({history[0]['evidence_optimum']:.4g}"
+                      f" → {optimum:.4g}); the posterior uses λ = {refined_at:.4g}, where θ* is "
+                      "stationary. See tune_history.", stacklevel=3)
+    return _record(theta, refined_at, first, final, history)
+
+
+def _record(theta, lam, first, final, history) -> dict:
+    return {"theta_map": theta.detach().cpu(), "prior_precision": float(lam),
+            "refine_first": asdict(first), "refine_final": asdict(final),
+            "tune_history": history}
+
+
+def _assemble(setup, options, fitted) -> FlowPosterior:
+    """The posterior at the base point from the refined θ* and λ (fresh, cached or loaded)."""
+    lam = fitted["prior_precision"]
+    objective = setup.objective.with_prior_precision(lam)
+    base_point = options["base_point"]
+    base = fitted["theta_map"] if base_point == "refined" else setup.theta_sgd
+    base_grad_norm = float(objective.grad(base).norm())
+    if base_point == "tilted":
+        objective = objective.tilted(base)
+    records = [None if fitted[k] is None else RefineRecord(**fitted[k])
+               for k in ("refine_first", "refine_final")]
+    return FlowPosterior(
+        objective, setup.theta_sgd, base, *records, setup.laplace(objective, base, lam),
+        setup.noise_std, setup.subset, options["prior_mean"], base_point, base_grad_norm,
+        fitted["theta_map"], list(fitted.get("tune_history", [])), options,
+        setup.velocity_net, setup.train,
+    )
+
+
+def _fitted_record(fp: FlowPosterior) -> dict:
+    refined = fp.theta_refined
+    return {"theta_map": None if refined is None else refined.detach().cpu(),
+            "prior_precision": fp.posterior.prior_precision,
+            "refine_first": None if fp.refine_first is None else asdict(fp.refine_first),
+            "refine_final": None if fp.refine_final is None else asdict(fp.refine_final),
+            "tune_history": list(fp.tune_history)}
+
+
+def _to(theta, device):
+    return None if theta is None else theta.to(device=device, dtype=torch.float64)

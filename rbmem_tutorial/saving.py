@@ -1,0 +1,138 @@
+"""Files that a fitted model can be shared as, and cache entries that survive damage.
+
+A saved file is a ``torch.save`` dictionary of plain tensors, numbers, strings, lists and dicts
+(no pickled classes), so ``torch.load(path, weights_only=True)`` reads it without running
+code from the file. Each file names its ``kind`` and ``format`` version; reading a file of
+another kind or version is a one-line ``ValueError``.
+
+Velocity nets are stored as their architecture (a small dict, :func:`net_architecture`) and
+their ``state_dict``; :func:`build_net` rebuilds them. The book's
+:class:`~rbmem_tutorial.nets.VelocityMLP` and :class:`~rbmem_tutorial.image_nets.VelocityConvNet`
+are supported.
+
+Cache entries are read by :func:`load_cache_entry`: a file that cannot be read (truncated by a
+crash, written by an incompatible version) is named in a warning and moved aside, and the
+caller recomputes it.
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from rbmem_tutorial.image_nets import VelocityConvNet
+from rbmem_tutorial.nets import ACTIVATIONS, VelocityMLP
+
+__all__ = ["build_net", "load_cache_entry", "net_architecture", "read_saved"]
+
+
+def _activation_name(module: nn.Module) -> str:
+    for name, cls in ACTIVATIONS.items():
+        if isinstance(module, cls):
+            return name
+    raise TypeError(f"activation {type(module).__name__} has no name in {list(ACTIVATIONS)}.")
+
+
+def net_architecture(net: nn.Module) -> dict:
+    """The constructor arguments of a velocity net, as a plain dict (see :func:`build_net`).
+
+    Example
+    -------
+    >>> net_architecture(VelocityMLP(2, hidden=(8, 4), activation="tanh"))
+    {'class': 'VelocityMLP', 'dim': 2, 'hidden': [8, 4], 'activation': 'tanh', 'time_features': 0}
+    """
+    if type(net) is VelocityMLP:
+        layers = [m for m in net.net if isinstance(m, nn.Linear)]
+        activations = [m for m in net.net if not isinstance(m, nn.Linear)]
+        return {"class": "VelocityMLP", "dim": net.dim,
+                "hidden": [layer.out_features for layer in layers[:-1]],
+                "activation": _activation_name(activations[0]) if activations else "silu",
+                "time_features": int(net.frequencies.numel())}
+    if type(net) is VelocityConvNet:
+        channels = [net.inp.out_channels, *(conv.out_channels for conv in net.down)]
+        return {"class": "VelocityConvNet", "image_shape": list(net.image_shape),
+                "channels": channels, "activation": _activation_name(net.act),
+                "time_features": int(net.frequencies.numel()),
+                "time_width": net.time_embedding.out_features}
+    raise TypeError(f"saving supports VelocityMLP and VelocityConvNet nets, got "
+                    f"{type(net).__name__}; save its state_dict yourself.")
+
+
+def build_net(architecture: dict, state_dict: dict | None = None) -> nn.Module:
+    """The untrained net of ``architecture`` (:func:`net_architecture`), with ``state_dict``
+    loaded strictly when given; in eval mode.
+
+    Example
+    -------
+    >>> net = VelocityMLP(2, hidden=(8,))
+    >>> copy = build_net(net_architecture(net), net.state_dict())
+    >>> all(torch.equal(a, b) for a, b in zip(net.parameters(), copy.parameters()))
+    True
+    """
+    spec = dict(architecture)
+    kind = spec.pop("class", None)
+    if kind == "VelocityMLP":
+        net = VelocityMLP(spec["dim"], tuple(spec["hidden"]), spec["activation"],
+                          spec["time_features"])
+    elif kind == "VelocityConvNet":
+        net = VelocityConvNet(tuple(spec["image_shape"]), tuple(spec["channels"]),
+                              spec["activation"], spec["time_features"], spec["time_width"])
+    else:
+        raise ValueError(f"unknown net class {kind!r} in the saved architecture; expected "
+                         "'VelocityMLP' or 'VelocityConvNet'.")
+    if state_dict is not None:
+        net.load_state_dict(state_dict)
+    return net.eval()
+
+
+def read_saved(path, kind: str, version: int) -> dict:
+    """The record saved at ``path``, checked to be a ``kind`` file of format ``version``.
+
+    Raises a one-line ``ValueError`` for a file that is unreadable, of another kind, or of
+    another format version, and ``FileNotFoundError`` for a missing one.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no file at {path}.")
+    try:
+        record = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # noqa: BLE001 - any unreadable file gets the same message
+        problem = type(error).__name__
+        raise ValueError(f"{path} is not a readable {kind} file ({problem}).") from None
+    found = record.get("kind") if isinstance(record, dict) else None
+    if found != kind:
+        raise ValueError(f"{path} holds {found or 'no known kind'!s}, not a {kind}; load it with "
+                         "the matching class.")
+    if record.get("format") != version:
+        raise ValueError(f"{path} is a {kind} file of format {record.get('format')}; this version "
+                         f"of the package reads format {version}.")
+    return record
+
+
+def load_cache_entry(path: Path, required: tuple[str, ...]) -> dict | None:
+    """The cache record at ``path`` (``weights_only``), or ``None`` when there is none.
+
+    A file that cannot be read, or lacks one of the ``required`` keys, is moved aside to
+    ``<name>.damaged-<unix time>`` with a warning that names it, and ``None`` is returned so
+    that the caller recomputes (and rewrites) the entry.
+    """
+    path = Path(path)
+    if not path.exists():
+        return None
+    try:
+        record = torch.load(path, map_location="cpu", weights_only=True)
+        missing = [key for key in required if key not in record]
+        problem = f"lacks {', '.join(missing)}" if missing else None
+    except Exception as error:  # noqa: BLE001 - truncated, corrupted or foreign files alike
+        record, problem = None, f"cannot be read ({type(error).__name__})"
+    if problem is None:
+        return record
+    aside = path.with_name(f"{path.name}.damaged-{int(time.time())}")
+    path.replace(aside)
+    warnings.warn(f"cache file {path} {problem}; moved it to {aside.name} and recomputing.",
+                  stacklevel=2)
+    return None
