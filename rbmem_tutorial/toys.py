@@ -3,15 +3,15 @@
 **The banana** is a Gaussian regression with two parameters, two outputs and one observation
 ``y = (0, 0)``:
 
-    f(θ) = (θ₁, θ₂ − b θ₁²),   y ~ N(f(θ), diag(s², t²)),
+    f(θ) = (θ₁, θ₂ − b θ₁²),   y ~ N(f(θ), diag(σ₁², σ₂²)),
 
 so its negative log posterior (flat prior) is
 
-    L(θ) = θ₁² / (2s²) + (θ₂ − b θ₁²)² / (2t²),
+    L(θ) = θ₁² / (2σ₁²) + (θ₂ − b θ₁²)² / (2σ₂²),
 
 with the mode θ* = 0 and a valley along the parabola θ₂ = b θ₁². The scaled outputs
-``u(θ) = (θ₁/s, (θ₂ − bθ₁²)/t)`` are a diffeomorphism of the plane with constant Jacobian
-determinant ``1/(st)``, and ``L = ½‖u‖²``. Hence:
+``u(θ) = (θ₁/σ₁, (θ₂ − bθ₁²)/σ₂)`` are a diffeomorphism of the plane with constant Jacobian
+determinant ``1/(σ₁σ₂)``, and ``L = ½‖u‖²``. Hence:
 
 - the posterior is exactly the standard Gaussian of ``u`` pulled back: ``θ = u⁻¹(z)``,
   ``z ~ N(0, I)``, is an exact sample (:meth:`Banana.exact_samples`);
@@ -61,17 +61,17 @@ class Banana:
 
     Parameters
     ----------
-    s : float
-        Noise of the first output: the width of the valley along θ₁.
-    t : float
-        Noise of the second output: the width across the valley.
+    sigma_1 : float
+        σ₁, the noise of the first output: the width of the valley along θ₁.
+    sigma_2 : float
+        σ₂, the noise of the second output: the width across the valley.
     b : float
         Bend of the valley floor θ₂ = b θ₁².
 
     Example
     -------
     >>> import torch
-    >>> toy = Banana(s=1.0, t=0.25, b=1.0)
+    >>> toy = Banana(sigma_1=1.0, sigma_2=0.25, b=1.0)
     >>> theta = torch.tensor([1.0, 1.0], dtype=torch.float64)
     >>> float(toy(theta))  # on the valley floor only the θ₁ term is left
     0.5
@@ -80,29 +80,31 @@ class Banana:
     [1.0, 1.0]
     """
 
-    s: float = 1.0
-    t: float = 0.25
+    sigma_1: float = 1.0
+    sigma_2: float = 0.25
     b: float = 1.0
 
     def __post_init__(self):
-        check_positive("s", self.s)
-        check_positive("t", self.t)
+        check_positive("sigma_1", self.sigma_1)
+        check_positive("sigma_2", self.sigma_2)
         if not isinstance(self.b, int | float):
             raise TypeError(
                 f"b must be a number (the bend of the valley), got {type(self.b).__name__}."
             )
 
     def outputs(self, theta) -> torch.Tensor:
-        """Scaled outputs ``u(θ) = (θ₁/s, (θ₂ − bθ₁²)/t)``, shape of ``theta``."""
+        """Scaled outputs ``u(θ) = (θ₁/σ₁, (θ₂ − bθ₁²)/σ₂)``, shape of ``theta``."""
         theta = _rows("theta", theta, 2)
         first, second = theta[..., 0], theta[..., 1]
-        return torch.stack([first / self.s, (second - self.b * first**2) / self.t], dim=-1)
+        return torch.stack(
+            [first / self.sigma_1, (second - self.b * first**2) / self.sigma_2], dim=-1
+        )
 
     def inverse_outputs(self, u) -> torch.Tensor:
-        """``u⁻¹``: ``θ₁ = s u₁``, ``θ₂ = t u₂ + b (s u₁)²``."""
+        """``u⁻¹``: ``θ₁ = σ₁ u₁``, ``θ₂ = σ₂ u₂ + b (σ₁ u₁)²``."""
         u = _rows("u", u, 2)
-        first = self.s * u[..., 0]
-        return torch.stack([first, self.t * u[..., 1] + self.b * first**2], dim=-1)
+        first = self.sigma_1 * u[..., 0]
+        return torch.stack([first, self.sigma_2 * u[..., 1] + self.b * first**2], dim=-1)
 
     def __call__(self, theta) -> torch.Tensor:
         """``L(θ) = ½‖u(θ)‖²``, one value per row."""
@@ -112,7 +114,7 @@ class Banana:
         """``(∇L(θ), vᵀ∇²L(θ)v)`` in closed form, rows of ``[..., 2]`` (for ``exp_map``)."""
         theta, v = _rows("theta", theta, 2), _rows("v", v, 2)
         first, residual = theta[..., 0], theta[..., 1] - self.b * theta[..., 0] ** 2
-        s2, t2, b = self.s**2, self.t**2, self.b
+        s2, t2, b = self.sigma_1**2, self.sigma_2**2, self.b
         grad = torch.stack([first / s2 - 2 * b * first * residual / t2, residual / t2], dim=-1)
         h11 = 1 / s2 + (4 * b**2 * first**2 - 2 * b * residual) / t2
         h12, h22 = -2 * b * first / t2, 1 / t2
@@ -120,8 +122,8 @@ class Banana:
         return grad, h11 * v1**2 + 2 * h12 * v1 * v2 + h22 * v2**2
 
     def hessian_at_mode(self) -> torch.Tensor:
-        """``∇²L(0) = diag(1/s², 1/t²)``: the Laplace precision at θ* = 0."""
-        return torch.diag(torch.tensor([1 / self.s**2, 1 / self.t**2], dtype=F64))
+        """``∇²L(0) = diag(1/σ₁², 1/σ₂²)``: the Laplace precision at θ* = 0."""
+        return torch.diag(torch.tensor([1 / self.sigma_1**2, 1 / self.sigma_2**2], dtype=F64))
 
     def fisher_exp_map(self, theta0, v, times=None) -> torch.Tensor:
         """Geodesic of the Fisher metric ``J_uᵀJ_u``: ``u⁻¹(u(θ0) + τ J_u(θ0) v)``.
@@ -132,7 +134,10 @@ class Banana:
         theta0, v = _rows("theta0", theta0, 2), _rows("v", v, 2)
         u0 = self.outputs(theta0)
         du = torch.stack(
-            [v[..., 0] / self.s, (v[..., 1] - 2 * self.b * theta0[..., 0] * v[..., 0]) / self.t],
+            [
+                v[..., 0] / self.sigma_1,
+                (v[..., 1] - 2 * self.b * theta0[..., 0] * v[..., 0]) / self.t,
+            ],
             dim=-1,
         )
         if times is None:

@@ -11,7 +11,7 @@ def _generator(seed=0):
 
 
 def test_banana_derivatives_match_autograd():
-    toy = Banana(s=0.8, t=0.3, b=1.4)
+    toy = Banana(sigma_1=0.8, sigma_2=0.3, b=1.4)
     points = torch.randn(5, 2, generator=_generator(), dtype=F64)
     directions = torch.randn(5, 2, generator=_generator(1), dtype=F64)
     grad, curvature = toy.grad_and_curvature(points, directions)
@@ -25,14 +25,14 @@ def test_banana_derivatives_match_autograd():
 
 
 def test_banana_outputs_round_trip():
-    toy = Banana(s=0.7, t=0.2, b=-0.6)
+    toy = Banana(sigma_1=0.7, sigma_2=0.2, b=-0.6)
     points = torch.randn(7, 2, generator=_generator(2), dtype=F64)
     assert torch.allclose(toy.inverse_outputs(toy.outputs(points)), points, atol=1e-12)
 
 
 def test_banana_fisher_path_solves_the_fisher_geodesic_equation():
     """G(c) c̈ = −J_uᵀ u''[ċ, ċ] for G = J_uᵀJ_u, derivatives of the closed-form path by autograd."""
-    toy = Banana(s=0.9, t=0.35, b=1.2)
+    toy = Banana(sigma_1=0.9, sigma_2=0.35, b=1.2)
     theta0 = torch.tensor([0.3, -0.2], dtype=F64)
     v = torch.tensor([0.8, 0.5], dtype=F64)
     for tau in (0.0, 0.4, 1.0):
@@ -72,18 +72,18 @@ def test_banana_fisher_path_at_times_matches_end_points():
 
 
 def test_banana_exact_samples_follow_the_pulled_back_gaussian():
-    toy = Banana(s=1.0, t=0.25, b=1.0)
+    toy = Banana(sigma_1=1.0, sigma_2=0.25, b=1.0)
     samples = toy.exact_samples(20000, _generator(3))
     u = toy.outputs(samples)
     assert abs(float(u.mean(0).abs().max())) < 0.03
     assert torch.allclose(torch.cov(u.T), torch.eye(2, dtype=F64), atol=0.04)
-    # E[θ₂] = b E[θ₁²] = b s² on the exact posterior
+    # E[θ₂] = b E[θ₁²] = b σ₁² on the exact posterior
     assert abs(float(samples[:, 1].mean()) - 1.0) < 0.03
 
 
 def test_banana_bad_input():
-    with pytest.raises(ValueError, match="t"):
-        Banana(t=0.0)
+    with pytest.raises(ValueError, match="sigma_2"):
+        Banana(sigma_2=0.0)
     with pytest.raises(TypeError, match="float64"):
         Banana()(torch.zeros(2))
     with pytest.raises(ValueError, match="2 entries"):
