@@ -136,7 +136,7 @@ class Banana:
         du = torch.stack(
             [
                 v[..., 0] / self.sigma_1,
-                (v[..., 1] - 2 * self.b * theta0[..., 0] * v[..., 0]) / self.t,
+                (v[..., 1] - 2 * self.b * theta0[..., 0] * v[..., 0]) / self.sigma_2,
             ],
             dim=-1,
         )
