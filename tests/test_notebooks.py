@@ -1,6 +1,7 @@
-"""Notebook hygiene: chapters are stored without outputs, and every chapter is in the book."""
+"""Notebook hygiene: stored without outputs, in the book, one call per explorer, numbers glued."""
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -73,10 +74,15 @@ def test_chapter_has_two_exercises_with_collapsed_executable_solutions(path):
 
 
 @pytest.mark.parametrize("path", CHAPTERS, ids=lambda p: p.name)
-def test_every_live_slider_has_a_kernel_free_player(path):
+def test_every_explorer_is_one_call(path):
+    # explorer(draw, values) shows the live slider in Jupyter and only the player in the web
+    # book; calling slider( and animation_html( separately would show the explorer twice there.
     code = "\n".join(_sources(path, "code"))
-    assert code.count("slider(") <= code.count("animation_html("), (
-        f"{path.name}: a live slider has no animation_html counterpart for the static book"
+    assert "explorer(" in code, f"{path.name}: no explorer (rbmem_tutorial.widgets.explorer)"
+    separate = re.findall(r"\b(?:slider|animation_html)\(", code)
+    assert not separate, (
+        f"{path.name}: calls {sorted(set(separate))} directly; "
+        "use explorer(draw, values, label=...)"
     )
 
 
@@ -87,4 +93,98 @@ def test_first_code_cell_installs_the_package_from_the_book_repository(path):
     assert "except ImportError" in first and "import rbmem_tutorial" in first, path.name
     assert f"%pip install -q git+{repository}" in first, (
         f"{path.name}: the install line does not use the repository URL in _config.yml"
+    )
+
+
+# --- Numbers in the prose come from the run, through myst-nb glue -------------------------------
+#
+# The rule: after removing what is not prose (code fences and spans, math, MyST roles such as
+# {glue:text}`...` and {cite:p}`...`, link targets and URLs, section numbers, arXiv ids and
+# version numbers, directive option lines, and the "Run time" line, which is measured outside the
+# notebook), a chapter's markdown may not contain
+#   - a number with a decimal point (0.63, 11.9),
+#   - a number with thousands separators (2,350),
+#   - a number with a unit of time, size or share (7 s, 60 seconds, 90%, 2 MiB),
+# unless it is one of the constants below. Small integers stay free: chapter and section
+# numbers, counts of panels, "eight points", "3 -> 64 -> 64 -> 2". A number that a run produces
+# reaches the text as {glue:text}`name:.3f`; a setting may instead be written in math ($0.5$).
+ALLOWED_NUMBERS = {
+    "0.577",  # 1/sqrt(3): the loose ratio threshold (c = 1/3 in the squared form), chapter 2
+    "1,000", "2,000", "4,000", "10,000", "50,000", "100,000",  # chosen sample and step counts
+    "1,024",  # a chosen training-set size (2^10), chapter 2's sweep
+    "3,072",  # 32 x 32 x 3, the dimension of a CIFAR-10 image
+    "4,546",  # parameters of the 3 -> 64 -> 64 -> 2 velocity MLP, fixed by its architecture
+}
+_NOT_PROSE = [
+    re.compile(r"<!--.*?-->", re.S),
+    re.compile(r"\$\$.*?\$\$", re.S),
+    re.compile(r"\\begin\{(\w+\*?)\}.*?\\end\{\1\}", re.S),
+    re.compile(r"\$[^$\n]+\$"),
+    re.compile(r"\{[\w:.-]+\}`[^`]*`"),  # roles: glue, cite, ref, numref, eq
+    re.compile(r"`[^`]*`"),  # code spans
+    re.compile(r"\]\([^)]*\)"),  # link targets
+    re.compile(r"https?://\S+"),
+    re.compile(r"^#{1,6}\s+\d+(\.\d+)*", re.M),  # numbered headings
+    re.compile(r"\b[Ss]ections?\s+\d+\.\d+(\s*(,|and|to|or)\s*\d+\.\d+)*"),
+    re.compile(r"\barXiv:?\s*\d{4}\.\d{4,5}(v\d+)?", re.I),
+    re.compile(r"\b(?:[Pp]ython|[Vv]ersion|v)\s*\d+(\.\d+)+"),
+    re.compile(r"\b\d+\.\d+\.\d+\b"),  # version triples
+    re.compile(r"\*\*Run time:\*\*.*?(\n\s*\n|\Z)", re.S),
+]
+_FENCE = re.compile(r"^(`{3,}|:{3,})\s*(.*)$")
+_NUMBER = re.compile(
+    r"(?<![\w.,])(?:\d{1,3}(?:,\d{3})+|\d*\.\d+|\d+)"
+    r"(?:\s*(?:%|percent\b|s\b|ms\b|seconds?\b|minutes?\b|min\b|hours?\b|[KMG]i?B\b))?"
+)
+
+
+def _prose(markdown: str) -> str:
+    """The markdown without code fences and directive option lines; directive bodies stay."""
+    lines, code_fence = [], None
+    for line in markdown.splitlines():
+        fence = _FENCE.match(line.strip())
+        if code_fence:
+            code_fence = None if line.strip().startswith(code_fence) else code_fence
+            continue
+        if fence and not fence.group(2).startswith("{") and fence.group(2):
+            code_fence = fence.group(1)  # ```python ... ```: code, not prose
+            continue
+        if fence or re.match(r"^\s*:[\w-]+:", line):
+            continue  # a directive's fence line or one of its options
+        lines.append(line)
+    text = "\n".join(lines)
+    for pattern in _NOT_PROSE:
+        text = pattern.sub(" ", text)
+    return text
+
+
+def unglued_numbers(markdown: str) -> list[str]:
+    """Numbers in ``markdown``'s prose that look like run results and are not allowed constants."""
+    found = (m.group(0) for m in _NUMBER.finditer(_prose(markdown)))
+    return [n for n in found if re.search(r"[.,]\d|%|[A-Za-z]", n) and n not in ALLOWED_NUMBERS]
+
+
+def test_the_number_rule_catches_run_results_and_spares_maths_and_settings():
+    caught = ("The loss ends at 5.2.", "It took 7 s.", "a table of 2,350 rows",
+              "about 90% of units", "lambda jumps to 11.9 here", "trained in 20 to 60 seconds")
+    for text in caught:
+        assert unglued_numbers(text), text
+    spared = ("$\\alpha = 0.5$ and $$L = 0.25$$", "{glue:text}`lam:.2f` and `rtol=1e-5`",
+              "see section 3.4 and {cite:p}`lipman2022flow`", "## 3.1 The idea",
+              "arXiv 2602.00199, myst-nb 1.4.0, Python 3.11", "the loose ratio 0.577",
+              "eight points, 2,000 samples", "```python\nx = 0.63\n```",
+              "```{exercise} Title\n:label: ex-1.2\nUse sixteen points.\n```",
+              "**Run time:** about 80 s on a 2-core CPU.\n\nNext.")
+    for text in spared:
+        assert not unglued_numbers(text), (text, unglued_numbers(text))
+    assert unglued_numbers("```{exercise} Title\nThe answer is 0.63.\n```") == ["0.63"]
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_numbers_in_the_prose_are_glued(path):
+    found = unglued_numbers("\n\n".join(_sources(path, "markdown")))
+    assert not found, (
+        f"{path.name}: numbers in the prose that are neither glued nor allowed constants: {found}; "
+        "glue run results ({glue:text}`name:.3f`), write settings in math, or add a true constant "
+        "to ALLOWED_NUMBERS with a comment"
     )
