@@ -2,10 +2,11 @@
 
 Checks, per page: math is typeset (no raw TeX left), every image loads, every cell that calls
 ``plt.show()`` shows a figure and so does every saved widget output, every saved widget
-renders with its label, every JavaScript player has its button icons, at most one search field
-shows, and the console shows no error at all: no script error and no failed load, so the page
-needs no network. A screenshot of the top of each page goes to ``artifacts/screenshots/``, and
-one of its first interactive figure (saved widget or JavaScript player) where it has one.
+renders with its label, every JavaScript player has its button icons, no explorer shows a saved
+slider beside its player, at most one search field shows, and the console shows no error at all:
+no script error and no failed load, so the page needs no network. A screenshot of the top of
+each page goes to ``artifacts/screenshots/``, and one of its first interactive figure (saved
+widget or JavaScript player) where it has one.
 
 The pages exist only after the book is built (README command 1), so CI runs this module as its own
 step after the build with ``RBMEM_BROWSER_TEST=1``; then a missing build or browser is a failure.
@@ -170,6 +171,11 @@ def test_page_renders(browser, page):
             .filter(b => !b.querySelector('svg, i.fa')?.getBoundingClientRect().width).length;
     """)
     assert bare_buttons == 0, f"{bare_buttons} player buttons have no icon"
+    # An explorer (rbmem_tutorial.widgets.explorer) shows its player alone in the web book: a
+    # saved slider beside it would show the same explorer twice, one copy frozen.
+    saved_sliders = browser.execute_script(
+        "return document.querySelectorAll('.widget-slider').length;")
+    assert saved_sliders == 0, f"{saved_sliders} saved sliders shown beside the players"
 
     search_fields = browser.execute_script("""
         return [...document.querySelectorAll('.search-button-field, input[type=search]')]
