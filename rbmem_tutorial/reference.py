@@ -21,6 +21,9 @@ from rbmem_tutorial.cache import cache_dir, digest, save_atomic
 from rbmem_tutorial.data import DATASETS, dataset_dim, load_dataset
 from rbmem_tutorial.flow_matching import train_flow_matching
 from rbmem_tutorial.nets import ACTIVATIONS, VelocityMLP
+from rbmem_tutorial.saving import load_cache_entry, read_saved
+
+_KIND, _FORMAT = "rbmem_tutorial.TrainedFlow", 1
 
 
 @dataclass(frozen=True)
@@ -140,7 +143,18 @@ class TrainedFlow:
     config : FlowConfig
         The configuration.
     from_cache : bool
-        Whether the model was loaded instead of trained.
+        Whether the model was loaded (from the cache or a file) instead of trained.
+
+    Example
+    -------
+    >>> import tempfile, pathlib
+    >>> flow = load_or_train(FlowConfig(n_train=8, n_test=10, hidden=(8,), steps=5), False)
+    >>> path = pathlib.Path(tempfile.mkdtemp()) / "flow.pt"
+    >>> flow.save(path)
+    >>> again = TrainedFlow.load(path)
+    >>> weights = [net.state_dict()["net.0.weight"] for net in (flow.model, again.model)]
+    >>> again.config == flow.config, torch.equal(*weights)
+    (True, True)
     """
 
     model: VelocityMLP
@@ -150,6 +164,29 @@ class TrainedFlow:
     train_seconds: float
     config: FlowConfig
     from_cache: bool
+
+    def save(self, path) -> None:
+        """Write the net's weights, its :class:`FlowConfig`, the data and the loss history to
+        ``path``, readable with ``torch.load(path, weights_only=True)``."""
+        config = dataclasses.asdict(self.config)
+        config["hidden"] = list(config["hidden"])
+        record = {"kind": _KIND, "format": _FORMAT, "config": config,
+                  "state_dict": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
+                  "train": self.train.cpu(), "test": self.test.cpu(),
+                  "loss_history": self.loss_history.cpu(), "train_seconds": self.train_seconds}
+        save_atomic(record, Path(path))
+
+    @classmethod
+    def load(cls, path) -> TrainedFlow:
+        """Read a flow written by :meth:`save` (on the CPU, ``from_cache=True``)."""
+        record = read_saved(path, _KIND, _FORMAT)
+        config = dict(record["config"])
+        config["hidden"] = tuple(config["hidden"])
+        config = FlowConfig(**config)
+        model = build_model(config)
+        model.load_state_dict(record["state_dict"])
+        return cls(model.eval(), record["train"], record["test"], record["loss_history"],
+                   float(record["train_seconds"]), config, from_cache=True)
 
 
 def cache_path(config: FlowConfig) -> Path:
@@ -207,8 +244,8 @@ def load_or_train(config: FlowConfig = REFERENCE, progress: bool = True) -> Trai
     train, test = load_dataset(config.dataset, config.n_train, config.n_test, config.data_seed)
     model = build_model(config)
     path = cache_path(config)
-    if path.exists():
-        record = torch.load(path, weights_only=True)
+    record = load_cache_entry(path, ("state_dict", "loss_history", "train_seconds"))
+    if record is not None:
         model.load_state_dict(record["state_dict"])
         return TrainedFlow(
             model.eval(), train, test, record["loss_history"], record["train_seconds"], config,

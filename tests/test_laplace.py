@@ -298,3 +298,27 @@ def test_prior_mean_gives_the_closed_form_posterior_and_evidence():
     tuned = fit_laplace(obj, theta, "full").prior_precision
     reference = fit_laplace(zero_mean, theta - m, "full").prior_precision
     assert tuned == pytest.approx(reference, rel=1e-8)
+
+
+def test_evidence_optimum_is_the_type_two_maximiser_of_bayesian_linear_regression():
+    """For a linear model with prior N(m, λ⁻¹I) the exact evidence's derivative in λ equals the
+    Laplace evidence's at the re-optimised θ*(λ) (envelope theorem), so at the exact maximiser
+    λ̂ the Laplace optimum with θ*(λ̂) held fixed is λ̂ again. It uses ‖θ* − m‖², not ‖θ*‖²."""
+    from scipy.optimize import minimize_scalar
+
+    z, y = regression_data(seed=6)
+    m = torch.randn(8, generator=torch.Generator().manual_seed(7), dtype=torch.float64)
+    f_m = z @ m[:6].view(2, 3).T + m[6:]
+
+    def exact(log_lam):  # evidence of y under prior N(m, λ⁻¹I) = zero-mean problem for y − f_m
+        return -linear_regression_truth(z, y - f_m, SIGMA, math.exp(log_lam))[2]
+
+    best = math.exp(minimize_scalar(exact, bounds=(-8, 8), method="bounded",
+                                    options={"xatol": 1e-10}).x)
+    obj = RegressionObjective(nn.Linear(3, 2), z, y, SIGMA, best, prior_mean=m)
+    theta = linear_regression_truth(z, y - f_m, SIGMA, best)[0] + m
+    post = fit_laplace(obj, theta, "full", prior_precision=best)
+    assert post.evidence_optimum() == pytest.approx(best, rel=1e-6)
+    gamma = float((post._eigenvalues / (post._eigenvalues + best)).sum())
+    assert best == pytest.approx(gamma / float((theta - m).square().sum()), rel=1e-6)
+    assert abs(gamma / float(theta.square().sum()) / best - 1) > 0.1  # ‖θ*‖² would be wrong

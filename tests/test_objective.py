@@ -312,3 +312,32 @@ def test_cuda_follows_the_inputs():
         torch.testing.assert_close(result.cpu(), getattr(cpu, method)(theta))
     factors = gpu.kronecker_factors(theta)
     assert factors[0].A.device.type == "cuda"
+
+
+def test_tilted_objective_is_stationary_at_its_point_with_the_same_hessian():
+    """L̃(θ) = L(θ) − ∇L(θ0)ᵀ(θ − θ0) + const: zero gradient at θ0, L's Hessian everywhere,
+    and the anchored loss of rbmem_tutorial.subsets with a zero target up to a constant."""
+    from rbmem_tutorial.subsets import anchored
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(3, 6), nn.Tanh(), nn.Linear(6, 2))
+    gen = torch.Generator().manual_seed(5)
+    z = torch.randn(12, 3, generator=gen, dtype=torch.float64)
+    y = torch.randn(12, 2, generator=gen, dtype=torch.float64)
+    for mean in (None, torch.randn(38, generator=gen, dtype=torch.float64)):
+        obj = RegressionObjective(net, z, y, 0.7, 2.5, prior_mean=mean)
+        theta0 = torch.randn(38, generator=gen, dtype=torch.float64)
+        tilted = obj.tilted(theta0)
+        assert float(tilted.grad(theta0).abs().max()) < 1e-12
+        slope = obj.grad(theta0)
+        theta = theta0 + 0.3 * torch.randn(38, generator=gen, dtype=torch.float64)
+        v = torch.randn(3, 38, generator=gen, dtype=torch.float64)
+        torch.testing.assert_close(tilted.grad_and_hvp(theta, v)[1], obj.grad_and_hvp(theta, v)[1],
+                                   rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(tilted.grad(theta), obj.grad(theta) - slope, rtol=0, atol=1e-11)
+        by_hand = obj.value(theta) - obj.value(theta0) - slope @ (theta - theta0)
+        torch.testing.assert_close(tilted.value(theta) - tilted.value(theta0), by_hand,
+                                   rtol=1e-12, atol=1e-11)
+        anchor = anchored(obj, theta0, torch.zeros(38, dtype=torch.float64))
+        torch.testing.assert_close(anchor.grad(theta), tilted.grad(theta), rtol=0, atol=1e-11)
+        assert torch.equal(tilted.data_fit(theta), obj.data_fit(theta))
