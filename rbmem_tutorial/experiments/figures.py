@@ -63,6 +63,96 @@ def _frontier_row(axes, rows, memorised, threshold):
         ax.set_ylabel(label)
 
 
+CURVE_COLOURS = {"laplace": "tab:blue", "isotropic": "tab:green", "riemannian T=sum": "tab:red",
+                 "riemannian T=mean": "darkred", "riemannian T=data-mean": "tab:pink",
+                 "riemannian-fisher": "tab:purple", "riemannian-linearised": "tab:orange",
+                 "drift-control T=sum": "tab:brown"}
+METRIC_LABELS = {"mmd2": "MMD² to held-out data", "precision": "k-NN precision",
+                 "recall": "k-NN recall", "energy": "energy distance"}
+
+
+def method_frontiers(rows: list[dict], metric: str = "mmd2", reference: str = "laplace",
+                     columns: int = 4):
+    """One panel per method (tempered methods: per temperature) of memorised fraction
+    (d₁/d₂ < 1/3) against ``metric``, across the scale sweep.
+
+    Each panel shows its method's curve (mean over training seeds, bars: 95% Student-t
+    interval over seeds, points labelled by α), the ``reference`` method's curve in grey for
+    comparison, the MAP (black square, α = 0) and the true samples (gold star: the memorised
+    fraction chance alone reaches and their own score). Better means *towards the star*: less
+    copying down to the true-sample floor, and a quality score as close to the true samples'
+    as possible. The curves come from :func:`.matched.curves` (sampling seeds averaged, the
+    MAP prepended at α = 0 when the base point is the refined θ*).
+    """
+    from .matched import curves, t_interval
+
+    by_curve: dict[str, dict] = defaultdict(dict)
+    for (group, seed), points in curves(rows).items():
+        by_curve[group][seed] = points
+    shown = [g for g in by_curve if g not in ("map", "early-stop")]
+    shown.sort(key=lambda g: (g != reference, list(CURVE_COLOURS).index(g)
+                              if g in CURVE_COLOURS else len(CURVE_COLOURS), g))
+
+    def mean_curve(group):
+        scales = sorted({p["scale"] for pts in by_curve[group].values() for p in pts})
+        out = []
+        for a in scales:
+            at = [p for pts in by_curve[group].values() for p in pts if p["scale"] == a]
+            out.append((a, t_interval([p["mem_strict"] for p in at]),
+                        t_interval([p[metric] for p in at])))
+        return out
+
+    def half(stat):
+        return 0.0 if stat["lo"] is None else stat["mean"] - stat["lo"]
+
+    true_mem = float(np.mean([r["true_mem_strict"] for r in rows]))
+    true_val = float(np.mean([r[f"baseline_{metric}"] for r in rows]))
+    maps = [r for r in rows if r["method"] == "map"]
+    cols = min(columns, len(shown))
+    nrows = -(-len(shown) // cols)
+    fig, axes = plt.subplots(nrows, cols, figsize=(3.3 * cols, 3.0 * nrows), squeeze=False,
+                             sharex=True, sharey=True)
+    for ax in axes.flat[len(shown):]:
+        ax.axis("off")
+    for ax, group in zip(axes.flat, shown, strict=False):
+        for name, colour, width in ((reference, "0.75", 1.0), (group, None, 1.8)):
+            if name not in by_curve or (name == reference and colour and group == reference):
+                continue
+            pts = mean_curve(name)
+            colour = colour or CURVE_COLOURS.get(group, "tab:red")
+            ax.errorbar([m["mean"] for _, m, _ in pts], [v["mean"] for _, _, v in pts],
+                        xerr=[half(m) for _, m, _ in pts], yerr=[half(v) for _, _, v in pts],
+                        color=colour, lw=width, marker="o", ms=3, capsize=2,
+                        label=name if name == reference else None)
+            if name == group:
+                for a, m, v in pts:
+                    if a > 0:
+                        ax.annotate(f"{a:g}", (m["mean"], v["mean"]), fontsize=7,
+                                    xytext=(4, 2), textcoords="offset points", color=colour)
+        if maps:
+            ax.plot(np.mean([r["mem_strict"] for r in maps]),
+                    np.mean([r[metric] for r in maps]), "ks", ms=6, zorder=5)
+        ax.plot(true_mem, true_val, marker="*", color="gold", mec="k", ms=13, zorder=6)
+        ax.axvline(true_mem, ls=":", color="k", lw=0.8)
+        ax.set_title(group, fontsize=9)
+        if metric in ("mmd2", "energy"):  # unbiased estimates can dip below zero
+            ax.set_yscale("symlog", linthresh=0.01)
+    for ax in axes[-1]:
+        ax.set_xlabel("memorised fraction (d₁/d₂ < 1/3)", fontsize=8)
+    for ax in axes[:, 0]:
+        ax.set_ylabel(METRIC_LABELS.get(metric, metric), fontsize=8)
+    handles = [plt.Line2D([], [], color="0.75", marker="o", label=f"{reference} (reference)"),
+               plt.Line2D([], [], color="k", marker="s", ls="", label="MAP"),
+               plt.Line2D([], [], color="gold", mec="k", marker="*", ms=12, ls="",
+                          label="true samples (the target)")]
+    fig.legend(handles=handles, loc="lower center", ncol=3, fontsize=8, frameon=False,
+               bbox_to_anchor=(0.5, -0.02))
+    fig.suptitle(f"Memorisation against {METRIC_LABELS.get(metric, metric)}; labels: α; "
+                 "better = towards the star", fontsize=10)
+    fig.tight_layout(rect=(0, 0.04, 1, 1))
+    return fig
+
+
 def samples_figure(out, rows: list[dict], train: np.ndarray, seed: int = 0):
     """Generated 2-D samples of every (method, scale) of one training seed, over the training
     set; ``None`` for data that are not 2-D."""

@@ -1,0 +1,115 @@
+"""The trade-off study in a chapter: a live slice of cells, weight samples, and a stored sweep.
+
+Chapter 5 runs a few cells of the study live and then reads the full sweep that the experiment
+script stored. These calls keep the study's plumbing (seed contexts, cells, seeded draws) out
+of the chapter:
+
+- :func:`run_slice` computes every cell of a small configuration for one training seed and
+  returns its rows and generated samples;
+- :func:`weight_samples` returns the parameter vectors one method draws at one scale (the same
+  seeded draws as the study's cell);
+- :func:`load_study` reads a stored study folder (rows, configuration, README, matched table).
+
+Example
+-------
+>>> study = load_study("book/data/tradeoff-cpu")  # doctest: +SKIP
+>>> sorted({row["method"] for row in study.rows})  # doctest: +SKIP
+['early-stop', 'isotropic', 'laplace', 'map', 'riemannian']
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .cell_compute import SeedContext, parameter_samples, run_cell, seed_context
+from .matched import matched_table
+from .tradeoff import Cell, TradeoffConfig, cells
+
+
+@dataclass
+class Slice:
+    """The cells of a live slice: ``rows[label]`` and ``samples[label]`` (``[n, d]`` arrays) by
+    curve label (``"laplace"``, ``"riemannian T=mean"``, ...) and scale, and the seed's
+    shared context (trained nets, data and the fitted posterior)."""
+
+    rows: dict = field(default_factory=dict)
+    samples: dict = field(default_factory=dict)
+    context: SeedContext | None = None
+
+
+def curve_label(row_or_cell) -> str:
+    """The curve a row or cell belongs to: its method, with ``T=<temperature>`` when tempered."""
+    get = row_or_cell.get if isinstance(row_or_cell, dict) else row_or_cell.__getattribute__
+    method, temperature = get("method"), get("temperature")
+    if temperature is None or method not in ("riemannian", "riemannian-linearised",
+                                             "drift-control"):
+        return method
+    return f"{method} T={temperature}"
+
+
+def run_slice(config: TradeoffConfig, train_seed: int = 0) -> Slice:
+    """Compute every cell of ``config`` for one training seed (first sampling seed), in this
+    process, without writing files; nets and posterior come from the model cache."""
+    if not isinstance(config, TradeoffConfig):
+        raise TypeError(f"config must be a TradeoffConfig, got {type(config).__name__}.")
+    if train_seed not in config.train_seeds:
+        raise ValueError(f"train_seed {train_seed} is not in config.train_seeds "
+                         f"{config.train_seeds}; pick one of them.")
+    ctx = seed_context(config, train_seed)
+    out = Slice(context=ctx)
+    for cell in cells(config):
+        if cell.train_seed != train_seed or cell.sample_seed != config.sample_seeds[0]:
+            continue
+        row, arrays = run_cell(config, ctx, cell)
+        key = (curve_label(row), cell.scale)
+        out.rows[key], out.samples[key] = row, arrays["samples"]
+    return out
+
+
+def weight_samples(config: TradeoffConfig, context: SeedContext, method: str, scale: float,
+                   temperature=None, train_seed: int = 0, sample_seed: int = 0):
+    """The ``[S, D]`` parameter vectors that ``method`` draws at ``scale`` (the study's own
+    seeded draws for that cell), ``config.n_param_samples`` rows; ``context`` must be the one
+    :func:`run_slice` built for ``train_seed``."""
+    cell = Cell(method, scale, train_seed, sample_seed, temperature)
+    return parameter_samples(config, context, cell)[0]
+
+
+@dataclass
+class StoredStudy:
+    """A study folder as written by ``rbmem tradeoff``: ``rows`` (one dict per cell),
+    ``config`` (the options), ``readme`` (how it was made) and ``folder``."""
+
+    folder: Path
+    rows: list
+    config: dict
+    readme: str
+
+    def matched(self, **options) -> list[dict]:
+        """The matched-memorisation table of these rows (:func:`.matched.matched_table`)."""
+        return matched_table(self.rows, **options)
+
+    def cell_samples(self, row: dict) -> np.ndarray:
+        """The generated samples stored for one row's cell, ``[n, d]``."""
+        path = self.folder / "cells" / f"{row['key']}.npz"
+        if not path.exists():
+            raise FileNotFoundError(f"{path} is missing: this study stores no per-cell samples; "
+                                    "rerun its command (README) to get them.")
+        return np.load(path)["samples"]
+
+
+def load_study(folder) -> StoredStudy:
+    """Read a stored study folder (``results.json``, ``config.json``, ``README.md``)."""
+    folder = Path(folder)
+    for name in ("results.json", "config.json"):
+        if not (folder / name).is_file():
+            raise FileNotFoundError(f"{folder / name} not found; pass a folder written by "
+                                    "`rbmem tradeoff` (and merged).")
+    readme = folder / "README.md"
+    return StoredStudy(folder, json.loads((folder / "results.json").read_text()),
+                       json.loads((folder / "config.json").read_text()),
+                       readme.read_text() if readme.exists() else "")
