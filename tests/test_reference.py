@@ -12,6 +12,7 @@ from rbmem_tutorial.flow_matching import train_flow_matching
 from rbmem_tutorial.reference import (
     REFERENCE,
     FlowConfig,
+    TrainedFlow,
     build_model,
     cache_path,
     load_or_train,
@@ -131,3 +132,33 @@ def test_docstring_examples_run(cache):
     from rbmem_tutorial import reference
 
     assert doctest.testmod(reference).failed == 0
+
+
+def test_a_damaged_flow_cache_entry_is_named_and_retrained(cache):
+    first = load_or_train(TINY, progress=False)
+    path = cache_path(TINY)
+    path.write_bytes(b"not a torch file")
+    with pytest.warns(UserWarning, match=path.name):
+        again = load_or_train(TINY, progress=False)
+    assert not again.from_cache and torch.equal(again.loss_history, first.loss_history)
+    assert len(list(cache.glob(f"{path.name}.damaged-*"))) == 1
+    assert load_or_train(TINY, progress=False).from_cache
+
+
+def test_a_saved_flow_loads_with_its_config_and_weights(cache, tmp_path):
+    flow = load_or_train(TINY, progress=False)
+    path = tmp_path / "shared" / "flow.pt"
+    flow.save(path)
+    record = torch.load(path, weights_only=True)
+    assert record["kind"] == "rbmem_tutorial.TrainedFlow"
+    again = TrainedFlow.load(path)
+    assert again.config == flow.config and again.from_cache
+    x = torch.randn(5, 2)
+    assert torch.equal(again.model(x, 0.3), flow.model(x, 0.3))
+    for name in ("train", "test", "loss_history"):
+        assert torch.equal(getattr(again, name), getattr(flow, name)), name
+    torch.save({**record, "format": 2}, tmp_path / "newer.pt")
+    with pytest.raises(ValueError, match="format 2"):
+        TrainedFlow.load(tmp_path / "newer.pt")
+    with pytest.raises(FileNotFoundError, match="no file"):
+        TrainedFlow.load(tmp_path / "missing.pt")
