@@ -55,7 +55,9 @@ from .posterior import generate, velocity_uncertainty
 from .reference import REFERENCE, FlowConfig, load_or_train
 from .riemannian import (
     GeodesicSolveError,
+    MongeMetric,
     RiemannianLaplace,
+    common_drift,
     exp_map,
     geodesic_acceleration,
     linearised_objective,
@@ -82,5 +84,5 @@ __all__ = [
     "precision_recall", "quality_report", "refine_map", "sample", "sample_dataset",
     "sliced_wasserstein", "train_flow_matching", "unflatten", "velocity_uncertainty",
     "VelocityConvNet", "load_image_file", "ParameterSubset", "anchored", "minibatch_objective",
-    "parameter_subset", "restrict_objective",
+    "parameter_subset", "restrict_objective", "MongeMetric", "common_drift",
 ]
