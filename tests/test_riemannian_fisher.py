@@ -1,0 +1,193 @@
+"""The Fisher (pull-back / GGN) metric: its geodesic acceleration against the Christoffel
+symbols of G(θ) by autograd, straight geodesics and the exact posterior for a linear model,
+conservation of the speed, temperature invariance, and bad input."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch.func import jacfwd, jacrev
+from torchdiffeq import odeint
+
+from rbmem_tutorial.laplace import fit_laplace
+from rbmem_tutorial.objective import RegressionObjective, parameters_vector
+from rbmem_tutorial.riemannian import exp_map
+from rbmem_tutorial.riemannian.fisher import FisherMetric
+
+F64 = torch.float64
+
+
+def tanh_objective(num_inputs, noise_std=0.4, prior_precision=1.5, seed=0):
+    """A 2 → 6 → 2 tanh MLP (32 parameters) on ``num_inputs`` random inputs."""
+    torch.manual_seed(seed)
+    net = torch.nn.Sequential(torch.nn.Linear(2, 6), torch.nn.Tanh(), torch.nn.Linear(6, 2))
+    inputs, targets = torch.randn(num_inputs, 2), torch.randn(num_inputs, 2)
+    mean = 0.1 * torch.randn(32, dtype=F64)
+    return RegressionObjective(net, inputs, targets, noise_std, prior_precision, prior_mean=mean)
+
+
+def christoffel_acceleration(objective, theta, velocity):
+    """−Γᵏᵢⱼ ċⁱ ċʲ from G(θ) = JᵀΣ⁻¹J + λI and its derivative, both by autograd
+    (J by reverse mode, ∂G by forward mode over it)."""
+    out = objective.targets.shape[1]
+    variance = (objective.noise_std**2 * torch.ones(out, dtype=F64)).repeat(len(objective.inputs))
+    eye = torch.eye(objective.num_params, dtype=F64)
+
+    def metric(point):
+        jac = jacrev(lambda p: objective.predict(p).reshape(-1))(point)
+        return jac.T @ (jac / variance[:, None]) + objective.prior_precision * eye
+
+    g = metric(theta)
+    dg = jacfwd(metric)(theta)  # dg[a, b, c] = ∂_c G_ab
+    # Γ_kij ċⁱċʲ = ½ (∂_i G_kj + ∂_j G_ki − ∂_k G_ij) ċⁱċʲ
+    first_kind = torch.einsum("kji,i,j->k", dg, velocity, velocity) - 0.5 * torch.einsum(
+        "ijk,i,j->k", dg, velocity, velocity
+    )
+    return -torch.linalg.solve(g, first_kind)
+
+
+@pytest.mark.parametrize(
+    ("num_inputs", "noise_std", "gram", "used"),
+    [
+        (4, 0.4, "auto", "layers"),  # M = 8 < D = 32: Woodbury, Gram matrix layer by layer
+        (4, torch.tensor([0.3, 0.7]), "jacobian", "jacobian"),  # Woodbury, explicit J
+        (24, torch.tensor([0.3, 0.7]), "auto", "jacobian"),  # M = 48 > D: the D × D system
+    ],
+)
+def test_acceleration_equals_christoffel_formula(num_inputs, noise_std, gram, used):
+    objective = tanh_objective(num_inputs, noise_std)
+    metric = FisherMetric(objective, gram=gram)
+    assert metric.gram == used and metric.uses_woodbury is (num_inputs == 4)
+    generator = torch.Generator().manual_seed(1)
+    theta = parameters_vector(objective.model) + 0.3 * torch.randn(3, 32, generator=generator,
+                                                                   dtype=F64)
+    velocity = torch.randn(3, 32, generator=generator, dtype=F64)
+    expected = torch.stack([christoffel_acceleration(objective, t, v)
+                            for t, v in zip(theta, velocity, strict=True)])
+    assert expected.abs().max() > 1e-2  # the net is nonlinear: geodesics bend
+    batch = metric.acceleration(theta, velocity)
+    single = torch.stack([metric.acceleration(t, v) for t, v in zip(theta, velocity, strict=True)])
+    for got in (batch, single):
+        torch.testing.assert_close(got, expected, rtol=1e-8, atol=1e-8 * expected.abs().max())
+
+
+def test_temperature_scales_the_metric_and_leaves_geodesics_unchanged():
+    objective, temperature = tanh_objective(4), 7.0
+    tempered = RegressionObjective(objective.model, objective.inputs, objective.targets,
+                                   objective.noise_std * temperature**0.5,
+                                   objective.prior_precision / temperature)
+    theta = parameters_vector(objective.model)
+    velocity = torch.randn(32, generator=torch.Generator().manual_seed(2), dtype=F64)
+    plain, hot = FisherMetric(objective), FisherMetric(tempered)
+    speed = plain.speed(theta, velocity)
+    torch.testing.assert_close(hot.speed(theta, velocity), speed / temperature)
+    torch.testing.assert_close(hot.acceleration(theta, velocity),
+                               plain.acceleration(theta, velocity), rtol=1e-10, atol=1e-12)
+
+
+def linear_objective(num_inputs, seed=0):
+    """f(θ) = Zθ: an ``nn.Linear(3, 2)`` (8 parameters) with σ = 0.5, λ = 2."""
+    torch.manual_seed(seed)
+    inputs = torch.randn(num_inputs, 3, dtype=F64)
+    targets = inputs @ torch.randn(3, 2, dtype=F64) + 0.5 * torch.randn(num_inputs, 2, dtype=F64)
+    return RegressionObjective(torch.nn.Linear(3, 2), inputs, targets, 0.5, 2.0)
+
+
+def geodesic_endpoints(metric, theta0, velocity, tol):
+    """c(1) of ``G c̈ = −JᵀΣ⁻¹f''[ċ, ċ]`` for every row of ``velocity``, by dopri5."""
+    dim = theta0.shape[-1]
+
+    def field(_t, state):
+        theta, speed = state[..., :dim], state[..., dim:]
+        return torch.cat([speed, metric.acceleration(theta, speed)], dim=-1)
+
+    start = torch.cat([theta0.expand_as(velocity), velocity], dim=-1)
+    times = torch.linspace(0.0, 1.0, 3, dtype=F64)
+    return odeint(field, start, times, method="dopri5", rtol=tol, atol=tol)
+
+
+@pytest.mark.parametrize("num_inputs", [2, 12])  # M = 4 < D = 8 (Woodbury), M = 24 > D
+def test_linear_model_gives_straight_geodesics_and_the_exact_posterior(num_inputs):
+    objective = linear_objective(num_inputs)
+    metric = FisherMetric(objective, gram="jacobian")  # rows vmapped: fast for 4,000 samples
+    jac = objective.jacobian(torch.zeros(8, dtype=F64)).reshape(-1, 8)  # Z, constant
+    precision = jac.T @ jac / 0.25 + 2.0 * torch.eye(8, dtype=F64)
+    covariance = torch.linalg.inv(precision)
+    mean = torch.linalg.solve(precision, jac.T @ objective.targets.reshape(-1) / 0.25)
+    assert objective.grad(mean).abs().max() < 1e-10  # the closed-form posterior mean is θ*
+
+    samples = 4000
+    posterior = fit_laplace(objective, mean, "full", prior_precision=2.0)
+    tangents = posterior.sample_tangent(samples, torch.Generator().manual_seed(3))
+    assert metric.acceleration(mean.expand_as(tangents[:5]), tangents[:5]).abs().max() == 0
+    assert FisherMetric(objective).acceleration(mean, tangents[0]).abs().max() == 0
+    if metric.uses_woodbury:
+        states = geodesic_endpoints(metric, mean, tangents, tol=1e-8)[:, :, :8]
+    else:  # the package's solver, as RLA-F samples are drawn
+        result = exp_map(objective, mean, tangents, metric="fisher", method="dopri5",
+                         rtol=1e-8, atol=1e-8, return_path=True, num_path_points=3)
+        states = result.path.movedim(1, 0)
+    middle, end = states[1], states[-1]
+    torch.testing.assert_close(middle, mean + 0.5 * tangents, rtol=0, atol=1e-12)  # straight
+    torch.testing.assert_close(end, mean + tangents, rtol=0, atol=1e-12)
+
+    # sample mean and covariance against N(μ, (ZᵀΣ⁻¹Z + λI)⁻¹), within 4 standard errors
+    variance = covariance.diagonal()
+    mean_error = (end.mean(0) - mean).abs() / (variance / samples).sqrt()
+    assert mean_error.max() < 4
+    centred = end - mean
+    sample_cov = centred.T @ centred / samples
+    cov_se = ((torch.outer(variance, variance) + covariance.square()) / samples).sqrt()
+    assert ((sample_cov - covariance).abs() / cov_se).max() < 4
+    # the test can fail: a diagonal tangent Gaussian misses the off-diagonal covariance
+    wrong = torch.diag(1 / precision.diagonal())
+    assert ((sample_cov - wrong).abs() / cov_se).max() > 4
+
+
+def test_speed_is_conserved_along_a_bent_fisher_geodesic():
+    objective = tanh_objective(4)
+    metric = FisherMetric(objective)
+    theta0 = parameters_vector(objective.model)
+    velocity = 0.7 * torch.randn(1, 32, generator=torch.Generator().manual_seed(4), dtype=F64)
+    states = geodesic_endpoints(metric, theta0, velocity, tol=1e-11)[:, 0]
+    assert len(states) == 3  # t = 0, ½, 1
+    speeds = metric.speed(states[:, :32], states[:, 32:])
+    drift = (speeds - speeds[0]).abs().max() / speeds[0]
+    assert drift < 1e-6
+    bend = (states[-1, :32] - theta0 - velocity[0]).norm() / velocity.norm()
+    assert bend > 1e-2  # the curve is not the straight line θ0 + t v
+    # G-speed is conserved, the Euclidean one is not
+    euclid = states[:, 32:].square().sum(-1)
+    assert (euclid - euclid[0]).abs().max() / euclid[0] > 1e-3
+
+
+def test_loss_and_gradient_norm_rows():
+    objective = tanh_objective(4)
+    metric = FisherMetric(objective)
+    theta = parameters_vector(objective.model) + torch.zeros(2, 32, dtype=F64)
+    theta[1] += 0.1
+    torch.testing.assert_close(metric.loss_value(theta)[1], objective.value(theta[1]))
+    torch.testing.assert_close(metric.grad_norm(theta[0]), objective.grad(theta[0]).norm())
+
+
+def test_bad_input_raises_clear_errors():
+    with pytest.raises(TypeError, match="RegressionObjective"):
+        FisherMetric(lambda theta: theta.square().sum())
+    with pytest.raises(ValueError, match="gram"):
+        FisherMetric(tanh_objective(4), gram="dense")
+    conv = torch.nn.Sequential(torch.nn.Unflatten(1, (1, 2)), torch.nn.Conv1d(1, 2, 2),
+                               torch.nn.Flatten())  # parameters outside nn.Linear
+    not_linear = RegressionObjective(conv, torch.randn(2, 2), torch.randn(2, 2), 1.0, 1.0)
+    with pytest.raises(ValueError, match="nn.Linear"):
+        FisherMetric(not_linear, gram="layers")
+    assert FisherMetric(not_linear).gram == "jacobian"
+    metric = FisherMetric(tanh_objective(4))
+    theta = torch.zeros(32, dtype=F64)
+    with pytest.raises(TypeError, match="float64"):
+        metric.acceleration(theta.float(), theta.float())
+    with pytest.raises(ValueError, match="32 entries"):
+        metric.acceleration(torch.zeros(31, dtype=F64), torch.zeros(31, dtype=F64))
+    with pytest.raises(ValueError, match="same shape"):
+        metric.speed(theta, torch.zeros(2, 32, dtype=F64))
+    with pytest.raises(ValueError, match="NaN"):
+        metric.acceleration(theta, torch.full((32,), float("nan"), dtype=F64))
