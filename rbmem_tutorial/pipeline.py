@@ -31,12 +31,12 @@ which is stationary at θ_SGD with the Hessian of L
 (:meth:`~rbmem_tutorial.objective.RegressionObjective.tilted`; the construction of
 :func:`~rbmem_tutorial.subsets.anchored`); its samples are spread around θ_SGD without the drift.
 
-**λ** (``tune``). ``"evidence-once"``, the default, tunes λ once at the first θ* and refines θ*
-at it. λ then need not maximise the evidence at the final θ*; ``tune_history`` records the
-maximiser there. ``"fixed-point"`` alternates tuning and refining until λ changes by less than
-1%. With the prior centred at θ_SGD that iteration runs towards λ → ∞, θ* → θ_SGD (the prior's
-centre was fitted to the same data, so the evidence rewards a prior that repeats the fit;
-chapter 3, exercise 2); with a zero-mean prior it is MacKay's usual fixed point.
+**λ** (``tune``, :mod:`rbmem_tutorial.prior_tuning`). ``"evidence-once"``, the default, tunes
+λ once at the first θ* and refines θ* at it; λ then need not maximise the evidence at the final
+θ*, and ``tune_history`` records the λ that would. ``"fixed-point"`` alternates tuning and
+refining until λ changes by less than 1%. With the prior centred at θ_SGD that runs towards
+λ → ∞, θ* → θ_SGD (the prior's centre was fitted to the same data; chapter 3, exercise 2); with
+a zero-mean prior it is MacKay's usual fixed point.
 
 **Weight subsets** (chapter 6). With ``param_subset`` the posterior covers only the chosen
 entries S of θ, the others fixed at the base point: the Laplace posterior is fitted to the
@@ -51,7 +51,6 @@ A :class:`FlowPosterior` can be saved with everything that made it and loaded wi
 from __future__ import annotations
 
 import copy
-import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -69,16 +68,14 @@ from .objective import (
     parameters_vector,
     refine_map,
 )
+from .prior_tuning import TUNE_RTOL, TUNINGS, refine_and_tune
 from .saving import build_net, load_cache_entry, net_architecture, read_saved
 from .subsets import ParameterSubset, parameter_subset, restrict_objective
 
-__all__ = ["BASE_POINTS", "PRIOR_MEANS", "TUNINGS", "FlowPosterior", "fit_flow_posterior"]
+__all__ = ["BASE_POINTS", "PRIOR_MEANS", "FlowPosterior", "fit_flow_posterior"]
 
 PRIOR_MEANS = ("sgd", "zero")
 BASE_POINTS = ("refined", "sgd", "tilted")
-TUNINGS = ("evidence-once", "fixed-point")
-TUNE_RTOL = 0.01
-"""``tune="fixed-point"`` stops when the evidence maximiser moves λ by less than this."""
 _KIND, _FORMAT = "rbmem_tutorial.FlowPosterior", 1
 
 
@@ -385,40 +382,22 @@ def _cache_key(setup, options) -> dict:
 
 
 def _refine_and_tune(setup, options) -> dict:
-    """Refine θ* and tune λ (module notes); a plain record for the cache and for files."""
-    objective = setup.objective
-    refine = {"max_iter": options["refine_iterations"], "newton_steps": options["newton_steps"]}
+    """Refine θ* and tune λ (:mod:`rbmem_tutorial.prior_tuning`); a plain record for the cache
+    and for files. Nothing to refine for a base point θ_SGD with a given λ."""
     lam = options["prior_precision"]
     if lam is not None and options["base_point"] != "refined":
         return {"theta_map": None, "prior_precision": lam, "refine_first": None,
                 "refine_final": None, "tune_history": []}
-    theta, first = refine_map(objective, setup.theta_sgd, **refine)
-    history, refined_at = [], options["initial_prior_precision"]
-    if lam is not None:
-        theta, final = refine_map(objective.with_prior_precision(lam), theta, **refine)
-        return _record(theta, lam, first, final, history)
-    rounds = 2 if options["tune"] == "evidence-once" else options["max_tune_rounds"]
-    for k in range(rounds):
-        optimum = setup.laplace(objective, theta, None).prior_precision
-        offset = float(objective.prior_offset(theta).norm())
-        history.append({"refined_at": refined_at, "offset_norm": offset,
-                        "evidence_optimum": optimum})
-        settled = abs(optimum / refined_at - 1) < TUNE_RTOL
-        if k == rounds - 1 or (k > 0 and settled):
-            break
-        theta, final = refine_map(objective.with_prior_precision(optimum), theta, **refine)
-        refined_at = optimum
-    if options["tune"] == "fixed-point" and not settled:
-        warnings.warn(f"λ did not settle in {rounds} rounds ({history[0]['evidence_optimum']:.4g}"
-                      f" → {optimum:.4g}); the posterior uses λ = {refined_at:.4g}, where θ* is "
-                      "stationary. See tune_history.", stacklevel=3)
-    return _record(theta, refined_at, first, final, history)
-
-
-def _record(theta, lam, first, final, history) -> dict:
-    return {"theta_map": theta.detach().cpu(), "prior_precision": float(lam),
-            "refine_first": asdict(first), "refine_final": asdict(final),
-            "tune_history": history}
+    refine = {"max_iter": options["refine_iterations"], "newton_steps": options["newton_steps"]}
+    if lam is None:
+        return refine_and_tune(
+            setup.objective, setup.theta_sgd,
+            lambda objective, theta: setup.laplace(objective, theta, None).prior_precision,
+            tune=options["tune"], max_rounds=options["max_tune_rounds"], **refine)
+    theta, first = refine_map(setup.objective, setup.theta_sgd, **refine)
+    theta, final = refine_map(setup.objective.with_prior_precision(lam), theta, **refine)
+    return {"theta_map": theta.detach().cpu(), "prior_precision": lam,
+            "refine_first": asdict(first), "refine_final": asdict(final), "tune_history": []}
 
 
 def _assemble(setup, options, fitted) -> FlowPosterior:
