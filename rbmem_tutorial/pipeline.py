@@ -307,6 +307,8 @@ def _checked_options(velocity_net, options: dict) -> dict:
     out = dict(options)
     check_choice("structure", out["structure"], STRUCTURES)
     check_positive_int("draws_per_point", out["draws_per_point"])
+    if hasattr(out["seed"], "__index__") and not isinstance(out["seed"], bool):
+        out["seed"] = int(out["seed"])  # NumPy integers too
     check_positive_int("seed", out["seed"], minimum=0)
     if out["prior_precision"] is not None:
         out["prior_precision"] = check_positive("prior_precision", out["prior_precision"])
