@@ -1,0 +1,152 @@
+"""The trade-off study's geodesic methods: their options, their samples and their diagnostics.
+
+Methods (:mod:`.tradeoff` lists them all):
+
+- ``riemannian``: Exp_θ0(v) along geodesics of the Monge metric of L/T (the loss graph's
+  metric; :mod:`rbmem_tutorial.riemannian.temperature`), for every temperature T of the study;
+- ``riemannian-linearised``: the same on the loss of the net linearised at θ0;
+- ``riemannian-fisher``: Exp_θ0(v) of the pull-back (Fisher/GGN) metric (RLA-F, Yu et al.
+  2024); a constant factor of that metric leaves its geodesics unchanged, so it has no
+  temperature;
+- ``drift-control``: the control of a non-stationary base point (:mod:`.drift`): one network
+  moved by gradient flow on L from θ0 until its loss equals the mean loss of the
+  ``riemannian`` cell at the same scale, temperature and seeds. It is "tempered" only in that it
+  pairs with each temperature's Riemannian cell; the flow itself does not depend on T (scaling
+  L rescales the flow's time, not its path).
+
+**Temperatures** are numbers T > 0 or the presets ``"sum"`` (T = 1), ``"mean"`` (T = number of
+regression pairs) and ``"data-mean"`` (the poster authors' default metric: the data term
+averaged over all residual entries, prior unscaled). Cells of the tempered methods are expanded
+over the study's temperatures; their key carries ``__T<temperature>`` after the scale, except
+for ``"sum"``, the metric of every study before temperatures existed, so stored cell keys stay
+valid.
+
+**Diagnostics** in every row (``None`` where they do not apply): ``grad_norm_start``
+(‖∇L(θ0)‖), ``travel_mean`` (mean of ‖c(1) − θ0‖/‖v‖), ``loss_rise_mean`` (mean of
+L(c(1)) − L(θ0)), ``bound_mean`` (mean bound on that rise; ``None`` for the Fisher metric and
+``"data-mean"``), and for the drift control ``drift_target``, ``drift_time`` (gradient-flow
+time t*) and ``drift_reached``. The common drift of a cell's samples is computed for every
+cell with several weight samples (:mod:`.tradeoff`).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from ..riemannian import GeodesicSolveError, exp_map
+from ..riemannian.temperature import check_temperature
+from .drift import gradient_flow_to_loss
+
+GEODESIC = ("riemannian", "riemannian-linearised", "riemannian-fisher")
+TEMPERED = ("riemannian", "riemannian-linearised", "drift-control")
+PRESETS_NEEDING_ALL_PAIRS = ("mean", "data-mean")
+
+
+def empty_diagnostics() -> dict:
+    """The diagnostic columns of a row, before a method fills the ones it has."""
+    return {"nfe_geodesic_mean": None, "n_failed": 0, "grad_norm_start": None,
+            "travel_mean": None, "loss_rise_mean": None, "bound_mean": None,
+            "drift_target": None, "drift_time": None, "drift_reached": None}
+
+
+def parse_temperature(text: str) -> float | str:
+    """A command-line temperature: a number (``16``, ``1e3``) or a preset name.
+
+    >>> parse_temperature("16"), parse_temperature("data-mean")
+    (16.0, 'data-mean')
+    """
+    try:
+        return float(text)
+    except ValueError:
+        return text
+
+
+def temperature_text(temperature: float | str) -> str:
+    """The temperature as cell keys and tables write it (``%g`` for numbers)."""
+    return temperature if isinstance(temperature, str) else f"{temperature:g}"
+
+
+def temperature_key(method: str, temperature: float | str | None) -> str:
+    """The key suffix of a cell: ``__T<T>`` for a tempered method at T other than ``"sum"``.
+
+    >>> temperature_key("riemannian", "mean"), temperature_key("riemannian", "sum")
+    ('__Tmean', '')
+    >>> temperature_key("laplace", 16.0)
+    ''
+    """
+    if method not in TEMPERED or temperature in (None, "sum"):
+        return ""
+    return f"__T{temperature_text(temperature)}"
+
+
+def check_temperatures(temperatures, *, methods, geodesic_batch) -> tuple:
+    """Check the study's temperatures before any work; returns them normalised.
+
+    Each is a positive number or a preset; no two may share a key (``1`` is ``"sum"``). The
+    presets that count regression pairs, and the Fisher metric, need geodesics on all pairs
+    (no ``geodesic_batch``).
+    """
+    if not temperatures:
+        raise ValueError("temperatures is empty; pass at least one, e.g. --temperature sum.")
+    values = tuple(check_temperature(t) for t in temperatures)
+    texts = ["sum" if t == 1.0 else temperature_text(t) for t in values]
+    if len(set(texts)) < len(texts):
+        raise ValueError(f"temperatures {list(temperatures)} repeat a value (1 is 'sum'); "
+                         "pass distinct temperatures.")
+    if geodesic_batch is not None:
+        needs_all = [t for t in values if t in PRESETS_NEEDING_ALL_PAIRS and
+                     set(methods) & set(TEMPERED)]
+        if needs_all or "riemannian-fisher" in methods:
+            what = f"temperature {needs_all[0]!r}" if needs_all else "riemannian-fisher"
+            raise ValueError(f"{what} needs geodesics on all frozen pairs; drop "
+                             "--geodesic-batch, or use a numeric temperature and the Monge "
+                             "metric.")
+    return values
+
+
+def geodesic_samples(loss, theta0: torch.Tensor, v: torch.Tensor, *, metric: str,
+                     temperature, rtol: float, max_num_steps: int, key: str):
+    """End points ``[S', D]`` of the geodesics from ``theta0`` with velocities ``v`` [S, D], and
+    the row's diagnostics (:func:`empty_diagnostics`).
+
+    Solved one at a time (a batch would share the step size of its stiffest member). A
+    geodesic that hits ``max_num_steps`` is dropped and counted in ``n_failed``; if all fail,
+    :class:`GeodesicSolveError`.
+    """
+    info = empty_diagnostics()
+    endpoints, nfe, travel, rise, bound = [], [], [], [], []
+    for row in v:
+        try:
+            out = exp_map(loss, theta0, row, metric=metric, temperature=temperature,
+                          rtol=rtol, atol=rtol, max_num_steps=max_num_steps)
+        except GeodesicSolveError:
+            info["n_failed"] += 1
+            continue
+        endpoints.append(out.endpoints)
+        nfe.append(float(out.nfe))
+        travel.append(float(out.travel))
+        info["grad_norm_start"] = float(out.grad_norm_start)
+        if out.loss_rise is not None:
+            rise.append(float(out.loss_rise))
+        if out.bound is not None:
+            bound.append(float(out.bound))
+    if not endpoints:
+        raise GeodesicSolveError(f"every geodesic of cell {key} hit max_num_steps; use a "
+                                 "smaller scale, a larger prior precision or looser tolerances.")
+    info.update(nfe_geodesic_mean=float(np.mean(nfe)), travel_mean=float(np.mean(travel)),
+                loss_rise_mean=float(np.mean(rise)) if rise else None,
+                bound_mean=float(np.mean(bound)) if bound else None)
+    return torch.stack(endpoints), info
+
+
+def drift_control_sample(loss, theta0: torch.Tensor, target: float, *, rtol: float,
+                         max_num_steps: int):
+    """The drift control's single network ``[1, D]`` and its diagnostics: gradient flow on
+    ``loss`` from ``theta0`` to the loss ``target`` (:func:`.drift.gradient_flow_to_loss`)."""
+    out = gradient_flow_to_loss(loss, theta0, target, rtol=rtol, atol=rtol,
+                                max_num_steps=max_num_steps)
+    info = empty_diagnostics()
+    info.update(grad_norm_start=float(loss.grad(theta0).norm()), drift_target=target,
+                drift_time=out.time, drift_reached=out.reached)
+    return out.theta[None], info
