@@ -3,6 +3,11 @@
 Everything cached is deterministic given its key, so a chapter that is rerun, or the book
 build after the tests, reuses the work instead of repeating it. The folder is
 ``$RBMEM_CACHE``, else ``~/.cache/rbmem_tutorial``; it is never inside the repository.
+
+Entries hold tensors and plain values only and load with ``torch.load(weights_only=True)``
+(:func:`load_cached`), which runs no code from the file. A damaged entry (a truncated write
+from another tool, a full disk) is named, renamed to ``*.damaged`` and computed again.
+:func:`entries` and :func:`clear` list and delete this package's files (``rbmem cache``).
 """
 
 from __future__ import annotations
@@ -10,8 +15,13 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import pickle
+import sys
 import tempfile
+import time
+import zipfile
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 
@@ -51,6 +61,132 @@ def save_atomic(record: dict, path: Path) -> None:
     os.close(handle)
     try:
         torch.save(record, temporary)
+        mask = os.umask(0)
+        os.umask(mask)
+        os.chmod(temporary, 0o666 & ~mask)  # group-readable like any file, not mkstemp's 0600
         os.replace(temporary, path)
     finally:
         Path(temporary).unlink(missing_ok=True)
+
+
+def load_cached(path: Path) -> dict | None:
+    """The record cached at ``path`` (tensors on the CPU), or ``None`` when there is none.
+
+    Loads with ``weights_only=True``. An unreadable file is named on stderr and renamed to
+    ``<name>.damaged`` so that the caller computes the entry again.
+    """
+    path = Path(path)
+    if not path.exists():
+        return None
+    try:
+        return torch.load(path, weights_only=True, map_location="cpu")
+    except (RuntimeError, EOFError, OSError, pickle.UnpicklingError, zipfile.BadZipFile) as err:
+        damaged = path.with_name(path.name + ".damaged")
+        os.replace(path, damaged)
+        print(f"warning: cache entry {path} is damaged ({type(err).__name__}); renamed it to "
+              f"{damaged.name} and computing it again.", file=sys.stderr)
+        return None
+
+
+def check_cache_writable() -> Path:
+    """Create the cache folder and check that it takes files, before any work starts."""
+    folder = cache_dir()
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".probe"):
+            pass
+    except OSError as err:
+        raise ValueError(f"the model cache {folder} is not writable ({err.strerror}); set "
+                         f"{CACHE_ENV} to a writable folder.") from None
+    return folder
+
+
+#: Kinds of cached file, by name prefix: reference flows of the book, flows of a study's own
+#: data or conv net, refined posteriors (MAP and prior precision).
+KINDS = {"flow": "flow-", "study-flow": "study-flow-", "posterior": "posterior-"}
+
+
+class CacheEntry(NamedTuple):
+    """One file of the cache: its kind, a summary of what it holds, size and modification."""
+
+    path: Path
+    kind: str
+    summary: str
+    size: int
+    modified: float
+
+
+def _kind(path: Path) -> str | None:
+    name = path.name
+    if not name.endswith((".pt", ".pt.damaged")):
+        return None
+    for kind in sorted(KINDS, key=lambda k: -len(KINDS[k])):  # study-flow- before flow-
+        if name.startswith(KINDS[kind]):
+            return kind
+    return None
+
+
+def _summary(path: Path, kind: str) -> str:
+    if not path.name.endswith(".pt"):
+        return "damaged"
+    record = load_cached(path)
+    if record is None:
+        return "damaged (renamed)"
+    if kind == "posterior":
+        final = record["refine_final"]["grad_norm_after"]
+        return (f"MAP of {record['theta_map'].numel()} weights, prior precision "
+                f"{float(record['prior_precision']):.3g}, final |grad| {final:.2e}")
+    state = record["state_dict"]
+    weights = [v for k, v in state.items() if k.endswith("weight")]
+    count = sum(v.numel() for v in state.values())
+    shapes = ", ".join("x".join(map(str, v.shape)) for v in weights[:6])
+    seconds = record.get("train_seconds", record.get("seconds", 0.0))
+    text = f"{count} weights (layers {shapes}), trained in {seconds:.0f} s"
+    if kind == "flow":
+        text = f"{path.name.split('-')[1]}, " + text
+    config = record.get("config")
+    if config:
+        text += ", " + ", ".join(f"{k}={v}" for k, v in config.items() if k != "train")
+    return text
+
+
+def entries(kind: str | None = None, summarise: bool = True) -> list[CacheEntry]:
+    """This package's files in the cache folder (others are never listed), oldest first;
+    only those of ``kind`` when given; ``summarise`` reads each file for its summary.
+
+    Example
+    -------
+    >>> import tempfile
+    >>> os.environ[CACHE_ENV] = tempfile.mkdtemp()
+    >>> save_atomic({"theta_map": torch.zeros(3), "prior_precision": 2.0,
+    ...              "refine_final": {"grad_norm_after": 1e-6}}, cache_dir() / "posterior-ab.pt")
+    >>> [(e.kind, e.summary) for e in entries()]
+    [('posterior', 'MAP of 3 weights, prior precision 2, final |grad| 1.00e-06')]
+    >>> [e.path.name for e in clear(kind="posterior")], entries()
+    (['posterior-ab.pt'], [])
+    >>> del os.environ[CACHE_ENV]
+    """
+    folder = cache_dir()
+    if not folder.is_dir():
+        return []
+    found = []
+    for path in sorted(folder.iterdir()):
+        found_kind = _kind(path)
+        if found_kind is None or (kind is not None and found_kind != kind):
+            continue
+        stat = path.stat()
+        summary = _summary(path, found_kind) if summarise else ""
+        found.append(CacheEntry(path, found_kind, summary, stat.st_size, stat.st_mtime))
+    return sorted(found, key=lambda entry: entry.modified)
+
+
+def clear(kind: str | None = None, older_than_days: float | None = None) -> list[CacheEntry]:
+    """Delete this package's cache files (of ``kind``, and older than ``older_than_days``
+    when given); returns what was deleted. Files of other programs are never touched."""
+    cutoff = None if older_than_days is None else time.time() - 86400.0 * older_than_days
+    deleted = []
+    for entry in entries(kind, summarise=False):
+        if cutoff is None or entry.modified < cutoff:
+            entry.path.unlink(missing_ok=True)
+            deleted.append(entry)
+    return deleted

@@ -13,6 +13,7 @@ Nothing is downloaded: the digits ship with scikit-learn and image files are rea
 from __future__ import annotations
 
 import math
+import zipfile
 from pathlib import Path
 from typing import NamedTuple
 
@@ -228,6 +229,20 @@ def image_shape(name: str) -> tuple[int, int, int] | None:
 
 
 def _read_array(path: Path) -> np.ndarray:
+    try:
+        return _read_numpy(path)
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as err:
+        if "pickled" in str(err) or isinstance(err, zipfile.BadZipFile):  # no NumPy header
+            raise ValueError(f"{path} is not a NumPy {path.suffix} file (a text file or "
+                             "another format under that name?); read it with its own reader "
+                             "and store it with np.save(path, array).") from None
+        if "holds the arrays" in str(err):
+            raise
+        raise ValueError(f"{path} cannot be read as {path.suffix} ({err}); it may be "
+                         "truncated: write it again with np.save.") from None
+
+
+def _read_numpy(path: Path) -> np.ndarray:
     if path.suffix == ".npy":
         return np.load(path, allow_pickle=False)
     with np.load(path, allow_pickle=False) as archive:
@@ -245,12 +260,14 @@ def _read_array(path: Path) -> np.ndarray:
 def _check_image_array(array: np.ndarray, path: Path) -> np.ndarray:
     if array.dtype.kind not in "uif":
         raise TypeError(f"{path} holds {array.dtype} values; store numbers (uint8 or float).")
+    if array.ndim == 2:  # points N x d: one-pixel-high, one-channel images, flattened later
+        array = array[:, None, None]
     if array.ndim == 3:
         array = array[:, None]
     if array.ndim != 4:
         raise ValueError(
-            f"{path} holds an array of shape {array.shape}; expected N x H x W (grey images) "
-            "or N x C x H x W."
+            f"{path} holds an array of shape {array.shape}; expected N x d (points), "
+            "N x H x W (grey images) or N x C x H x W."
         )
     if array.shape[1] > MAX_IMAGE_CHANNELS:
         hint = ""
@@ -274,11 +291,13 @@ def load_image_file(path) -> torch.Tensor:
     """Read a user's image array from ``.npy`` or ``.npz`` and scale its pixels to [-1, 1].
 
     Accepted shapes are ``N x H x W`` (grey images, C = 1 is added) and ``N x C x H x W`` with
-    C ≤ 4. An ``.npz`` must hold one array, or an array named ``images``. Scaling:
+    C ≤ 4, and plain points ``N x d``, read as ``N x 1 x 1 x d`` (the same rows once
+    flattened). An ``.npz`` must hold one array, or an array named ``images``. Scaling:
 
     - ``uint8`` pixels: x ↦ x / 127.5 − 1, so 0..255 maps to [-1, 1] whatever the array holds;
     - any other integer or float type: x ↦ 2 (x − min) / (max − min) − 1 with the minimum and
-      maximum over the whole array (one affine map for all pixels and channels).
+      maximum over the whole array (one affine map for all pixels and channels, or for all
+      coordinates of points, so distance ratios are unchanged).
 
     Nothing is downloaded. Errors are clear for a missing file, a wrong shape, a non-numeric
     type, NaN/infinite values and a constant array.

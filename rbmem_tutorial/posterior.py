@@ -114,6 +114,11 @@ def generate(
     """
     net, theta_samples, x0 = _prepare(model, theta_samples, x0, "x0")
     check_choice("method", method, ADAPTIVE_METHODS + FIXED_METHODS)
+    if theta_samples.dtype in (torch.float16, torch.bfloat16) and method in ADAPTIVE_METHODS:
+        raise ValueError(
+            f"theta_samples are {theta_samples.dtype}: an adaptive solver's step size underflows "
+            "in half precision; pass theta_samples.float() (float32 or float64)."
+        )
     keep_trajectory = times is not None
     times = _check_times(times, theta_samples)
     if method in FIXED_METHODS:
@@ -146,6 +151,12 @@ def generate(
             options=options,
         )
     except AssertionError as error:
+        if "underflow in dt" in str(error):
+            raise RuntimeError(
+                "the adaptive solve's step size underflowed to 0: the velocity field is too "
+                "stiff (or not finite) at these weights; use smaller posterior scales, float64 "
+                "weights or a fixed-step method."
+            ) from error
         if "max_num_steps" not in str(error):
             raise
         raise RuntimeError(

@@ -63,7 +63,7 @@ def test_fractions_equal_a_recomputation_from_saved_samples(reference_run):
         assert report.fraction_loose == row["mem_loose"]
 
 
-def test_interrupted_run_resumes_and_matches(reference_run, tmp_path, monkeypatch):
+def test_interrupted_run_resumes_and_matches(reference_run, tmp_path, monkeypatch, capsys):
     calls = []
     real = tradeoff.run_cell
 
@@ -74,9 +74,11 @@ def test_interrupted_run_resumes_and_matches(reference_run, tmp_path, monkeypatc
         return real(config, ctx, cell)
 
     monkeypatch.setattr(tradeoff, "run_cell", crash_after_three)
-    with pytest.raises(KeyboardInterrupt):
-        run(tmp_path)
+    assert run(tmp_path) == 130  # Ctrl-C: the shell's status for SIGINT
+    assert "interrupted: 3 of 10 cells" in capsys.readouterr().err
     assert len(list((tmp_path / "cells").glob("*.json"))) == 3
+    assert not list((tmp_path / "cells").glob("*.claim"))  # the interrupted cell's is released
+    assert json.loads((tmp_path / "run.json").read_text())["runs"][-1]["status"] == "interrupted"
     monkeypatch.setattr(tradeoff, "run_cell", real)
     config = cli._config(cli._parser().parse_args(["tradeoff", *TINY, "--out", str(tmp_path)]))
     computed = tradeoff.run_study(config, tmp_path, progress=False)

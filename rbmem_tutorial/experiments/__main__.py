@@ -1,4 +1,5 @@
-"""Command line of the experiment scripts: ``python -m rbmem_tutorial.experiments STUDY ...``.
+"""Command line of the experiment scripts: ``rbmem STUDY ...``, the same as
+``python -m rbmem_tutorial.experiments STUDY ...``.
 
 Studies
 -------
@@ -8,6 +9,8 @@ tradeoff
 merge
     Combine the finished cells in an output folder into results and figures (after a
     multi-process run, or to look at a partial one).
+cache
+    List or clear the trained models and posteriors this package cached on disk.
 
 Several processes: ``torchrun --nproc_per_node N -m rbmem_tutorial.experiments tradeoff ...``
 shards the cells over the ranks (gloo on CPU, NCCL on GPU, one GPU per process); each rank
@@ -16,13 +19,9 @@ its parameter samples are not split across processes. When the training seeds di
 among the processes each takes whole seeds (no net is trained twice); otherwise the cells are
 dealt round-robin. See ``tradeoff.shard``.
 
-Examples
---------
-One GPU:     python -m rbmem_tutorial.experiments tradeoff --profile gpu-digits --out runs/digits
-Four GPUs:   torchrun --nproc_per_node 4 -m rbmem_tutorial.experiments tradeoff \
-                 --profile gpu-digits --out runs/digits
-Your images: python -m rbmem_tutorial.experiments tradeoff --profile gpu-digits \
-                 --data-file mnist.npy --net conv --n-train 50 --out runs/mnist
+Every user mistake is one line ``error: ...`` on stderr and exit status 2, before any work;
+a cell that fails while computing names itself (exit status 1); Ctrl-C says how many cells
+are finished (exit status 130), and the same command resumes.
 """
 
 from __future__ import annotations
@@ -31,47 +30,110 @@ import argparse
 import json
 import os
 import sys
+import textwrap
 from dataclasses import asdict
 from pathlib import Path
 
 import matplotlib
 
-from . import store
-from .geodesic_cells import parse_temperature
+from ..cache import check_cache_writable
+from . import cache_command, resume, run_record, store
 from .tradeoff import (
     METHODS,
     PROFILES,
+    CellError,
     TradeoffConfig,
+    cells,
     check_config,
     finish,
     profile_config,
     run_study,
 )
 
+DESCRIPTION = """\
+Experiments of the rbmem tutorial: memorisation against quality for MAP, early stopping and
+Laplace / Riemannian Laplace posteriors of a flow-matching velocity net.
+
+  tradeoff  run (or resume, or extend) a study into an output folder
+  merge     combine the finished cells of a folder into results and figures
+  cache     list or clear the trained models cached on disk
+"""
+
+EXAMPLES = """\
+examples:
+  one GPU:      {prog} tradeoff \\
+                    --profile gpu-digits --out runs/digits
+  four GPUs:    torchrun --nproc_per_node 4 -m rbmem_tutorial.experiments tradeoff \\
+                    --profile gpu-digits --out runs/digits
+  your images:  {prog} tradeoff \\
+                    --profile gpu-digits --data-file mnist.npy --net conv --n-train 50 \\
+                    --out runs/mnist
+  more scales:  rerun the same command with more --scales (or seeds, methods): finished
+                cells are kept. Other options that change results need a new --out or --force.
+"""
+
+
+def _option(name: str, value) -> str:
+    shown = " ".join(map(str, value)) if isinstance(value, tuple) else value
+    return f"--{name.replace('_', '-')} {shown}"
+
+
+def _profiles_text() -> str:
+    lines = ["profiles (the options each one sets; options you give override them; steps are "
+             "Adam steps):"]
+    for name in sorted(PROFILES):
+        text = ", ".join(_option(k, v) for k, v in PROFILES[name].items())
+        lines += textwrap.wrap(f"{name}: {text}", 96, initial_indent="  ",
+                               subsequent_indent="      ", break_on_hyphens=False)
+    defaults = TradeoffConfig()
+    lines.append("  unset options take the defaults of TradeoffConfig, e.g. "
+                 f"{_option('steps', defaults.steps)}, {_option('hidden', defaults.hidden)}.")
+    return "\n".join(lines)
+
+
+def _prog() -> str:
+    name = Path(sys.argv[0]).name
+    return "rbmem" if name == "rbmem" else "python -m rbmem_tutorial.experiments"
+
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m rbmem_tutorial.experiments",
-                                     description=__doc__.split("\n\n")[0])
+    prog = _prog()
+    raw = argparse.RawDescriptionHelpFormatter
+    parser = argparse.ArgumentParser(prog=prog, description=DESCRIPTION, formatter_class=raw,
+                                     epilog=EXAMPLES.format(prog=prog))
     studies = parser.add_subparsers(dest="study", required=True)
-    run = studies.add_parser("tradeoff", help="memorisation against quality, per method/scale")
-    run.add_argument("--out", required=True, type=Path, help="output folder (resumable)")
-    run.add_argument("--profile", choices=sorted(PROFILES), default="cpu",
-                     help="preset sizes: quick (a CPU minute), cpu (about 30 min), gpu (one "
-                          "GPU); cpu-digits (about 10 min) and gpu-digits for the 8x8 digits")
-    run.add_argument("--quick", action="store_const", const="quick", dest="profile",
-                     help="same as --profile quick")
+    run = studies.add_parser("tradeoff", help="memorisation against quality, per method/scale",
+                             description="Run, resume or extend a trade-off study.",
+                             epilog=_profiles_text() + "\n\n" + EXAMPLES.format(prog=prog),
+                             formatter_class=raw)
+    run.add_argument("--out", required=True, type=Path,
+                     help="output folder; rerunning resumes it, and more seeds, scales or "
+                          "methods extend it")
+    run.add_argument("--force", action="store_true",
+                     help="when --out holds a study with other options, delete its cells and "
+                          "recompute with these options")
+    profile = run.add_mutually_exclusive_group()
+    profile.add_argument("--profile", choices=sorted(PROFILES),
+                         help="preset sizes (default cpu; see the list below): quick (a CPU "
+                              "minute), cpu (about 30 min), gpu (one GPU); cpu-digits (about "
+                              "10 min) and gpu-digits for the 8x8 digits")
+    profile.add_argument("--quick", action="store_const", const="quick", dest="profile",
+                         help="same as --profile quick")
     run.add_argument("--dataset", help="moons, eight_gaussians, checkerboard, rings or digits")
-    run.add_argument("--data-file", help="your own images: .npy or .npz, N x H x W or "
-                     "N x C x H x W; uint8 0..255 or floats (min/max) are scaled to [-1, 1]")
+    run.add_argument("--data-file", help="your own data: .npy or .npz holding images N x H x W "
+                     "or N x C x H x W, or points N x d; uint8 0..255 or numbers "
+                     "(min/max) are scaled to [-1, 1]")
     run.add_argument("--net", help="velocity net: mlp (vectors or flattened images) or conv "
                      "(a small U-Net for images)")
     run.add_argument("--channels", type=int, nargs="+", help="channels per level of --net conv")
     run.add_argument("--n-train", type=int, help="training-set size")
-    run.add_argument("--n-test", type=int, help="held-out size (default: see the docs)")
+    run.add_argument("--n-test", type=int, help="held-out size (default: the rest of a finite "
+                     "data set; for the toy sets max(2000, generated samples))")
     run.add_argument("--batch-size", type=int, help="training batch size")
     run.add_argument("--lr", type=float, help="Adam learning rate")
-    run.add_argument("--steps", type=int, help="SGD steps of the MAP net")
-    run.add_argument("--early-steps", type=int, help="SGD steps of the early-stopped baseline")
+    run.add_argument("--steps", type=int, help="Adam steps of the MAP net")
+    run.add_argument("--early-steps", type=int,
+                     help="Adam steps of the early-stopped baseline (fewer than --steps)")
     run.add_argument("--hidden", type=int, nargs="+", help="hidden widths of the velocity MLP")
     run.add_argument("--methods", nargs="+", metavar="METHOD", help=", ".join(METHODS))
     run.add_argument("--scales", type=float, nargs="+", help="posterior scales α (std multiplier)")
@@ -88,16 +150,13 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--geodesic-rtol", type=float, help="geodesic solver rtol = atol")
     run.add_argument("--refine-iterations", type=int, help="L-BFGS iterations refining θ*")
     run.add_argument("--newton-steps", type=int, help="Newton-CG steps refining θ*")
-    run.add_argument("--prior-mean", help="prior centre: sgd (the trained weights) or zero")
-    run.add_argument("--base-point", help="posterior centre and geodesic start: refined (θ*), "
-                     "sgd (θ_SGD as it is, the paper's) or tilted (θ_SGD, gradient removed)")
-    run.add_argument("--temperature", dest="temperatures", type=parse_temperature, nargs="+",
-                     metavar="T", help="Monge-metric temperatures, several allowed: numbers, "
-                     "sum (T=1), mean (T=pairs), data-mean (the authors' metric)")
     run.add_argument("--device", help="cpu or cuda")
-    run.add_argument("--no-progress", action="store_true", help="hide the progress bar")
-    merge = studies.add_parser("merge", help="merge finished cells into results and figures")
-    merge.add_argument("--out", required=True, type=Path)
+    run.add_argument("--no-progress", action="store_true", help="hide the progress lines")
+    merge = studies.add_parser("merge", help="merge finished cells into results and figures",
+                               description="Merge the finished cells of a study folder into "
+                                           "results.csv, results.json and figures.")
+    merge.add_argument("--out", required=True, type=Path, help="the study folder")
+    cache_command.add_parser(studies)
     return parser
 
 
@@ -106,14 +165,15 @@ def _config(args) -> TradeoffConfig:
              "structure", "train_seeds", "sample_seeds", "n_param_samples", "n_x0",
              "draws_per_point", "device", "data_file", "net", "channels", "n_test",
              "batch_size", "lr", "param_subset", "geodesic_batch", "geodesic_rtol",
-             "refine_iterations", "newton_steps", "prior_mean", "base_point", "temperatures")
+             "refine_iterations", "newton_steps")
     given = {name: getattr(args, name) for name in names if getattr(args, name) is not None}
     given |= {name: tuple(given[name]) for name in given if isinstance(given[name], list)}
     if "data_file" in given:
         if given.get("dataset", "file") != "file":
             raise ValueError("pass either --data-file or --dataset, not both.")
         given["dataset"] = "file"
-    config = profile_config(args.profile, **given)
+        given["data_file"] = str(Path(given["data_file"]).expanduser().resolve())
+    config = profile_config(args.profile or "cpu", **given)
     check_config(config)
     return config
 
@@ -138,45 +198,80 @@ def _local_rank() -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run the command line ``argv`` (default ``sys.argv[1:]``); returns the exit status."""
     matplotlib.use("Agg")
+    args = _parser().parse_args(argv)
+    if args.study == "cache":
+        return cache_command.run(args)
+    if args.study == "merge":
+        return _merge(args.out)
+    return _tradeoff(args, argv)
+
+
+def _error(err: Exception) -> int:
+    print(f"error: {err}", file=sys.stderr)
+    return 2
+
+
+def _merge(out: Path) -> int:
+    try:
+        rows = finish(resume.load_study_config(out), out)
+    except (ValueError, TypeError, FileNotFoundError) as err:
+        return _error(err)
+    print(f"merged {len(rows)} cells into {out / 'results.csv'}")
+    return 0
+
+
+def _finished(out: Path) -> int:
+    return len(list((out / "cells").glob("*.json")))
+
+
+def _tradeoff(args, argv) -> int:
     import torch
 
-    args = _parser().parse_args(argv)
-    if args.study == "merge":
-        record = _tuples(json.loads((args.out / "config.json").read_text()))
-        config = TradeoffConfig(**{**record, "device": "cpu"})  # merging needs no GPU
-        rows = finish(config, args.out)
-        print(f"merged {len(rows)} cells into {args.out / 'results.csv'}")
-        return 0
-    try:
+    try:  # every check before any work
         config = _config(args)
         out = store.check_writable(args.out)
+        check_cache_writable()
+        config = resume.study_config(config, out, args.force)
     except (ValueError, TypeError, FileNotFoundError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+        return _error(err)
     rank, world = _distributed(config)
     torch.set_num_threads(1)
     if config.device == "cuda" and world > 1:
         config = TradeoffConfig(**{**asdict(config), "device": f"cuda:{_local_rank()}"})
+    record, before, status = None, _finished(out), "failed"
     if rank == 0:
         print(json.dumps(asdict(config), indent=1))
-    computed = run_study(config, out, progress=not args.no_progress, rank=rank,
-                         world_size=world)
+        if args.force and world > 1:  # delete the old cells before any rank starts
+            config = resume.prepare(config, out, force=True)
+        record = run_record.start_run(config, out, argv, world)
+    if world > 1:
+        torch.distributed.barrier()
+    try:
+        computed = run_study(config, out, progress=not args.no_progress, rank=rank,
+                             world_size=world, force=args.force and world == 1)
+        status = "finished"
+    except KeyboardInterrupt:
+        status = "interrupted"
+        print(f"\ninterrupted: {_finished(out)} of {len(cells(config))} cells of this study are "
+              f"finished in {out}; run the same command again to resume.", file=sys.stderr)
+        return 130
+    except CellError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    finally:
+        if record is not None:
+            run_record.end_run(out, record, status, max(_finished(out) - before, 0))
     print(f"rank {rank}: computed {len(computed)} cells")
     if world > 1:
-        import torch.distributed as dist
-
-        dist.barrier()
+        torch.distributed.barrier()
     if rank == 0:
         rows = finish(config, out)
         print(f"{len(rows)} cells in {out / 'results.csv'}")
     if world > 1:
         torch.distributed.destroy_process_group()
     return 0
-
-
-def _tuples(record: dict) -> dict:
-    return {k: tuple(v) if isinstance(v, list) else v for k, v in record.items()}
 
 
 if __name__ == "__main__":

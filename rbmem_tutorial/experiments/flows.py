@@ -1,6 +1,6 @@
 """Data and trained velocity nets of a study, cached on disk.
 
-Three sources of data: the 2-D toy sets, the 8x8 digits, and a user's image array
+Three sources of data: the 2-D toy sets, the 8x8 digits, and a user's image or point array
 (``--data-file``, read by :func:`rbmem_tutorial.data.load_image_file`). An MLP on a built-in data
 set is the book's :func:`rbmem_tutorial.reference.load_or_train` (trained on the CPU, shared with
 the chapters' cache); a convolutional net, or data from a file, is trained here on the study's
@@ -15,7 +15,7 @@ from typing import NamedTuple
 import torch
 
 from .. import __version__
-from ..cache import cache_dir, digest, save_atomic
+from ..cache import cache_dir, digest, load_cached, save_atomic
 from ..data import DataSplit, image_shape, load_dataset, load_image_file, split_images
 from ..flow_matching import train_flow_matching
 from ..image_nets import build_velocity_net
@@ -37,11 +37,13 @@ def study_images(config) -> torch.Tensor | None:
 
 
 def study_image_shape(config, images: torch.Tensor | None = None) -> tuple[int, ...] | None:
-    """``(C, H, W)`` of the study's images, or ``None`` for vector data."""
+    """``(C, H, W)`` of the study's images, or ``None`` for vector data (the toy sets, and a
+    data file of points, read as ``N x 1 x 1 x d``)."""
     if config.data_file is None:
         return image_shape(config.dataset)
     images = study_images(config) if images is None else images
-    return tuple(images.shape[1:])
+    shape = tuple(images.shape[1:])
+    return None if shape[:2] == (1, 1) else shape
 
 
 def study_data(config, images: torch.Tensor | None = None) -> DataSplit:
@@ -73,8 +75,8 @@ def trained_flow(config, train_seed: int, steps: int, progress: bool = False) ->
                   "train": train, "device": config.device.split(":")[0],
                   "version": __version__})
     path = cache_dir() / f"study-flow-{key[:20]}.pt"
-    if path.exists():
-        record = torch.load(path, weights_only=True)
+    record = load_cached(path)
+    if record is not None:
         model.load_state_dict(record["state_dict"])
         return StudyFlow(model.eval(), train, test, record["seconds"])
     device = torch.device(config.device)
@@ -84,5 +86,7 @@ def trained_flow(config, train_seed: int, steps: int, progress: bool = False) ->
                         progress=progress)
     seconds = time.perf_counter() - start
     model.cpu()
-    save_atomic({"state_dict": model.state_dict(), "seconds": seconds}, path)
+    summary = {"net": config.net, "widths": list(config.net_widths), "steps": steps,
+               "seed": train_seed, "n_train": len(train)}
+    save_atomic({"state_dict": model.state_dict(), "seconds": seconds, "config": summary}, path)
     return StudyFlow(model.eval(), train, test, seconds)

@@ -2,8 +2,14 @@
 
 A cell's samples go to ``cells/<key>.npz`` first and its row to ``cells/<key>.json`` last, so a
 cell counts as finished exactly when its JSON exists: an interrupted run loses only the cell
-it was working on, and a rerun skips every finished one. Ranks of a multi-process run write
-disjoint cells into the same folder; :func:`collect` merges whatever is there.
+it was working on, and a rerun skips every finished one. Files are readable by the group
+(the mode an ordinary ``open`` would give under the user's umask, not ``mkstemp``'s 0600).
+
+A damaged cell (a truncated or unreadable ``.json`` or ``.npz``, from a full disk or a copy
+that stopped half-way) is named on stderr and moved to ``damaged/``, so a rerun computes it
+again and a merge leaves it out. Several processes may write into one folder: each claims a
+cell with a ``cells/<key>.claim`` file created exclusively (``O_EXCL``) before computing it,
+so no cell is computed twice; a claim left by a process that died is taken over.
 """
 
 from __future__ import annotations
@@ -11,10 +17,24 @@ from __future__ import annotations
 import csv
 import json
 import os
+import socket
+import sys
 import tempfile
+import time
+import zipfile
 from pathlib import Path
 
 import numpy as np
+
+#: A claim file that stays empty this long (its writer died between create and write) is stale.
+EMPTY_CLAIM_SECONDS = 60.0
+
+
+def file_mode() -> int:
+    """The permissions of a new file under the current umask (0o644 under umask 022)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
 
 
 def _atomic(path: Path, write) -> None:
@@ -23,6 +43,7 @@ def _atomic(path: Path, write) -> None:
     os.close(handle)
     try:
         write(temporary)
+        os.chmod(temporary, file_mode())
         os.replace(temporary, path)
     finally:
         Path(temporary).unlink(missing_ok=True)
@@ -60,9 +81,90 @@ def save_cell(out: Path, key: str, row: dict, **arrays) -> None:
     write_json(row_path, row)
 
 
+def read_cell(out: Path, key: str) -> dict | None:
+    """The row of finished cell ``key`` after checking both its files; ``None`` when the cell
+    is unfinished or damaged (a damaged cell is named on stderr and moved to ``damaged/``)."""
+    row_path, array_path = cell_paths(out, key)
+    if not row_path.exists():
+        return None
+    try:
+        row = json.loads(row_path.read_text())
+        if not isinstance(row, dict) or row.get("key") != key:
+            raise ValueError("it does not hold the row of this cell")
+        with np.load(array_path, allow_pickle=False) as arrays:
+            arrays["samples"].sum()  # reads the whole array: a damaged one fails its CRC
+    except (OSError, UnicodeDecodeError, ValueError, KeyError, EOFError,
+            zipfile.BadZipFile) as err:
+        moved = _move_aside(out, row_path, array_path)
+        print(f"warning: cell {key} is damaged ({type(err).__name__}: {err}); moved "
+              f"{', '.join(moved)} aside; rerunning the study recomputes it.", file=sys.stderr)
+        return None
+    return row
+
+
+def _move_aside(out: Path, *paths: Path) -> list[str]:
+    folder = Path(out) / "damaged"
+    folder.mkdir(exist_ok=True)
+    stamp = time.strftime("%Y%m%dT%H%M%S")
+    moved = []
+    for path in paths:
+        if path.exists():
+            target = folder / f"{path.name}.{stamp}"
+            os.replace(path, target)
+            moved.append(f"{path.name} to {target.relative_to(out)}")
+    return moved
+
+
 def collect(out: Path) -> list[dict]:
-    """All finished rows under ``out/cells``, sorted by key."""
-    return [json.loads(p.read_text()) for p in sorted((Path(out) / "cells").glob("*.json"))]
+    """All finished rows under ``out/cells``, sorted by key; damaged cells are named, moved
+    aside and left out."""
+    rows = (read_cell(out, p.stem) for p in sorted((Path(out) / "cells").glob("*.json")))
+    return [row for row in rows if row is not None]
+
+
+def claim(out: Path, key: str) -> bool:
+    """Take cell ``key`` for this process; ``False`` when a live process holds it.
+
+    The claim is ``cells/<key>.claim`` created with ``O_EXCL`` and holding this host and
+    process id. A claim whose process is gone (same host, no such pid) is taken over.
+    """
+    path = Path(out) / "cells" / f"{key}.claim"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    for _ in range(2):
+        try:
+            handle = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, file_mode())
+        except FileExistsError:
+            if not _stale(path):
+                return False
+            path.unlink(missing_ok=True)
+            continue
+        with os.fdopen(handle, "w") as claim_file:
+            json.dump({"host": socket.gethostname(), "pid": os.getpid()}, claim_file)
+        return True
+    return False
+
+
+def release(out: Path, key: str) -> None:
+    """Give up the claim on cell ``key`` (after storing it, or on an interruption)."""
+    (Path(out) / "cells" / f"{key}.claim").unlink(missing_ok=True)
+
+
+def _stale(path: Path) -> bool:
+    try:
+        owner = json.loads(path.read_text())
+    except FileNotFoundError:
+        return True
+    except (OSError, ValueError):  # still being written, or its writer died mid-write
+        return time.time() - path.stat().st_mtime > EMPTY_CLAIM_SECONDS
+    if owner.get("host") != socket.gethostname():
+        return False  # another machine's process: cannot tell, so respect it
+    try:
+        os.kill(int(owner["pid"]), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # alive, another user's
+        return False
+    return False
 
 
 def write_table(out: Path, rows: list[dict], name: str = "results") -> None:

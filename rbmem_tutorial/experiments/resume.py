@@ -1,0 +1,158 @@
+"""Resuming a study in an existing output folder without mixing results of other options.
+
+A folder's ``config.json`` records the options of its cells. A rerun into the same folder is
+compared field by field with it (every field of :class:`~.tradeoff.TradeoffConfig`, so fields
+added later are compared too): options in :data:`CELL_FIELDS` only add cells, and the study
+is extended to the union of the saved and the new values; any other difference would change
+the numbers of the cells already there, so the rerun is refused with the differing fields
+named, unless ``force`` asks to recompute the study from scratch in that folder.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import MISSING, asdict, fields, replace
+from pathlib import Path
+
+from . import store
+
+#: Fields whose values index cells: new values add cells, the finished ones stay valid.
+CELL_FIELDS = ("train_seeds", "sample_seeds", "scales", "methods", "temperatures")
+#: Fields that label a study without changing any number.
+LABEL_FIELDS = ("profile",)
+
+
+class StudyMismatchError(ValueError):
+    """A rerun asks for options that change the results already in its output folder."""
+
+
+def saved_record(out) -> dict | None:
+    """The ``config.json`` of folder ``out`` as a dict, or ``None`` when there is none."""
+    path = Path(out) / "config.json"
+    if not path.exists():
+        return None
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ValueError(f"{path} is unreadable ({err}); move it away or pass --force to "
+                         "recompute the study in this folder.") from None
+    if not isinstance(record, dict):
+        raise ValueError(f"{path} does not hold a study configuration; move it away.")
+    return record
+
+
+def _default(field):
+    if field.default is not MISSING:
+        return field.default
+    return field.default_factory() if field.default_factory is not MISSING else None
+
+
+def _plain(value):
+    """JSON form of a value (tuples become lists), so saved and new values compare alike."""
+    return json.loads(json.dumps(value))
+
+
+def differences(saved: dict, config) -> list[str]:
+    """The fields of ``config`` that differ from the ``saved`` record and change results, as
+    ``"name (saved A, now B)"``; a field missing from the record counts as its default."""
+    found = []
+    for field in fields(config):
+        if field.name in CELL_FIELDS or field.name in LABEL_FIELDS:
+            continue
+        old = _plain(saved.get(field.name, _default(field)))
+        new = _plain(getattr(config, field.name))
+        if field.name == "device":  # a rank's own GPU (cuda:1) is not an option of the study
+            old, new = str(old).split(":")[0], str(new).split(":")[0]
+        if old != new:
+            found.append(f"{field.name} (saved {old}, now {new})")
+    return found
+
+
+def study_config(config, out, force: bool = False):
+    """The configuration to run in folder ``out``: ``config`` itself for a new folder or with
+    ``force``; otherwise ``config`` with every cell field extended by the saved values.
+
+    Raises
+    ------
+    StudyMismatchError
+        When a field that changes results differs from the folder's ``config.json``.
+
+    Example
+    -------
+    >>> import tempfile
+    >>> from rbmem_tutorial.experiments import store, tradeoff
+    >>> out = Path(tempfile.mkdtemp())
+    >>> store.write_json(out / "config.json", config_record(tradeoff.TradeoffConfig(scales=(0.5,))))
+    >>> study_config(tradeoff.TradeoffConfig(scales=(1.0,)), out).scales
+    (0.5, 1.0)
+    >>> study_config(tradeoff.TradeoffConfig(n_x0=99), out)  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    rbmem_tutorial.experiments.resume.StudyMismatchError: ...n_x0 (saved 250, now 99)...
+    """
+    saved = None if force else saved_record(out)
+    if saved is None:
+        return config
+    changed = differences(saved, config)
+    if changed:
+        raise StudyMismatchError(
+            f"--out {out} holds a study made with other options: {'; '.join(changed)}. "
+            "These change the cells already computed: choose a new --out, or add --force to "
+            "recompute the whole study in this folder (its cells are deleted).")
+    names = {field.name for field in fields(config)}
+    extended = {}
+    for name in CELL_FIELDS:
+        if name in names and name in saved:
+            new = tuple(getattr(config, name))
+            extended[name] = tuple(saved[name]) + tuple(v for v in new if v not in saved[name])
+    return replace(config, **extended)
+
+
+def config_record(config) -> dict:
+    """The ``config.json`` record: every field, the device without a rank's own GPU suffix
+    (``cuda:1``), so that any machine can resume or merge the study."""
+    return asdict(replace(config, device=config.device.split(":")[0]))
+
+
+def prepare(config, out, force: bool = False):
+    """Check ``config`` against folder ``out`` (:func:`study_config`), delete the old study
+    with ``force``, and save the configuration to run; returns it."""
+    config = study_config(config, out, force)
+    if force:
+        clear_study(out)
+    store.write_json(Path(out) / "config.json", config_record(config))
+    return config
+
+
+def clear_study(out) -> None:
+    """Delete the cells and merged results of folder ``out`` (``--force``)."""
+    out = Path(out)
+    shutil.rmtree(out / "cells", ignore_errors=True)
+    for name in ("results.csv", "results.json", "preview.npz", "frontier.png", "samples.png"):
+        (out / name).unlink(missing_ok=True)
+
+
+def load_study_config(out):
+    """The :class:`~.tradeoff.TradeoffConfig` saved in folder ``out`` (for ``merge``), on the
+    CPU, with a relative data path resolved against the folder; fields this version does not
+    know are named in the error."""
+    from .tradeoff import TradeoffConfig
+
+    out = Path(out)
+    if not out.is_dir():
+        raise FileNotFoundError(f"--out {out} is not a folder; pass the folder of a study.")
+    record = saved_record(out)
+    if record is None:
+        raise FileNotFoundError(f"{out} holds no config.json, so it is not a study folder; "
+                                "pass the --out folder of a tradeoff run.")
+    known = {field.name for field in fields(TradeoffConfig)}
+    unknown = sorted(set(record) - known)
+    if unknown:
+        raise ValueError(f"{out / 'config.json'} has fields {unknown} that this version of "
+                         "rbmem_tutorial does not know; merge with the version that ran it.")
+    record = {k: tuple(v) if isinstance(v, list) else v for k, v in record.items()}
+    data_file = record.get("data_file")  # folders of older versions kept relative paths
+    if data_file is not None and not Path(data_file).exists() and (out / data_file).exists():
+        record["data_file"] = str((out / data_file).resolve())
+    return TradeoffConfig(**{**record, "device": "cpu"})  # merging needs no GPU

@@ -1,0 +1,305 @@
+"""The experiment command line as a user meets it: every mistake is one ``error:`` line and
+exit status 2 before any work; reruns refuse options that would mix results, extend the study
+for new cells, recompute with --force; damaged files are named, moved aside and recomputed;
+two processes on one folder never compute a cell twice; each run leaves a run record."""
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import results_by_key
+
+from rbmem_tutorial.experiments import __main__ as cli
+from rbmem_tutorial.experiments import store, tradeoff
+from rbmem_tutorial.experiments.map_check import MIN_PRECISION_FRACTION, map_quality_warning
+from rbmem_tutorial.experiments.resume import CELL_FIELDS, differences
+from rbmem_tutorial.posterior import generate
+
+pytestmark = pytest.mark.usefixtures("private_cache")
+
+SMALL = ["--quick", "--steps", "30", "--early-steps", "10", "--hidden", "8", "--n-x0", "12",
+         "--n-param-samples", "2", "--draws-per-point", "2", "--methods", "map", "laplace",
+         "--no-progress"]
+RBMEM = str(Path(sys.executable).parent / "rbmem")  # the console entry point
+
+
+def tradeoff_main(out, *extra):
+    return cli.main(["tradeoff", *SMALL, "--scales", "0.5", "--out", str(out), *extra])
+
+
+def command(*args):
+    return subprocess.run([RBMEM, *args], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+
+
+@pytest.fixture(scope="module")
+def base_study(tmp_path_factory):
+    os.environ["RBMEM_CACHE"] = str(tmp_path_factory.getbasetemp() / "cache")
+    out = tmp_path_factory.mktemp("base")
+    assert tradeoff_main(out) == 0
+    return out
+
+
+def copy_of(study, tmp_path):
+    shutil.copytree(study, tmp_path / "study")
+    return tmp_path / "study"
+
+
+def mtimes(out):
+    return {p.name: p.stat().st_mtime_ns for p in (out / "cells").glob("*.json")}
+
+
+@pytest.fixture
+def files(tmp_path):
+    """A text file saved as .npy, a plain point array, and a file in the way of a folder."""
+    (tmp_path / "text.npy").write_text("1 2\n3 4\n")
+    points = np.random.default_rng(0).normal(size=(40, 3))
+    np.save(tmp_path / "points.npy", points)
+    (tmp_path / "blocker").write_text("a file, not a folder")
+    return tmp_path
+
+
+BAD = [  # (options, words of the one-line error)
+    (["--structure", "foo"], "unknown structure 'foo'"),
+    (["--steps", "0"], "steps must be at least 1"),
+    (["--lr", "-1"], "lr must be a finite positive"),
+    (["--geodesic-rtol", "0"], "geodesic_rtol must be a finite positive"),
+    (["--geodesic-rtol", "2"], "must be below 1"),
+    (["--steps", "50", "--early-steps", "50"], "fewer Adam steps than steps"),
+    (["--scales", "0.1", "0.1000001"], "repeat the cell key(s) ['0.1']"),
+    (["--profile", "cpu"], "not allowed with argument --quick"),
+    (["--batch-size", "0"], "batch_size must be at least 1"),
+    (["--hidden", "0"], "hidden must be at least 1"),
+    (["--newton-steps", "-1"], "newton_steps must be at least 0"),
+    (["--n-x0", "1"], "n_x0 must be at least 2"),
+    (["--dataset", "digits", "--n-train", "5000"], "lower --n-train to at most 1795"),
+    (["--data-file", "{tmp}/text.npy"], "is not a NumPy .npy file"),
+    (["--data-file", "{tmp}/missing.npy"], "does not exist"),
+    (["--data-file", "{tmp}/points.npy", "--n-train", "39"], "at most 38"),
+    (["--data-file", "{tmp}/points.npy", "--net", "conv"], "net 'conv' needs images"),
+    (["--data-file", "{tmp}/points.npy", "--dataset", "moons"], "not both"),
+    (["--param-subset", "nosuchlayer"], "nosuchlayer"),
+]
+
+
+@pytest.mark.parametrize("options, message", BAD)
+def test_each_bad_option_is_one_error_line_before_any_work(files, capsys, options, message):
+    options = [o.replace("{tmp}", str(files)) for o in options]
+    try:
+        code = cli.main(["tradeoff", "--quick", "--out", str(files / "out"), *options])
+    except SystemExit as exit_:  # argparse's own errors
+        code = exit_.code
+    err = capsys.readouterr().err
+    assert code == 2
+    assert message in err
+    assert "Traceback" not in err and err.strip().splitlines()[-1].startswith(
+        ("error:", f"{cli._prog()} tradeoff: error:"))
+    assert not (files / "out" / "cells").exists()
+
+
+def test_unwritable_cache_and_merge_mistakes_are_errors(files, capsys, monkeypatch):
+    monkeypatch.setenv("RBMEM_CACHE", str(files / "blocker" / "cache"))
+    assert cli.main(["tradeoff", "--quick", "--out", str(files / "out")]) == 2
+    assert "the model cache" in capsys.readouterr().err
+    assert cli.main(["merge", "--out", str(files / "nowhere")]) == 2
+    assert "is not a folder" in capsys.readouterr().err
+    assert cli.main(["merge", "--out", str(files)]) == 2  # a folder, but not a study
+    assert "holds no config.json" in capsys.readouterr().err
+
+
+def test_rerun_with_other_options_is_refused_naming_them(base_study, tmp_path, capsys):
+    out = copy_of(base_study, tmp_path)
+    before = mtimes(out)
+    assert tradeoff_main(out, "--steps", "40", "--n-x0", "10") == 2
+    err = capsys.readouterr().err
+    assert "steps (saved 30, now 40)" in err and "n_x0 (saved 12, now 10)" in err
+    assert "--force" in err
+    assert mtimes(out) == before
+    assert json.loads((out / "config.json").read_text())["steps"] == 30
+
+
+def test_resume_check_compares_every_field_and_only_cell_fields_extend():
+    saved = tradeoff.TradeoffConfig()
+    record = json.loads(json.dumps(tradeoff.resume.config_record(saved)))
+    changed = {"n_x0": 7, "structure": "full", "scales": (3.0,), "train_seeds": (5,),
+               "profile": "gpu"}
+    found = differences(record, tradeoff.TradeoffConfig(**changed))
+    assert [text.split(" ")[0] for text in found] == ["structure", "n_x0"]
+    assert {"train_seeds", "sample_seeds", "scales", "methods"} <= set(CELL_FIELDS)
+    del record["n_x0"]  # a field a newer version added counts as its default
+    assert differences(record, saved) == []
+
+
+def test_force_recomputes_and_new_cells_extend(base_study, tmp_path, capsys):
+    out = copy_of(base_study, tmp_path)
+    before = mtimes(out)
+    assert tradeoff_main(out, "--scales", "0.25") == 0  # one more scale: one more cell
+    assert "computed 1 cells" in capsys.readouterr().out
+    assert {k: v for k, v in mtimes(out).items() if k in before} == before
+    assert json.loads((out / "config.json").read_text())["scales"] == [0.5, 0.25]
+    assert len(results_by_key(out)) == 3
+    assert tradeoff_main(out, "--n-x0", "10", "--force") == 0
+    assert "computed 2 cells" in capsys.readouterr().out
+    assert json.loads((out / "config.json").read_text())["n_x0"] == 10
+    assert {row["n_generated"] for row in results_by_key(out).values()} == {20}
+
+
+def test_damaged_cells_are_named_moved_aside_and_recomputed(base_study, tmp_path, capsys):
+    out = copy_of(base_study, tmp_path)
+    expected = results_by_key(base_study)
+    npz = next((out / "cells").glob("laplace*.npz"))
+    npz.write_bytes(npz.read_bytes()[:100])  # truncated
+    (out / "cells" / "map__a0__train0__sample0.json").write_text('{"key": "map__a')
+    assert cli.main(["merge", "--out", str(out)]) == 0
+    err = capsys.readouterr().err
+    assert npz.stem in err and "map__a0__train0__sample0 is damaged" in err
+    assert len(results_by_key(out)) == 0
+    assert len(list((out / "damaged").iterdir())) == 4  # both files of both cells
+    assert tradeoff_main(out) == 0
+    got = results_by_key(out)
+    assert got.keys() == expected.keys()
+    for key in expected:  # recomputed bit for bit
+        assert got[key]["mem_strict"] == expected[key]["mem_strict"]
+        assert got[key]["mmd2"] == expected[key]["mmd2"]
+
+
+def test_cell_claims_exclude_other_processes_and_expire_with_them(tmp_path):
+    assert store.claim(tmp_path, "a")
+    assert not store.claim(tmp_path, "a")  # held by a live process (this one)
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True).stdout.strip()
+    claim = tmp_path / "cells" / "b.claim"
+    claim.write_text(json.dumps({"host": os.uname().nodename, "pid": int(dead)}))
+    assert store.claim(tmp_path, "b")  # its process is gone
+    claim.write_text(json.dumps({"host": "elsewhere", "pid": int(dead)}))
+    assert not store.claim(tmp_path, "b")  # cannot tell for another machine: respected
+    store.release(tmp_path, "a")
+    assert store.claim(tmp_path, "a")
+
+
+def test_two_processes_on_one_folder_compute_each_cell_once(base_study, tmp_path):
+    args = ["tradeoff", *SMALL, "--scales", "0.5", "--sample-seeds", "0", "1", "2",
+            "--out", str(tmp_path)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    running = [subprocess.Popen([RBMEM, *args], stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True, env=env) for _ in range(2)]
+    outputs = [p.communicate(timeout=300) for p in running]
+    assert [p.returncode for p in running] == [0, 0], outputs[0][1][-2000:]
+    counts = [int(out.split("computed ")[1].split()[0]) for out, _ in outputs]
+    assert sum(counts) == len(tradeoff.cells(cli.resume.load_study_config(tmp_path))) == 6
+    assert not list((tmp_path / "cells").glob("*.claim"))
+
+
+def test_point_file_run_record_progress_and_merge_elsewhere(files, tmp_path, capsys,
+                                                             monkeypatch):
+    monkeypatch.chdir(files)  # a relative --data-file and --out
+    argv = ["tradeoff", *SMALL[:-1], "--scales", "0.5", "--data-file", "points.npy",
+            "--n-train", "20", "--out", "study"]
+    assert cli.main(argv) == 0
+    err = capsys.readouterr().err
+    assert "seed 0 set up in" in err and "1/2 cells" in err and "2/2 cells" in err
+    assert "left" in err  # the time estimate after the first cell
+    study = files / "study"
+    run = json.loads((study / "run.json").read_text())["runs"][-1]
+    assert run["data_file"] == str(files / "points.npy")
+    assert run["data_sha256"] == hashlib.sha256((files / "points.npy").read_bytes()).hexdigest()
+    assert run["status"] == "finished" and run["ended"] >= run["started"]
+    assert run["command"][1:] == argv
+    assert run["torch"] == torch.__version__ and run["numpy"] == np.__version__
+    assert run["device"].startswith("cpu")
+    monkeypatch.chdir(tmp_path)  # merge from another working directory
+    assert cli.main(["merge", "--out", str(study)]) == 0
+    assert (study / "results.csv").stat().st_mode & 0o777 == 0o666 & ~_umask()
+
+
+def _umask():
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def test_result_files_are_group_readable(tmp_path):
+    old = os.umask(0o022)
+    try:
+        store.write_json(tmp_path / "a.json", {"x": 1})
+        store.write_npz(tmp_path / "b.npz", x=np.zeros(2))
+        modes = {p.name: p.stat().st_mode & 0o777 for p in tmp_path.iterdir()}
+    finally:
+        os.umask(old)
+    assert modes == {"a.json": 0o644, "b.npz": 0o644}
+
+
+def test_solver_blow_up_names_the_cell_and_the_fix(base_study, tmp_path, capsys, monkeypatch):
+    def underflow(config, ctx, cell):
+        raise AssertionError("underflow in dt 0.0")
+
+    monkeypatch.setattr(tradeoff, "run_cell", underflow)
+    assert tradeoff_main(tmp_path, "--methods", "laplace") == 1
+    err = capsys.readouterr().err
+    assert "cell laplace__a0.5__train0__sample0" in err and "scale α=0.5" in err
+    assert "underflow in dt" in err and "lower this scale (--scales)" in err
+    assert "same command resumes" in err
+
+
+def test_half_precision_weights_are_refused_before_the_solver():
+    net = torch.nn.Linear(2, 2)
+
+    class Field(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = net
+
+        def forward(self, x, t):
+            return self.lin(x)
+
+    with pytest.raises(ValueError, match="theta_samples.float()"):
+        generate(Field(), torch.zeros(1, 6, dtype=torch.float16), torch.ones(3, 2))
+
+
+def test_map_quality_warning_reaches_log_and_results(base_study):
+    rows = results_by_key(base_study)  # 30 Adam steps on 8 units: the MAP does not fit
+    row = rows["map__a0__train0__sample0"]
+    assert row["precision"] < MIN_PRECISION_FRACTION * row["baseline_precision"]
+    assert all(r["map_warning"] == map_quality_warning(row) != "" for r in rows.values())
+    fitted = {**row, "precision": MIN_PRECISION_FRACTION * row["baseline_precision"]}
+    assert map_quality_warning(fitted) == ""  # at the threshold: no warning
+
+
+def test_help_is_plain_text_with_profiles_and_adam_steps():
+    done = command("tradeoff", "--help")
+    assert done.returncode == 0
+    text = done.stdout
+    assert "``" not in text and ":mod:" not in text and ":func:" not in text
+    assert "usage: rbmem tradeoff" in text
+    assert "Adam steps of the MAP net" in text and "SGD steps" not in text
+    for name, values in tradeoff.PROFILES.items():
+        assert f"  {name}: " in text
+        assert f"--{next(iter(values)).replace('_', '-')}" in text
+
+
+def test_cache_list_and_clear_touch_only_this_packages_files(tmp_path, capsys, monkeypatch):
+    from rbmem_tutorial.cache import save_atomic
+
+    save_atomic({"state_dict": {"w.weight": torch.zeros(3, 2)}, "seconds": 1.0},
+                tmp_path / "study-flow-abc.pt")
+    save_atomic({"theta_map": torch.zeros(5), "prior_precision": 2.0,
+                 "refine_final": {"grad_norm_after": 1e-7}}, tmp_path / "posterior-def.pt")
+    (tmp_path / "notes.txt").write_text("not ours")
+    monkeypatch.setenv("RBMEM_CACHE", str(tmp_path))
+    assert cli.main(["cache", "list"]) == 0
+    listing = capsys.readouterr().out
+    assert "study-flow" in listing and "6 weights (layers 3x2)" in listing
+    assert "MAP of 5 weights, prior precision 2" in listing
+    assert "notes.txt" not in listing
+    assert cli.main(["cache", "clear", "--kind", "posterior"]) == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt", "study-flow-abc.pt"]
+    assert cli.main(["cache", "clear"]) == 0
+    assert "deleted 1 file(s)" in capsys.readouterr().out
+    assert [p.name for p in tmp_path.iterdir()] == ["notes.txt"]
