@@ -38,6 +38,7 @@ import matplotlib
 
 from ..cache import check_cache_writable
 from . import cache_command, resume, run_record, store
+from .geodesic_cells import parse_temperature
 from .tradeoff import (
     METHODS,
     PROFILES,
@@ -150,6 +151,12 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--geodesic-rtol", type=float, help="geodesic solver rtol = atol")
     run.add_argument("--refine-iterations", type=int, help="L-BFGS iterations refining θ*")
     run.add_argument("--newton-steps", type=int, help="Newton-CG steps refining θ*")
+    run.add_argument("--prior-mean", help="prior centre: sgd (the trained weights) or zero")
+    run.add_argument("--base-point", help="posterior centre and geodesic start: refined (θ*), "
+                     "sgd (θ_SGD as it is, the paper's) or tilted (θ_SGD, gradient removed)")
+    run.add_argument("--temperature", dest="temperatures", type=parse_temperature, nargs="+",
+                     metavar="T", help="Monge-metric temperatures, several allowed: numbers, "
+                     "sum (T=1), mean (T=pairs), data-mean (the authors' metric)")
     run.add_argument("--device", help="cpu or cuda")
     run.add_argument("--no-progress", action="store_true", help="hide the progress lines")
     merge = studies.add_parser("merge", help="merge finished cells into results and figures",
@@ -165,7 +172,7 @@ def _config(args) -> TradeoffConfig:
              "structure", "train_seeds", "sample_seeds", "n_param_samples", "n_x0",
              "draws_per_point", "device", "data_file", "net", "channels", "n_test",
              "batch_size", "lr", "param_subset", "geodesic_batch", "geodesic_rtol",
-             "refine_iterations", "newton_steps")
+             "refine_iterations", "newton_steps", "prior_mean", "base_point", "temperatures")
     given = {name: getattr(args, name) for name in names if getattr(args, name) is not None}
     given |= {name: tuple(given[name]) for name in given if isinstance(given[name], list)}
     if "data_file" in given:

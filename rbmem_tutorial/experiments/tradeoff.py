@@ -8,8 +8,16 @@ then fills one *cell* per (method, scale, training seed, sampling seed):
 - ``isotropic``: θ* + α s̄ z, isotropic weight noise with the Laplace posterior's mean variance
   s̄² per parameter (the same total variance as ``laplace`` at the same α);
 - ``laplace``: θ* + v with v = α Σ^{1/2} z (Euclidean Laplace);
-- ``riemannian``: Exp_θ*(v) along geodesics of the loss surface, for the same v;
-- ``riemannian-linearised``: the same on the loss of the net linearised at θ*.
+- ``riemannian``: Exp_θ*(v) along geodesics of the loss surface, for the same v, at each of
+  the study's metric temperatures;
+- ``riemannian-linearised``: the same on the loss of the net linearised at θ*;
+- ``riemannian-fisher``: Exp_θ*(v) of the Fisher (pull-back) metric, for the same v;
+- ``drift-control``: one network moved by gradient flow on L to the mean loss of the
+  ``riemannian`` cell at the same scale and temperature (:mod:`.geodesic_cells`, :mod:`.drift`).
+
+θ* stands for the posterior's base point (``base_point``: the refined mode, or θ_SGD as it is
+or tilted); the prior is centred at θ_SGD or zero (``prior_mean``). The cells are computed in
+:mod:`.cell_compute`.
 
 All parameter samples of a cell generate from the same x_0, and ``laplace`` and the geodesic
 methods share their z draws at every scale, so methods are compared on paired draws. Every
@@ -27,32 +35,35 @@ from __future__ import annotations
 
 import sys
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from .._checks import check_choice, check_positive, check_positive_int
-from ..data import DATASETS, DIGITS_COUNT, TOY_DATASETS, sample_dataset
+from ..data import DATASETS, DIGITS_COUNT, TOY_DATASETS
 from ..image_nets import NETS
 from ..laplace import _STRUCTURES as STRUCTURES  # the structures fit_laplace accepts
-from ..memorisation import LOOSE_C, RATIO_THRESHOLD, memorisation_report
-from ..metrics import quality_report
-from ..objective import parameters_vector
-from ..pipeline import fit_flow_posterior
-from ..posterior import generate
+from ..pipeline import BASE_POINTS, PRIOR_MEANS
 from ..reference import REFERENCE, FlowConfig
-from ..riemannian import GeodesicSolveError, exp_map, linearised_objective
-from ..subsets import anchored, minibatch_objective, parameter_subset
+from ..subsets import parameter_subset
 from . import resume, store
+from .cell_compute import (
+    SeedContext,
+    parameter_samples,  # noqa: F401  (chapter 5 calls it from here)
+    run_cell,
+    seed_context,
+)
 from .flows import study_data, study_image_shape, study_images, study_net, trained_flow
+from .geodesic_cells import TEMPERED, check_temperatures, temperature_key
 from .map_check import annotate as annotate_map_quality
 from .map_check import map_quality_warning
 from .progress import StudyProgress
 
-METHODS = ("map", "early-stop", "isotropic", "laplace", "riemannian", "riemannian-linearised")
-SCALED = ("isotropic", "laplace", "riemannian", "riemannian-linearised")
+METHODS = ("map", "early-stop", "isotropic", "laplace", "riemannian", "riemannian-linearised",
+           "riemannian-fisher", "drift-control")
+SCALED = METHODS[2:]
 
 
 @dataclass(frozen=True)
@@ -64,7 +75,11 @@ class TradeoffConfig:
     picks the held-out size: for the toy sets max(2000, generated samples); for images all the
     images not used for training (half of them score quality, the other half are the
     true-sample baseline). ``param_subset`` ``None`` puts the posterior on every weight;
-    ``geodesic_batch`` ``None`` runs geodesics on all frozen pairs.
+    ``geodesic_batch`` ``None`` runs geodesics on all frozen pairs. ``prior_mean`` and
+    ``base_point`` go to :func:`~rbmem_tutorial.pipeline.fit_flow_posterior`;
+    ``temperatures`` are the Monge metric's temperatures (numbers, ``"sum"``, ``"mean"``,
+    ``"data-mean"``), over which the tempered methods' cells are expanded
+    (:mod:`.geodesic_cells`).
     """
 
     dataset: str = REFERENCE.dataset
@@ -95,6 +110,9 @@ class TradeoffConfig:
     geodesic_batch: int | None = None
     refine_iterations: int = 1000
     newton_steps: int = 10
+    prior_mean: str = "sgd"
+    base_point: str = "refined"
+    temperatures: tuple = ("sum",)
 
     def __post_init__(self):
         check_choice("dataset", self.dataset, (*DATASETS, "file"))
@@ -143,6 +161,10 @@ class TradeoffConfig:
         for name in ("train_seeds", "sample_seeds"):
             if not getattr(self, name):
                 raise ValueError(f"{name} is empty; pass at least one seed.")
+        check_choice("prior_mean", self.prior_mean, PRIOR_MEANS)
+        check_choice("base_point", self.base_point, BASE_POINTS)
+        check_temperatures(self.temperatures, methods=self.methods,
+                           geodesic_batch=self.geodesic_batch)
         if self.n_test is not None:
             check_positive_int("n_test", self.n_test, minimum=2)
         if self.geodesic_batch is not None:
@@ -236,27 +258,30 @@ def scale_key(scale: float) -> str:
 
 @dataclass(frozen=True)
 class Cell:
-    """One unit of work: a method at a scale, for one training and one sampling seed."""
+    """One unit of work: a method at a scale (and, for a tempered method, a temperature; None
+    means ``"sum"``), for one training and one sampling seed."""
 
     method: str
     scale: float
     train_seed: int
     sample_seed: int
+    temperature: float | str | None = None
 
     @property
     def key(self) -> str:
-        scale = scale_key(self.scale)
+        scale = scale_key(self.scale) + temperature_key(self.method, self.temperature)
         return f"{self.method}__a{scale}__train{self.train_seed}__sample{self.sample_seed}"
 
 
 def cells(config: TradeoffConfig) -> list[Cell]:
     """Every cell of the study, in a fixed order (ranks shard this list)."""
     return [
-        Cell(method, scale, train_seed, sample_seed)
+        Cell(method, scale, train_seed, sample_seed, temperature)
         for train_seed in config.train_seeds
         for sample_seed in config.sample_seeds
         for method in config.methods
         for scale in (config.scales if method in SCALED else (0.0,))
+        for temperature in (config.temperatures if method in TEMPERED else (None,))
     ]
 
 
@@ -273,154 +298,6 @@ def shard(config: TradeoffConfig, rank: int, world_size: int) -> list[Cell]:
         seeds = set(config.train_seeds[rank::world_size])
         return [cell for cell in everything if cell.train_seed in seeds]
     return everything[rank::world_size]
-
-
-@dataclass
-class SeedContext:
-    """What every cell of one training seed shares: data, nets and the posterior.
-
-    ``geodesic_losses`` maps each geodesic method to the loss whose geodesics give its samples:
-    the posterior's objective (restricted to the weight subset, if any), or its linearisation
-    at θ*; on a mini-batch if asked for, then anchored so that its gradient at θ* is the
-    full one (:func:`rbmem_tutorial.subsets.anchored`).
-    """
-
-    model: torch.nn.Module
-    train: torch.Tensor
-    test: torch.Tensor
-    true: torch.Tensor
-    flow_posterior: object
-    theta_early: torch.Tensor
-    geodesic_losses: dict
-    geodesic_pairs: int
-
-
-def seed_context(config: TradeoffConfig, train_seed: int, progress: bool = False) -> SeedContext:
-    """Train (or load) the nets of one seed and fit the posterior; on ``config.device``."""
-    device = torch.device(config.device)
-    trained = trained_flow(config, train_seed, config.steps, progress)
-    early = trained_flow(config, train_seed, config.early_steps, progress)
-    model = trained.model.to(device)
-    train, test = trained.train.to(device), trained.test.to(device)
-    fp = fit_flow_posterior(model, train, structure=config.structure,
-                            draws_per_point=config.draws_per_point, seed=train_seed,
-                            param_subset=config.param_subset,
-                            refine_iterations=config.refine_iterations,
-                            newton_steps=config.newton_steps)
-    if config.dataset in TOY_DATASETS:
-        g = torch.Generator().manual_seed(10_000 + train_seed)
-        true = sample_dataset(config.dataset, config.n_generated, generator=g).to(device)
-    else:  # images: one half of the held-out images scores quality, the other is the baseline
-        half = len(test) // 2
-        test, true = test[:half], test[half:][: config.n_generated]
-    theta_early = parameters_vector(early.model).detach().to(device, torch.float64)
-    full, mean = fp.posterior.objective, fp.posterior.mean
-    batch = full
-    if config.geodesic_batch is not None and config.geodesic_batch < full.num_examples:
-        batch = minibatch_objective(full, config.geodesic_batch, seed=train_seed)
-    losses = {"riemannian": batch}
-    if "riemannian-linearised" in config.methods:
-        losses["riemannian-linearised"] = linearised_objective(batch, mean)
-    if batch is not full:
-        target = full.grad(mean)
-        losses = {method: anchored(loss, mean, target) for method, loss in losses.items()}
-    return SeedContext(model, train, test, true, fp, theta_early, losses, batch.num_examples)
-
-
-def _generator(*coordinates: int) -> torch.Generator:
-    """A CPU generator seeded by a cell's integer coordinates only."""
-    seed = 0
-    for c in coordinates:
-        seed = (seed * 1_000_003 + int(c)) % (2**63 - 1)
-    return torch.Generator().manual_seed(seed)
-
-
-def parameter_samples(config: TradeoffConfig, ctx: SeedContext, cell: Cell):
-    """The parameter vectors of a cell ``[S, D]`` and geodesic diagnostics (NFE, failures).
-
-    Posterior samples live in the posterior's space (θ_S for a weight subset, centred at its
-    mean θ*_S) and are mapped to full vectors with ``flow_posterior.full``.
-    """
-    fp = ctx.flow_posterior
-    posterior, theta_star = fp.posterior, fp.posterior.mean
-    info = {"nfe_mean": None, "n_failed": 0}  # None: no geodesics in this method
-    if cell.method == "map":
-        return fp.theta_map[None], info
-    if cell.method == "early-stop":
-        return ctx.theta_early[None], info
-    n = config.n_param_samples
-    if cell.method == "isotropic":
-        z = torch.randn(n, theta_star.numel(), generator=_generator(cell.train_seed,
-                        cell.sample_seed, 2), dtype=torch.float64).to(theta_star.device)
-        return fp.full(theta_star + cell.scale * posterior.variance.mean().sqrt() * z), info
-    v = posterior.sample_tangent(n, _generator(cell.train_seed, cell.sample_seed, 1),
-                                 scale=cell.scale).to(theta_star.device)
-    if cell.method == "laplace":
-        return fp.full(theta_star + v), info
-    loss = ctx.geodesic_losses[cell.method]
-    endpoints, nfe = [], []
-    for row in v:  # one at a time: a batch shares the step size of its stiffest member
-        try:
-            out = exp_map(loss, theta_star, row, rtol=config.geodesic_rtol,
-                          atol=config.geodesic_rtol, max_num_steps=config.max_geodesic_steps)
-        except GeodesicSolveError:
-            info["n_failed"] += 1
-            continue
-        endpoints.append(out.endpoints)
-        nfe.append(float(out.nfe))
-    if not endpoints:
-        raise GeodesicSolveError(f"every geodesic of cell {cell.key} hit max_num_steps; use a "
-                                 "smaller scale, a larger prior precision or looser tolerances.")
-    info["nfe_mean"] = float(np.mean(nfe))
-    return fp.full(torch.stack(endpoints)), info
-
-
-def _interval(report, **test) -> tuple[float, float]:
-    return report.bootstrap_interval(**test, generator=torch.Generator().manual_seed(0))
-
-
-def run_cell(config: TradeoffConfig, ctx: SeedContext, cell: Cell) -> tuple[dict, dict]:
-    """Compute one cell: its result row and the arrays to store beside it."""
-    start = time.perf_counter()
-    thetas, info = parameter_samples(config, ctx, cell)
-    dim = ctx.train.shape[1]
-    # A single weight vector starts from as many x0 as a posterior's S samples share in all, so
-    # every cell scores the same number of generated points (k-NN recall depends on it).
-    n_x0 = config.n_x0 if len(thetas) > 1 else config.n_generated
-    x0 = torch.randn(n_x0, dim, generator=_generator(cell.sample_seed, 7)).to(ctx.train)
-    samples = generate(ctx.model, thetas.to(torch.float32), x0,
-                       rtol=config.rtol, atol=config.rtol).reshape(-1, dim)
-    if not bool(torch.isfinite(samples).all()):
-        raise ValueError(f"cell {cell.key} generated non-finite samples; lower the scale.")
-    objective = ctx.flow_posterior.objective
-    losses = torch.stack([objective.value(t) for t in thetas]).cpu().numpy()
-    true = ctx.true[: len(samples)]
-    mem = memorisation_report(samples, ctx.train, true_samples=true)
-    quality = quality_report(samples, ctx.test, ctx.train, true_samples=true,
-                             generator=torch.Generator().manual_seed(cell.sample_seed))
-    lo, hi = _interval(mem, threshold=RATIO_THRESHOLD)
-    loose_lo, loose_hi = _interval(mem, c=LOOSE_C)
-    row = {
-        "key": cell.key, **asdict(cell), "dataset": config.dataset, "n_train": config.n_train,
-        "net": config.net, "param_subset": config.param_subset or "all",
-        "n_posterior_params": ctx.flow_posterior.posterior.mean.numel(),
-        "geodesic_batch": ctx.geodesic_pairs,
-        "n_param_samples": len(thetas), "n_generated": len(samples),
-        "mem_strict": mem.fraction_strict, "mem_strict_lo": lo, "mem_strict_hi": hi,
-        "mem_loose": mem.fraction_loose, "mem_loose_lo": loose_lo, "mem_loose_hi": loose_hi,
-        "true_mem_strict": mem.baseline.fraction_strict,
-        "true_mem_loose": mem.baseline.fraction_loose,
-        **{k: v for k, v in quality.as_dict().items() if not k.startswith("gap")},
-        "gap_train": quality.gap.train, "gap_test": quality.gap.test,
-        "gap_ratio": quality.gap.ratio,
-        "loss_mean": float(losses.mean()), "loss_median": float(np.median(losses)),
-        "loss_map": float(objective.value(ctx.flow_posterior.theta_map)),
-        "grad_norm_map": ctx.flow_posterior.refine_final.grad_norm_after,
-        "nfe_geodesic_mean": info["nfe_mean"], "n_failed": info["n_failed"],
-        "seconds": time.perf_counter() - start,
-    }
-    arrays = {"samples": samples.cpu().numpy(), "x0": x0.cpu().numpy(), "losses": losses}
-    return row, arrays
 
 
 class CellError(RuntimeError):
