@@ -49,7 +49,7 @@ def christoffel_acceleration(objective, theta, velocity):
 @pytest.mark.parametrize(
     ("num_inputs", "noise_std", "gram", "used"),
     [
-        (4, 0.4, "auto", "layers"),  # M = 8 < D = 32: Woodbury, Gram matrix layer by layer
+        (4, 0.4, "auto", "mlp"),  # M = 8 < D = 32: Woodbury, hand-written MLP passes
         (4, torch.tensor([0.3, 0.7]), "jacobian", "jacobian"),  # Woodbury, explicit J
         (24, torch.tensor([0.3, 0.7]), "auto", "jacobian"),  # M = 48 > D: the D × D system
     ],
@@ -176,10 +176,10 @@ def test_bad_input_raises_clear_errors():
     with pytest.raises(ValueError, match="gram"):
         FisherMetric(tanh_objective(4), gram="dense")
     conv = torch.nn.Sequential(torch.nn.Unflatten(1, (1, 2)), torch.nn.Conv1d(1, 2, 2),
-                               torch.nn.Flatten())  # parameters outside nn.Linear
+                               torch.nn.Flatten())  # not a plain MLP
     not_linear = RegressionObjective(conv, torch.randn(2, 2), torch.randn(2, 2), 1.0, 1.0)
-    with pytest.raises(ValueError, match="nn.Linear"):
-        FisherMetric(not_linear, gram="layers")
+    with pytest.raises(ValueError, match="nn.Sequential"):
+        FisherMetric(not_linear, gram="mlp")
     assert FisherMetric(not_linear).gram == "jacobian"
     metric = FisherMetric(tanh_objective(4))
     theta = torch.zeros(32, dtype=F64)

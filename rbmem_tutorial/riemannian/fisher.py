@@ -34,24 +34,27 @@ linear, so D²F[ċ, ċ] = (Σ^{-1/2} f''(c)[ċ, ċ], 0) and
 Geometrically, the ambient acceleration of F(c(t)) is normal to the embedded surface.
 
 **Solving it.** The second directional derivative f''[ċ, ċ] comes from a second-order forward
-pass (``torch.func.jvp`` of ``jvp``). By the push-through identity
-(JᵀΣ⁻¹J + λI)⁻¹ JᵀΣ⁻¹ = Jᵀ (JJᵀ + λΣ)⁻¹,
+pass. By the push-through identity (JᵀΣ⁻¹J + λI)⁻¹ JᵀΣ⁻¹ = Jᵀ (JJᵀ + λΣ)⁻¹,
 
     c̈ = −Jᵀ (J Jᵀ + λΣ)⁻¹ f''[ċ, ċ]          (used when M < D),
     c̈ = −(JᵀΣ⁻¹J + λI)⁻¹ JᵀΣ⁻¹ f''[ċ, ċ]      (used when M ≥ D).
 
 The first is Woodbury's form of G⁻¹ = λ⁻¹(I − Jᵀ(λΣ + JJᵀ)⁻¹J): an M × M positive definite
-system (a Cholesky factorisation, M³/3 flops) instead of a D × D one (D² memory, D³/3 flops),
-and Jᵀw is one reverse-mode pass. The Gram matrix JJᵀ is formed one of two ways (``gram``):
+system (a Cholesky factorisation, M³/3 flops) instead of a D × D one (D² memory, D³/3 flops).
+Two routes form JJᵀ, f''[ċ, ċ] and Jᵀw (``gram``):
 
-- ``"layers"`` (nets whose parameters all sit in ``nn.Linear`` layers, each run once): the
-  Jacobian row of output (n, j) in a layer's [W | b] is δ_{n,j} ⊗ [a_n; 1] (δ the output's
-  gradient at the layer's output, a_n the layer's input), so
-  JJᵀ = Σ_layers (δδᵀ) ⊙ (ããᵀ): one forward and ``out`` backward passes, Σ_l M² width_l flops;
-- ``"jacobian"`` (any model): J per example (``vmap`` of ``jacrev``, M × D numbers), M²D flops.
+- ``"mlp"`` (a plain MLP, ``nn.Sequential(Linear, SiLU|Tanh, ..., Linear)``, as
+  :mod:`rbmem_tutorial.fast_mlp` supports): one hand-written forward pass carries the first and
+  second directional derivatives (R a_l, R² a_l, as in :mod:`~rbmem_tutorial.fast_mlp`), so
+  f''[ċ, ċ] = R² a_L. The Jacobian row of output (n, j) in a layer's [W | b] is
+  δ_{n,j} ⊗ [h_n; 1] (δ the output's gradient at the layer's pre-activation, h_n the layer's
+  input), so JJᵀ = Σ_layers (δδᵀ) ⊙ (h̃h̃ᵀ) with δ from ``out`` backward passes, and
+  Jᵀw = Σ_{n,j} w_{n,j} δ_{n,j} ⊗ h̃_n: no Jacobian is stored, Σ_l M² width_l flops;
+- ``"jacobian"`` (any model): J per example (``vmap`` of ``jacrev``, M × D numbers, M²D flops)
+  and f''[ċ, ċ] by ``torch.func.jvp`` of ``jvp``.
 
-The book's net (D = 4,546, M = N·K·d = 512) thus needs no D × D matrix, and ``"layers"``
-forms its Gram matrix in about 1/30 of the flops of ``"jacobian"``.
+The book's net (D = 4,546, M = N·K·d = 512) thus needs no D × D matrix, and ``"mlp"`` forms
+its Gram matrix in about 1/30 of the flops of ``"jacobian"``.
 
 **Temperature does not act on it.** A constant factor, G → G/T (the metric of L/T: both the
 data term and the prior divided by T), cancels in Γ^l_ij = ½ G^{lk}(∂_i G_kj + ∂_j G_ki −
@@ -98,16 +101,16 @@ Example
 from __future__ import annotations
 
 import torch
-from torch.func import jacrev, jvp, vjp, vmap
+from torch.func import jacrev, jvp, vmap
 
+from rbmem_tutorial import fast_mlp
 from rbmem_tutorial._checks import check_choice
-from rbmem_tutorial.objective import parameters_vector
 
 from ._checks import F64, check_float64
 
 __all__ = ["GRAM_METHODS", "FisherMetric"]
 
-GRAM_METHODS = ("auto", "layers", "jacobian")
+GRAM_METHODS = ("auto", "mlp", "jacobian")
 _REQUIRED = ("predict", "inputs", "targets", "noise_std", "prior_precision", "num_params",
              "value", "grad")
 
@@ -124,9 +127,9 @@ class FisherMetric:
         Supplies ``predict`` (outputs [N, out]), the frozen ``inputs`` and ``targets``, σ
         (``noise_std``, a number or a tensor [out]), λ (``prior_precision``), ``num_params``,
         ``value`` and ``grad``.
-    gram : {"auto", "layers", "jacobian"}
-        How JJᵀ is formed when M < D (module docstring); ``"auto"`` takes ``"layers"`` when the
-        net allows it.
+    gram : {"auto", "mlp", "jacobian"}
+        How JJᵀ, f''[ċ, ċ] and Jᵀw are formed when M < D (module docstring); ``"auto"`` takes
+        ``"mlp"`` for a plain MLP.
 
     Attributes
     ----------
@@ -138,7 +141,7 @@ class FisherMetric:
     uses_woodbury : bool
         True when M < D: the acceleration solves an M × M system, not a D × D one.
     gram : str
-        ``"layers"`` or ``"jacobian"``, the method in use (``"jacobian"`` when M ≥ D).
+        ``"mlp"`` or ``"jacobian"``, the route in use (``"jacobian"`` when M ≥ D).
     """
 
     def __init__(self, objective, *, gram: str = "auto"):
@@ -160,8 +163,8 @@ class FisherMetric:
         self._variance = variance.repeat(num_examples)
         self._lam = float(objective.prior_precision)
         self.uses_woodbury = self.num_outputs < self.num_params
-        self._layers = self._linear_layers(gram) if self.uses_woodbury else None
-        self.gram = "jacobian" if self._layers is None else "layers"
+        self._kernel = self._mlp_kernel(gram) if self.uses_woodbury else None
+        self.gram = "jacobian" if self._kernel is None else "mlp"
 
     # -- the metric protocol ---------------------------------------------------------------
 
@@ -181,7 +184,7 @@ class FisherMetric:
         theta, velocity = self._check_pair(theta, velocity)
         if theta.ndim == 1:
             return self._acceleration_one(theta, velocity)
-        if self._layers is None:
+        if self._kernel is None:
             return vmap(self._acceleration_one)(theta, velocity)
         rows = zip(theta, velocity, strict=True)
         return torch.stack([self._acceleration_one(point, speed) for point, speed in rows])
@@ -232,19 +235,46 @@ class FisherMetric:
         per_example = vmap(jacrev(single), in_dims=(None, 0))(theta, self.objective.inputs)
         return per_example.reshape(self.num_outputs, self.num_params)
 
-    def _layer_gram(self, theta):
-        """JJᵀ [M, M] = Σ_layers (δδᵀ) ⊙ (ããᵀ), from one forward and ``out`` backward passes."""
-        objective = self.objective
-        with torch.enable_grad():
-            inputs, grads = objective._layer_inputs_and_output_grads(
-                theta, objective.inputs, self._layers
-            )
-        gram = torch.zeros(self.num_outputs, self.num_outputs, dtype=F64, device=theta.device)
-        for act, grad in zip(inputs, grads, strict=True):
-            delta = grad.transpose(0, 1).reshape(self.num_outputs, -1)  # row n·out + j
-            inner = (act @ act.T).repeat_interleave(self._out, 0).repeat_interleave(self._out, 1)
-            gram += (delta @ delta.T) * inner
-        return gram
+    def _mlp_acceleration(self, theta, velocity):
+        """c̈ = −Jᵀ(JJᵀ + λΣ)⁻¹ f''[ċ, ċ] by hand-written passes through a plain MLP."""
+        kernel = self._kernel
+        params, tangents = kernel._blocks(theta), kernel._blocks(velocity)
+        h, rh, r2h, r2a = kernel.inputs, None, None, None
+        inputs, slopes = [], []
+        for (weight, bias), (d_weight, d_bias), activation in zip(
+            params, tangents, kernel.activations, strict=True
+        ):
+            a, ra = h @ weight.T, h @ d_weight.T
+            if rh is not None:
+                ra += rh @ weight.T
+                r2a = r2h @ weight.T + 2 * (rh @ d_weight.T)
+            if bias is not None:
+                a, ra = a + bias, ra + d_bias
+            inputs.append(h if bias is None else torch.cat([h, torch.ones_like(h[:, :1])], 1))
+            if activation is not None:
+                h, d1, d2 = activation(a)
+                slopes.append(d1)
+                rh, r2h = d1 * ra, d2 * ra * ra if r2a is None else d2 * ra * ra + d1 * r2a
+        second = torch.zeros_like(a) if r2a is None else r2a  # f''[ċ, ċ] [N, out]
+        num, out = second.shape
+        delta = torch.eye(out, dtype=F64, device=theta.device)[:, None].expand(out, num, out)
+        deltas, gram = [None] * len(params), 0
+        for index in range(len(params) - 1, -1, -1):  # δ of every output, layer by layer
+            deltas[index] = delta
+            flat = delta.transpose(0, 1).reshape(self.num_outputs, -1)  # row n·out + j
+            inner = inputs[index] @ inputs[index].T
+            gram = gram + ((flat @ flat.T).view(num, out, num, out) * inner[:, None, :, None])
+            if index > 0:
+                delta = slopes[index - 1] * (delta @ params[index][0])
+        system = gram.reshape(self.num_outputs, -1) + torch.diag(self._lam * self._variance)
+        weights = torch.cholesky_solve(second.reshape(-1, 1), torch.linalg.cholesky(system))
+        weights = weights.view(num, out)
+        blocks = []
+        for (_, bias), delta, layer_input in zip(params, deltas, inputs, strict=True):
+            pulled = torch.einsum("jnp,nj->pn", delta, weights) @ layer_input  # [out_l, in_l(+1)]
+            weight_part = pulled if bias is None else pulled[:, :-1]
+            blocks.append((weight_part.flatten(), None if bias is None else pulled[:, -1]))
+        return -kernel._flatten(blocks)
 
     def _second_derivative(self, theta, velocity):
         """f''(θ)[v, v] [M] by a second-order forward pass."""
@@ -254,11 +284,9 @@ class FisherMetric:
         return jvp(first, (theta,), (velocity,))[1]
 
     def _acceleration_one(self, theta, velocity):
+        if self._kernel is not None:
+            return self._mlp_acceleration(theta, velocity)
         second = self._second_derivative(theta, velocity)
-        if self._layers is not None:
-            system = self._layer_gram(theta) + torch.diag(self._lam * self._variance)
-            weights = torch.cholesky_solve(second.unsqueeze(-1), torch.linalg.cholesky(system))
-            return -vjp(self._outputs, theta)[1](weights.squeeze(-1))[0]
         jac = self._jacobian(theta)
         if self.uses_woodbury:
             system = jac @ jac.T + torch.diag(self._lam * self._variance)
@@ -273,25 +301,17 @@ class FisherMetric:
         tangent = jvp(self._outputs, (theta,), (velocity,))[1]
         return (tangent.square() / self._variance).sum() + self._lam * velocity.square().sum()
 
-    def _linear_layers(self, gram):
-        """The ``nn.Linear`` layers for ``gram="layers"``, or None for the Jacobian route."""
-        objective = self.objective
-        if gram == "jacobian" or not hasattr(objective, "_layer_inputs_and_output_grads"):
-            layers = None
-        else:
-            layers = objective._linear_layers()
-            theta = parameters_vector(objective.model).to(F64)
-            try:
-                objective._check_linear_cover(layers)
-                objective._layer_inputs_and_output_grads(theta, objective.inputs[:1], layers)
-            except ValueError:
-                layers = None
-        if gram == "layers" and layers is None:
+    def _mlp_kernel(self, gram):
+        """The fast-MLP kernel (layer slices, activations, input features) for ``"mlp"``."""
+        supported = fast_mlp.supports(self.objective)
+        if gram == "mlp" and not supported:
             raise ValueError(
-                "gram='layers' needs a RegressionObjective whose parameters all sit in nn.Linear "
-                "layers that run once per forward pass; use gram='jacobian' for this model."
+                "gram='mlp' needs a RegressionObjective on nn.Sequential(Linear, SiLU|Tanh, ..., "
+                "Linear) (see rbmem_tutorial.fast_mlp); use gram='jacobian' for this model."
             )
-        return layers
+        if gram == "jacobian" or not supported:
+            return None
+        return fast_mlp.MLPRegressionKernel.from_objective(self.objective)
 
     def _check_theta(self, theta):
         theta = check_float64("theta", theta, ndim=(1, 2))
