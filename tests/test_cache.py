@@ -31,3 +31,31 @@ def test_cache_dir_follows_the_environment(tmp_path, monkeypatch):
     assert cache_dir() == tmp_path
     monkeypatch.delenv("RBMEM_CACHE")
     assert cache_dir().name == "rbmem_tutorial"
+
+
+def test_damaged_entry_is_renamed_and_recomputed(tmp_path, capsys):
+    from rbmem_tutorial.cache import load_cached
+
+    path = tmp_path / "flow-x.pt"
+    save_atomic({"state_dict": {"w": torch.ones(50)}}, path)
+    path.write_bytes(path.read_bytes()[:200])  # a truncated write
+    assert load_cached(path) is None
+    assert "cache entry" in capsys.readouterr().err
+    assert not path.exists() and (tmp_path / "flow-x.pt.damaged").exists()
+    assert load_cached(path) is None  # nothing cached now: the caller computes it
+
+
+class _Payload:
+    def __reduce__(self):
+        return (print, ("code ran",))
+
+
+def test_cached_files_load_weights_only(tmp_path, capsys):
+    from rbmem_tutorial.cache import load_cached
+
+    path = tmp_path / "posterior-x.pt"
+    torch.save({"theta_map": _Payload()}, path)  # a file that would run code when unpickled
+    assert load_cached(path) is None
+    assert "code ran" not in capsys.readouterr().out
+    save_atomic({"theta_map": torch.arange(3.0)}, path)
+    assert torch.equal(load_cached(path)["theta_map"], torch.arange(3.0))
