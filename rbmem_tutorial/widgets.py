@@ -73,7 +73,7 @@ def slider(
     values = _check_values(values)
 
     def redraw(value):
-        fig, ax = plt.subplots(figsize=figsize)
+        fig, ax = plt.subplots(figsize=figsize, layout="constrained")
         draw(ax, value)
         plt.show()
 
@@ -109,7 +109,7 @@ def animation_html(
     from IPython.display import HTML
 
     values = _check_values(values)
-    fig, ax = plt.subplots(figsize=figsize)
+    fig, ax = plt.subplots(figsize=figsize, layout="constrained")
 
     def frame(i):
         ax.clear()
