@@ -77,6 +77,15 @@ def test_refined_curves_start_at_the_map_cell():
     assert matched.matched_table(drifting, levels=(0.46,))[0]["reached"] == 0
 
 
+def test_single_networks_are_points_with_their_seed_interval():
+    rows = [row("map", 0.0, s, mem, 0.01) for s, mem in ((0, 0.6), (1, 0.7), (2, 0.8))]
+    (point,) = matched.points_table(rows)
+    half = stats.t.ppf(0.975, 2) * 0.1 / np.sqrt(3)
+    assert point["mem_strict"]["mean"] == pytest.approx(0.7)
+    assert point["mem_strict"]["hi"] == pytest.approx(0.7 + half)
+    assert matched.matched_table(rows) == []  # no curve to walk along
+
+
 def test_sampling_seeds_are_averaged_before_seeds_are_compared():
     rows = [row("laplace", a, 0, 0.6 - 0.1 * a, q, sample_seed=s)
             for a in (1.0, 2.0) for s, q in ((0, 1.0), (1, 3.0))]
@@ -90,5 +99,5 @@ def test_cli_writes_table_and_refuses_a_folder_without_results(tmp_path, capsys)
     rows = linear_curve("laplace", 0, 0.02) + linear_curve("laplace", 1, 0.02, 0.01)
     (tmp_path / "results.json").write_text(json.dumps(rows))
     assert matched.main([str(tmp_path)]) == 0
-    assert len(json.loads((tmp_path / "matched.json").read_text())) == 3
+    assert len(json.loads((tmp_path / "matched.json").read_text())["curves"]) == 3
     assert "| laplace | 0.45 | 2/2 |" in (tmp_path / "matched.md").read_text()

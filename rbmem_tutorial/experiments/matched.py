@@ -45,6 +45,7 @@ from scipy import stats
 LEVELS = (0.45, 0.30, "floor")
 METRICS = ("mmd2", "precision", "recall")
 REFERENCE_METHOD = "laplace"
+SINGLE = ("map", "early-stop")  # one weight vector each: a point, not a curve
 
 
 @dataclass(frozen=True)
@@ -172,7 +173,7 @@ def matched_table(rows: list[dict], levels=LEVELS, reference: str = REFERENCE_ME
         by_curve[group][seed] = points
     table = []
     for group in sorted(by_curve):
-        if group == "map":
+        if group in SINGLE:
             continue
         for level in levels:
             found = {seed: crossing(pts, _level_value(level, pts))
@@ -198,6 +199,19 @@ def matched_table(rows: list[dict], levels=LEVELS, reference: str = REFERENCE_ME
     return table
 
 
+def points_table(rows: list[dict]) -> list[dict]:
+    """The single-network methods (``map``, ``early-stop``) as points: per method the mean and
+    t-interval over training seeds of the memorised fraction and of each metric."""
+    table = []
+    for method in SINGLE:
+        pts = [p[0] for (group, _), p in sorted(curves(rows).items()) if group == method]
+        if pts:
+            table.append({"method": method, "n_seeds": len(pts),
+                          **{m: t_interval([p[m] for p in pts])
+                             for m in ("mem_strict", "true_mem_strict", *METRICS)}})
+    return table
+
+
 def _cell(stat: dict | None, digits: int) -> str:
     if stat is None:
         return ""
@@ -208,9 +222,17 @@ def _cell(stat: dict | None, digits: int) -> str:
     return f"{stat['mean']:.{digits}f} [{stat['lo']:.{digits}f}, {stat['hi']:.{digits}f}]"
 
 
-def markdown(table: list[dict]) -> str:
-    """The table as Markdown: mean [95% t-interval] over training seeds; k/n seeds reached."""
-    lines = ["| curve | level | seeds reached | α | MMD² | precision | recall | "
+def markdown(table: list[dict], points: list[dict] = ()) -> str:
+    """The tables as Markdown: mean [95% t-interval] over training seeds; k/n seeds reached."""
+    lines = []
+    if points:
+        lines += ["| method | seeds | memorised | true-sample floor | MMD² | precision | recall |",
+                  "|" + "---|" * 7]
+        lines += [f"| {p['method']} | {p['n_seeds']} | {_cell(p['mem_strict'], 3)} | "
+                  f"{_cell(p['true_mem_strict'], 3)} | {_cell(p['mmd2'], 4)} | "
+                  f"{_cell(p['precision'], 3)} | {_cell(p['recall'], 3)} |" for p in points]
+        lines.append("")
+    lines += ["| curve | level | seeds reached | α | MMD² | precision | recall | "
              "ΔMMD² vs laplace | Δprecision | Δrecall | non-monotone |",
              "|" + "---|" * 11]
     for e in table:
@@ -232,10 +254,12 @@ def main(argv: list[str] | None = None) -> int:
               "results.json; run the merge step first)", file=sys.stderr)
         return 2
     out = Path(args[0])
-    table = matched_table(json.loads((out / "results.json").read_text()))
-    (out / "matched.json").write_text(json.dumps(table, indent=1) + "\n")
-    (out / "matched.md").write_text(markdown(table))
-    print(markdown(table))
+    rows = json.loads((out / "results.json").read_text())
+    table, points = matched_table(rows), points_table(rows)
+    (out / "matched.json").write_text(json.dumps({"curves": table, "points": points},
+                                                 indent=1) + "\n")
+    (out / "matched.md").write_text(markdown(table, points))
+    print(markdown(table, points))
     return 0
 
 
