@@ -116,7 +116,7 @@ class FlowPosterior:
     tune_history : list of dict
         One row per refinement: ``refined_at`` (the λ θ* was refined at), ``offset_norm``
         (‖θ* − prior mean‖) and ``evidence_optimum`` (the λ that maximises the evidence at that
-        θ*). Empty for a given λ.
+        θ*). Empty for a given λ, and for a cache entry written before the history was kept.
     options : dict
         Every argument of :func:`fit_flow_posterior` except the net, the data and ``use_cache``.
     velocity_net : nn.Module
