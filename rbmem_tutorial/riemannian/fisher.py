@@ -63,12 +63,15 @@ data term and the prior divided by T), cancels in Γ^l_ij = ½ G^{lk}(∂_i G_kj
 the metric's shape and its geodesics.) The speed ċᵀG(c)ċ is conserved along a geodesic.
 
 **RLA-F and this package.** Yu et al. draw v from a Gaussian in the tangent space at the mode
-θ* and map it by the metric's exponential map, θ = Exp_θ*(v) = c(1). The tangent precision is
-either the negative Hessian of the log posterior or the metric at the mode, G(θ*); in their
-neural-network regression experiments it is G(θ*) = GGN + λI (a full Laplace posterior of the
-GGN), and at the mode of a well-specified model in the infinite-data limit the two agree. Their
-exactness argument: if the posterior is Gaussian in a reparametrisation φ = h(θ) with metric
-J_hᵀJ_h, geodesics map to straight lines in φ, so J_h(θ*) v ~ N(0, I) gives φ exactly Gaussian.
+θ* and map it by the metric's exponential map, θ = Exp_θ*(v) = c(1). They consider two
+tangent precisions, the negative Hessian of the log posterior and the metric at the mode
+G(θ*); their neural-network regression code draws v ~ N(0, (GGN + λI)⁻¹), a full Laplace
+posterior with the GGN, i.e. the precision G(θ*), with σ and λ tuned by the Laplace evidence.
+They show that RLA-F is exact in the limit of infinite data, where Bergamin et al.'s metric is
+not. The mechanism, in short: if −log p(θ) = ½‖h(θ) − h(θ*)‖² for a diffeomorphism h, the
+Fisher metric is J_hᵀJ_h, its geodesics are the preimages of straight lines in φ = h(θ), and
+v ~ N(0, G(θ*)⁻¹) makes J_h(θ*) v, hence h(Exp_θ*(v)) − h(θ*), exactly N(0, I).
+
 This package draws v ~ N(0, α² (GGN + λI)⁻¹), the tangent Gaussian of the Euclidean Laplace
 posterior (:meth:`~rbmem_tutorial.laplace.LaplacePosterior.sample_tangent`), and solves the
 geodesic with this class. For a linear model (f = Zθ) G is constant, geodesics are straight,
@@ -79,9 +82,11 @@ Deviations from the paper:
 - the tangent covariance may be the diagonal, KFAC or last-layer approximation of
   (GGN + λI)⁻¹ (the structure of the Laplace posterior), while the geodesic uses the exact G;
 - the scale α multiplies the tangent standard deviation (α = 1 is RLA-F);
-- the likelihood is the flow-matching regression on frozen (x_0, t) draws with σ fixed at the
-  residual level of the trained net, not a model with its own noise parameter;
-- the geodesics are solved in float64 by torchdiffeq (the authors use scipy's RK45).
+- the likelihood is the flow-matching regression on frozen (x_0, t) draws, σ is fixed at the
+  residual level of the trained net and λ is tuned by the evidence, not σ and λ jointly;
+- the base point is whatever the caller passes (the book's pipeline refines it to a stationary
+  point of the frozen objective); the paper's network code starts from the Adam weights;
+- geodesics are solved in float64 by torchdiffeq (the authors: scipy's RK45, float32 nets).
 
 Example
 -------
