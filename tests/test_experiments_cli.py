@@ -86,6 +86,11 @@ BAD = [  # (options, words of the one-line error)
     (["--data-file", "{tmp}/points.npy", "--net", "conv"], "net 'conv' needs images"),
     (["--data-file", "{tmp}/points.npy", "--dataset", "moons"], "not both"),
     (["--param-subset", "nosuchlayer"], "nosuchlayer"),
+    (["--param-subset", "last9"], "asks for 9 layers"),
+    (["--dataset", "foo"], "unknown dataset 'foo'"),
+    (["--net", "foo"], "unknown net 'foo'"),
+    (["--draws-per-point", "0"], "draws_per_point must be at least 1"),
+    (["--dataset", "digits", "--n-test", "5000"], "Lower n_test"),
 ]
 
 
