@@ -188,3 +188,35 @@ def test_numbers_in_the_prose_are_glued(path):
         "glue run results ({glue:text}`name:.3f`), write settings in math, or add a true constant "
         "to ALLOWED_NUMBERS with a comment"
     )
+
+
+def _glue_keys(cells: list[str]) -> list[re.Pattern]:
+    """The names code cells glue: literal names, f-string names as patterns, and, in a cell that
+    glues a variable (``glue(name, value)`` in a loop), every identifier-like string literal."""
+    keys = []
+    for code in cells:
+        for is_f, name in re.findall(r"\bglue\(\s*(f?)\"([^\"]+)\"", code):
+            pattern = re.escape(name)
+            if is_f:
+                pattern = re.sub(r"\\\{.*?\\\}", ".+", pattern)  # {column}_{short} -> .+_.+
+            keys.append(re.compile(pattern + "$"))
+        if re.search(r"\bglue\(\s*[A-Za-z_]", code):
+            keys += [re.compile(re.escape(n) + "$") for n in re.findall(r"\"(\w+)\"", code)]
+    return keys
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_every_glued_name_in_the_text_is_glued_by_the_code(path):
+    # A name the text pastes but no cell glues fails only when the book is built; catch it here.
+    markdown = "\n".join(_sources(path, "markdown"))
+    used = {m.split(":", 1)[0] for m in re.findall(r"\{glue(?::\w+)?\}`([^`]+)`", markdown)}
+    keys = _glue_keys(_sources(path, "code"))
+    missing = sorted(name for name in used if not any(k.match(name) for k in keys))
+    assert not missing, f"{path.name}: the text pastes {missing}, which no code cell glues"
+
+
+def test_glue_keys_cover_literal_f_string_and_loop_names():
+    keys = _glue_keys(['glue("a", 1.0)', 'glue(f"mem_{key}", value)',
+                       'for name, value in (("b", 1.0),):\n    glue(name, value)'])
+    assert all(any(k.match(n) for k in keys) for n in ("a", "mem_map", "b"))
+    assert not any(k.match(n) for k in keys for n in ("c", "mem", "ab"))
