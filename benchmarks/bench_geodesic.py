@@ -11,7 +11,12 @@ Measures, side by side in one run, on the chapter's velocity net (3 -> 64 -> 64 
    released code (scipy ``solve_ivp`` RK45, one sample at a time, NumPy round trips at every
    evaluation; re-implemented here for comparison);
 3. batched against per-sample solves, and the linearised variant;
-4. the loss at Euclidean and Riemannian samples.
+4. the loss at Euclidean and Riemannian samples;
+5. the metric and its temperature at α = 1 and α = 8: the Monge metric of the summed loss
+   (T = 1), of the mean loss (T = N pairs) and the poster authors' data-mean loss, and the
+   Fisher (pull-back) metric when :mod:`rbmem_tutorial.riemannian.fisher` is installed:
+   seconds per sample, NFE, end-point error against a tight solve of the same metric, travel
+   ‖c(1) − θ*‖/‖v‖ and the loss rise ΔL against its bound T‖v‖.
 
 The end-point error of a sample is ‖θ − θ_ref‖ / ‖θ_ref − θ*‖, with θ_ref from dopri5 at
 rtol = atol = 1e-8. The net is the chapter-1 reference model (``rbmem_tutorial.reference``)
@@ -19,10 +24,11 @@ with the chapter-3 pipeline; without it, a net trained here on synthetic two-moo
 
 Run from the repository root::
 
-    python benchmarks/bench_geodesic.py                     # about 8 minutes on 2 CPU cores
-    python benchmarks/bench_geodesic.py --quick             # about 4 minutes, fewer samples
+    python benchmarks/bench_geodesic.py                     # about 16 minutes on 2 CPU cores
+    python benchmarks/bench_geodesic.py --quick             # about 7 minutes, fewer samples
     python benchmarks/bench_geodesic.py --source synthetic  # 512 pairs, λ = 2: about 20 min
     python benchmarks/bench_geodesic.py --compile           # also time torch.compile
+    python benchmarks/bench_geodesic.py --metrics-only      # section 5 alone: about 8 min
 
 Wall times suffer when other processes share the cores; the CPU seconds of this process are
 printed beside them.
@@ -320,11 +326,80 @@ def compare_solves(objective, posterior, alpha, samples, quick):
     return default, batched
 
 
+METRIC_DESIGNS = (
+    ("Monge, T = 1 (summed loss)", "monge", 1.0),
+    ("Monge, T = N (mean loss)", "monge", "mean"),
+    ("Monge, data-mean (authors' default)", "monge", "data-mean"),
+    ("Fisher (pull-back of the outputs)", "fisher", 1.0),
+)
+FISHER = METRIC_DESIGNS[-1][0]
+
+
+def fisher_available() -> bool:
+    try:
+        import rbmem_tutorial.riemannian.fisher  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def compare_metrics(objective, posterior, alphas, samples):
+    """Section 5: each metric at each α, bosh3 1e-4 one by one against dopri5 1e-8 of the same
+    metric; returns {(label, α): (wall, CPU, worst error)} per sample."""
+    theta_star = posterior.mean
+    designs = [row for row in METRIC_DESIGNS if row[1] != "fisher" or fisher_available()]
+    if len(designs) < len(METRIC_DESIGNS):
+        print("\n(the Fisher metric is not installed here: its rows are left out)")
+    tight = {"method": "dopri5", "rtol": 1e-8, "atol": 1e-8, "max_num_steps": 100_000}
+    default = {"method": "bosh3", "rtol": 1e-4, "atol": 1e-4, "max_num_steps": 10_000}
+    print(f"\n5. metric and temperature: {samples} samples per α, bosh3 1e-4 one by one; "
+          f"error against dopri5 1e-8 of the same metric (N = {objective.num_examples} pairs)")
+    print(f"  {'metric':<38s} {'α':>3s} {'s/sample':>8s} {'CPU s':>7s} {'NFE':>5s} "
+          f"{'ref NFE':>7s} {'err med':>7s} {'err max':>7s} {'travel':>6s} {'ΔL':>9s} "
+          f"{'bound':>9s}")
+    measured = {}
+    for alpha in alphas:
+        tangents = posterior.sample_tangent(samples, torch.Generator().manual_seed(1), alpha)
+        for label, metric, temperature in designs:
+            geometry = {"metric": metric, "temperature": temperature}
+            refs = [exp_map(objective, theta_star, v, **geometry, **tight) for v in tangents]
+            runs = [timed(lambda v=v, g=geometry: exp_map(objective, theta_star, v, **g, **default))
+                    for v in tangents]
+            ends = torch.stack([result.endpoints for result, _, _ in runs])
+            errors = relative_errors(ends, torch.stack([r.endpoints for r in refs]), theta_star)
+            walls, cpus = [run[1] for run in runs], [run[2] for run in runs]
+            results = [run[0] for run in runs]
+            rise = statistics.median(float(r.loss_rise) for r in results)
+            bound = ("n/a" if results[0].bound is None
+                     else f"{statistics.median(float(r.bound) for r in results):9.1f}")
+            print(f"  {label:<38s} {alpha:3g} {statistics.median(walls):8.2f} "
+                  f"{statistics.median(cpus):7.2f} "
+                  f"{statistics.median(int(r.nfe) for r in results):5.0f} "
+                  f"{statistics.median(int(r.nfe) for r in refs):7.0f} "
+                  f"{100 * statistics.median(errors):6.2f}% {100 * max(errors):6.2f}% "
+                  f"{statistics.median(float(r.travel) for r in results):6.3f} "
+                  f"{rise:9.1f} {bound:>9s}")
+            measured[label, alpha] = (statistics.median(walls), statistics.median(cpus),
+                                      max(errors))
+    summed = METRIC_DESIGNS[0][0]
+    for label, _, _ in designs[1:]:
+        ratios = [measured[label, a][1] / measured[summed, a][1] for a in alphas]
+        print(f"  CPU time per sample, {label} / T = 1: "
+              + ", ".join(f"{ratio:.2f} at α = {a:g}" for ratio, a in zip(ratios, alphas,
+                                                                          strict=True)))
+    if (FISHER, 1.0) in measured:
+        wall, cpu, worst = measured[FISHER, 1.0]
+        print(f"  target, Fisher at α = 1: {wall:.2f} s wall, {cpu:.2f} s CPU per sample "
+              f"(≤ 2 s), worst end-point error {100 * worst:.2f}% (≤ 2%)")
+    return measured
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="fewer samples and repeats")
     parser.add_argument("--compile", action="store_true", help="also time torch.compile")
     parser.add_argument("--source", choices=("reference", "synthetic"), default="reference")
+    parser.add_argument("--metrics-only", action="store_true", help="run section 5 alone")
     args = parser.parse_args()
     torch.set_num_threads(1)
     print(f"torch {torch.__version__}, {os.cpu_count()} CPU cores, 1 thread; "
@@ -345,9 +420,15 @@ def main():
           f"‖∇L(θ*)‖ = {float(objective.grad(theta_star).norm()):.2g}, "
           f"L(θ*) = {float(objective.value(theta_star)):.1f}")
 
-    ratio = time_evaluations(objective, posterior, args.quick, args.compile)
     samples = 2 if args.quick else 4
+    if args.metrics_only:
+        compare_metrics(objective, posterior, (1.0, 8.0), 1 if args.quick else 2)
+        print(f"load average {os.getloadavg()[0]:.1f} at end; "
+              f"total {time.perf_counter() - start:.0f} s")
+        return
+    ratio = time_evaluations(objective, posterior, args.quick, args.compile)
     default = {a: compare_solves(objective, posterior, a, samples, args.quick) for a in (0.5, 1.0)}
+    compare_metrics(objective, posterior, (1.0, 8.0), 1 if args.quick else 2)
 
     print("\nTargets (full network, end-point error ≤ 2%; bosh3 1e-4 with the fused kernel):")
     for alpha, bound in ((0.5, 2.0), (1.0, 4.0)):
