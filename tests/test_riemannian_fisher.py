@@ -161,6 +161,28 @@ def test_speed_is_conserved_along_a_bent_fisher_geodesic():
     assert (euclid - euclid[0]).abs().max() / euclid[0] > 1e-3
 
 
+def test_loss_rise_bound_holds_and_is_attained():
+    objective = tanh_objective(4)
+    metric = FisherMetric(objective)
+    theta0 = parameters_vector(objective.model)
+    velocity = 3 * torch.randn(4, 32, generator=torch.Generator().manual_seed(5), dtype=F64)
+    result = exp_map(objective, theta0, velocity, metric="fisher", method="dopri5",
+                     rtol=1e-9, atol=1e-9)
+    bound = metric.loss_rise_bound(theta0.expand_as(velocity), velocity)
+    assert bool((result.loss_rise.abs() <= bound).all())
+    assert bool((result.loss_rise.abs() > 0.05 * bound).all())  # not a vacuous bound here
+    # equality: L(θ0) = 0 (f(θ0) = y, θ0 = m) and a linear f, so ΔL = ½‖v‖_G² exactly
+    torch.manual_seed(0)
+    lin = torch.nn.Linear(3, 2).double()
+    inputs = torch.randn(5, 3, dtype=F64)
+    theta = parameters_vector(lin)
+    exact = RegressionObjective(lin, inputs, lin(inputs).detach(), 0.5, 2.0, prior_mean=theta)
+    flat = FisherMetric(exact)
+    v = torch.randn(8, dtype=F64)
+    rise = exact.value(theta + v) - exact.value(theta)
+    torch.testing.assert_close(flat.loss_rise_bound(theta, v), rise, rtol=1e-10, atol=0)
+
+
 def test_loss_and_gradient_norm_rows():
     objective = tanh_objective(4)
     metric = FisherMetric(objective)

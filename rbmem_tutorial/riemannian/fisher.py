@@ -62,6 +62,16 @@ data term and the prior divided by T), cancels in Γ^l_ij = ½ G^{lk}(∂_i G_kj
 (Averaging the data term while leaving the prior unscaled is not a constant factor: it changes
 the metric's shape and its geodesics.) The speed ċᵀG(c)ċ is conserved along a geodesic.
 
+**How far the loss can rise.** L(θ) = ½‖F(θ) − F_y‖² with F_y = (Σ^{-1/2} y, √λ m), and the
+image F(c(t)) of a geodesic moves at the constant ambient speed ‖v‖_G = √(vᵀG(θ0)v), so
+‖F(c(1)) − F(θ0)‖ ≤ ‖v‖_G and, by the triangle inequality,
+
+    |L(c(1)) − L(θ0)| ≤ ‖v‖_G √(2 L(θ0)) + ½ ‖v‖_G²
+
+(:meth:`FisherMetric.loss_rise_bound`). With v ~ N(0, α²G(θ*)⁻¹), ‖v‖_G² ≈ α²D: the Fisher
+metric lets L rise by about α²D/2, as the Euclidean Laplace does, where the Monge metric's
+bound is T‖v‖.
+
 **RLA-F and this package.** Yu et al. draw v from a Gaussian in the tangent space at the mode
 θ* and map it by the metric's exponential map, θ = Exp_θ*(v) = c(1). They consider two
 tangent precisions, the negative Hessian of the log posterior and the metric at the mode
@@ -214,6 +224,11 @@ class FisherMetric:
         if theta.ndim == 1:
             return self.objective.grad(theta).norm()
         return torch.stack([self.objective.grad(row).norm() for row in theta])
+
+    def loss_rise_bound(self, theta0: torch.Tensor, velocity: torch.Tensor) -> torch.Tensor:
+        """‖v‖_G √(2 L(θ0)) + ½‖v‖_G², a bound on |L(Exp_θ0(v)) − L(θ0)| per row (module notes)."""
+        length = self.speed(theta0, velocity).sqrt()
+        return length * (2 * self.loss_value(theta0)).sqrt() + 0.5 * length.square()
 
     def metric_matrix(self, theta: torch.Tensor) -> torch.Tensor:
         """G(θ) as a dense D × D matrix (small models, checks and pictures), θ of shape [D]."""
