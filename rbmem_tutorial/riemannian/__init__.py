@@ -8,7 +8,8 @@ Map of the subpackage:
   forms of a loss it reads (fast MLP kernel, ``grad_and_curvature``, ``grad_and_hvp``, callable);
 - :mod:`.temperature` — the temperature ``T``, its presets ``"sum"``, ``"mean"``,
   ``"data-mean"``, and the bound ``L(c(1)) − L(θ*) ≤ T‖v‖``;
-- :mod:`.fisher` — the pull-back (Fisher/GGN) metric of a regression network (``metric="fisher"``);
+- :mod:`.fisher` — :class:`FisherMetric`, the pull-back (Fisher/GGN) metric of a regression
+  network (``metric="fisher"``);
 - :mod:`.linearised` — the loss of the network linearised at θ*;
 - :mod:`.sampler` — :class:`RiemannianLaplace`, Laplace tangent vectors through ``Exp_θ*``;
 - :mod:`.diagnostics` — per-sample travel and loss rise, and :func:`common_drift`.
@@ -16,6 +17,7 @@ Map of the subpackage:
 
 from ._checks import F64
 from .diagnostics import common_drift
+from .fisher import FisherMetric
 from .geodesic import (
     ADAPTIVE_METHODS,
     METRICS,
@@ -31,7 +33,7 @@ from .sampler import RiemannianLaplace
 from .temperature import TEMPERATURE_PRESETS, data_mean_objective, resolve_temperature
 
 __all__ = [
-    "ADAPTIVE_METHODS", "F64", "METRICS", "TEMPERATURE_PRESETS", "GeodesicResult",
+    "ADAPTIVE_METHODS", "F64", "METRICS", "TEMPERATURE_PRESETS", "FisherMetric", "GeodesicResult",
     "GeodesicSolveError", "LinearisedObjective", "MongeMetric", "RiemannianLaplace",
     "build_metric", "common_drift", "data_mean_objective", "exp_map", "geodesic_acceleration",
     "linearised_objective", "resolve_temperature",

@@ -24,7 +24,7 @@ and optionally ``loss_rise_bound(theta0, velocity)``, a bound on ``|L(c(1)) − 
 Two metrics ship, chosen by ``metric=``: ``"monge"``, the metric ``I + ∇L∇Lᵀ/T²`` of the loss
 graph (:class:`~rbmem_tutorial.riemannian.MongeMetric`, with the temperature ``T``), and
 ``"fisher"``, the pull-back (Fisher/GGN) metric of the network outputs of a
-``RegressionObjective`` (``FisherMetric`` in :mod:`rbmem_tutorial.riemannian.fisher`). A constant
+``RegressionObjective`` (:class:`~rbmem_tutorial.riemannian.FisherMetric`). A constant
 factor of a metric leaves its geodesics unchanged, so the temperature does not act on the
 Fisher metric (a number or ``"sum"``/``"mean"`` is accepted and has no effect).
 """
@@ -42,6 +42,7 @@ from rbmem_tutorial.objective import RegressionObjective
 
 from ._checks import F64, check_float64, check_velocity
 from .diagnostics import endpoint_diagnostics
+from .fisher import FisherMetric
 from .monge import MongeMetric
 from .temperature import check_temperature, resolve_temperature
 
@@ -115,15 +116,6 @@ def _fisher_metric(loss, temperature):
             f"got {type(loss).__name__}; use metric='monge' for other losses."
         )
     resolve_temperature(loss, temperature)  # validated only: T is a constant factor of G
-    try:
-        from .fisher import FisherMetric
-    except ModuleNotFoundError as err:
-        if err.name != f"{__package__}.fisher":
-            raise
-        raise ImportError(
-            f"metric='fisher' needs {__package__}.fisher, which this installation lacks; "
-            "use metric='monge'."
-        ) from err
     return FisherMetric(loss)
 
 
