@@ -5,6 +5,7 @@ two processes on one folder never compute a cell twice; each run leaves a run re
 
 import hashlib
 import json
+import multiprocessing
 import os
 import shutil
 import subprocess
@@ -189,16 +190,24 @@ def test_cell_claims_exclude_other_processes_and_expire_with_them(tmp_path):
     assert store.claim(tmp_path, "a")
 
 
+def _run_and_exit_with_count(config, out):
+    os._exit(len(tradeoff.run_study(config, out, progress=False)))
+
+
 def test_two_processes_on_one_folder_compute_each_cell_once(base_study, tmp_path):
-    args = ["tradeoff", *SMALL, "--scales", "0.5", "--sample-seeds", "0", "1", "2",
+    argv = ["tradeoff", *SMALL, "--scales", "0.5", "--sample-seeds", "0", "1", "2",
             "--out", str(tmp_path)]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    running = [subprocess.Popen([RBMEM, *args], stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, text=True, env=env) for _ in range(2)]
-    outputs = [p.communicate(timeout=300) for p in running]
-    assert [p.returncode for p in running] == [0, 0], outputs[0][1][-2000:]
-    counts = [int(out.split("computed ")[1].split()[0]) for out, _ in outputs]
-    assert sum(counts) == len(tradeoff.cells(cli.resume.load_study_config(tmp_path))) == 6
+    config = cli._config(cli._parser().parse_args(argv))  # nets and posterior cached already
+    fork = multiprocessing.get_context("fork")  # two processes, started together
+    running = [fork.Process(target=_run_and_exit_with_count, args=(config, tmp_path))
+               for _ in range(2)]
+    for process in running:
+        process.start()
+    for process in running:
+        process.join(timeout=300)
+    counts = [process.exitcode for process in running]
+    assert sum(counts) == len(tradeoff.cells(config)) == 6, counts
+    assert len(list((tmp_path / "cells").glob("*.json"))) == 6
     assert not list((tmp_path / "cells").glob("*.claim"))
 
 
