@@ -36,8 +36,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+from torch import nn
 
 from rbmem_tutorial._checks import check_positive, check_positive_int, check_tensor
+from rbmem_tutorial.objective import RegressionObjective
 
 F64 = torch.float64
 
@@ -145,6 +147,21 @@ class Banana:
         times = check_tensor("times", times, ndim=1).to(F64)
         return self.inverse_outputs(u0.unsqueeze(-2) + times[:, None] * du.unsqueeze(-2))
 
+    def regression_objective(self, prior_precision: float = 1e-10) -> RegressionObjective:
+        """The banana as a :class:`~rbmem_tutorial.objective.RegressionObjective`.
+
+        One input, targets ``(0, 0)``, per-output noise ``(σ₁, σ₂)`` and a prior
+        ``N(0, λ⁻¹I)`` (the objective needs ``λ > 0``; the default is negligible), so that
+        metrics built for regression networks, such as ``exp_map(..., metric="fisher")``, apply.
+        Its value is ``L(θ) + (λ/2)‖θ‖²``.
+        """
+        model = _BananaOutputs(self.b)
+        zeros = torch.zeros(1, 1, dtype=F64)
+        noise = torch.tensor([self.sigma_1, self.sigma_2], dtype=F64)
+        return RegressionObjective(
+            model, zeros, torch.zeros(1, 2, dtype=F64), noise, prior_precision
+        )
+
     def exact_samples(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
         """``n`` exact posterior samples ``u⁻¹(z)``, ``z ~ N(0, I)``, shape ``[n, 2]``."""
         n = check_positive_int("n", n)
@@ -226,6 +243,14 @@ class BayesianLinearRegression:
         A = self.precision
         return (w - self.posterior_mean) @ A, ((v @ A) * v).sum(-1)
 
+    def regression_objective(self) -> RegressionObjective:
+        """The same posterior as a :class:`~rbmem_tutorial.objective.RegressionObjective` of a
+        bias-free ``nn.Linear(d, 1)`` (its weight is ``w``), e.g. for ``metric="fisher"``."""
+        model = nn.Linear(self.inputs.shape[1], 1, bias=False).to(F64)
+        return RegressionObjective(
+            model, self.inputs, self.targets[:, None], self.noise_std, self.prior_precision
+        )
+
     @classmethod
     def line(
         cls,
@@ -245,6 +270,20 @@ class BayesianLinearRegression:
         x = 2 * torch.rand(n, generator=generator, dtype=F64) - 1
         y = intercept + slope * x + noise_std * torch.randn(n, generator=generator, dtype=F64)
         return cls(torch.stack([torch.ones_like(x), x], dim=1), y, noise_std, prior_precision)
+
+
+class _BananaOutputs(nn.Module):
+    """``f(θ) = (θ₁, θ₂ − bθ₁²)`` for every input row: the banana's regression model."""
+
+    def __init__(self, b: float):
+        super().__init__()
+        self.b = b
+        self.theta = nn.Parameter(torch.zeros(2, dtype=F64))
+
+    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+        first, second = self.theta[0], self.theta[1]
+        outputs = torch.stack([first, second - self.b * first**2])
+        return outputs.to(inputs.dtype).expand(inputs.shape[0], 2)
 
 
 def gaussian_w2(mean_a, cov_a, mean_b, cov_b) -> float:

@@ -129,3 +129,26 @@ def test_gaussian_w2_closed_forms():
         torch.diag(torch.tensor([1.0, 1.0], dtype=F64)),
     )
     assert abs(gaussian_w2(mean, a, mean, b) - (1.0 + 4.0) ** 0.5) < 1e-12
+
+
+def test_banana_regression_objective_is_the_banana_and_its_fisher_geodesics_the_closed_form():
+    from rbmem_tutorial.riemannian import exp_map
+
+    toy = Banana(sigma_1=0.8, sigma_2=0.3, b=1.2)
+    objective = toy.regression_objective(prior_precision=1e-10)
+    points = torch.randn(4, 2, generator=_generator(9), dtype=F64)
+    for point in points:
+        assert torch.isclose(objective.value(point), toy(point), rtol=1e-8)
+    start = torch.tensor([0.2, -0.1], dtype=F64)
+    v = torch.tensor([[0.9, 0.4], [-0.6, 0.2]], dtype=F64)
+    result = exp_map(objective, start, v, metric="fisher", method="dopri5", rtol=1e-9, atol=1e-9)
+    assert torch.allclose(result.endpoints, toy.fisher_exp_map(start, v), atol=1e-6)
+
+
+def test_blr_regression_objective_matches_the_closed_form():
+    blr = BayesianLinearRegression.line(12, _generator(10), noise_std=0.7, prior_precision=0.5)
+    objective = blr.regression_objective()
+    w = torch.randn(3, 2, generator=_generator(11), dtype=F64)
+    for row in w:
+        assert torch.isclose(objective.value(row), blr(row), rtol=1e-12)
+    assert objective.grad(blr.posterior_mean).abs().max() < 1e-10
