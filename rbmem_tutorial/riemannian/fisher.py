@@ -107,10 +107,14 @@ Example
 >>> net = torch.nn.Sequential(torch.nn.Linear(2, 4), torch.nn.Tanh(), torch.nn.Linear(4, 1))
 >>> objective = RegressionObjective(net, torch.randn(3, 2), torch.randn(3, 1), 0.5, 1.0)
 >>> metric = FisherMetric(objective)
+>>> metric
+FisherMetric(D=17, M=3, prior_precision=1, solve=Woodbury M × M, gram=mlp)
+>>> from rbmem_tutorial.riemannian import exp_map
 >>> theta = parameters_vector(objective.model)
->>> v = torch.randn(2, objective.num_params, dtype=torch.float64)
->>> metric.acceleration(theta, v[0]).shape, metric.speed(theta.expand(2, -1), v).shape
-(torch.Size([17]), torch.Size([2]))
+>>> v = torch.randn(objective.num_params, dtype=torch.float64)
+>>> result = exp_map(objective, theta, v, metric="fisher", method="dopri5", rtol=1e-8, atol=1e-8)
+>>> bool(result.speed_drift < 1e-6), bool(result.loss_rise.abs() <= result.bound)
+(True, True)
 """
 
 from __future__ import annotations
