@@ -12,6 +12,7 @@ from another tool, a full disk) is named, renamed to ``*.damaged`` and computed 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -82,7 +83,8 @@ def load_cached(path: Path) -> dict | None:
         return torch.load(path, weights_only=True, map_location="cpu")
     except (RuntimeError, EOFError, OSError, pickle.UnpicklingError, zipfile.BadZipFile) as err:
         damaged = path.with_name(path.name + ".damaged")
-        os.replace(path, damaged)
+        with contextlib.suppress(FileNotFoundError):  # another process renamed it first
+            os.replace(path, damaged)
         print(f"warning: cache entry {path} is damaged ({type(err).__name__}); renamed it to "
               f"{damaged.name} and computing it again.", file=sys.stderr)
         return None

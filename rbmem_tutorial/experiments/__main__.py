@@ -252,7 +252,8 @@ def _tradeoff(args, argv) -> int:
         print(json.dumps(asdict(config), indent=1))
         if args.force and world > 1:  # delete the old cells before any rank starts
             config = resume.prepare(config, out, force=True)
-        record = run_record.start_run(config, out, argv, world)
+        command = [_prog(), *(sys.argv[1:] if argv is None else argv)]
+        record = run_record.start_run(config, out, command, world)
     if world > 1:
         torch.distributed.barrier()
     try:

@@ -13,7 +13,6 @@ import hashlib
 import json
 import platform
 import subprocess
-import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -61,10 +60,11 @@ def device_name(device: str) -> str:
     return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
 
 
-def start_run(config, out, argv: list[str] | None = None, world_size: int = 1) -> dict:
-    """Append this invocation to ``out/run.json`` and return its entry (see :func:`end_run`)."""
+def start_run(config, out, command: list[str], world_size: int = 1) -> dict:
+    """Append this invocation (``command``: the program and its arguments) to
+    ``out/run.json`` and return its entry (see :func:`end_run`)."""
     entry = {
-        "command": [Path(sys.argv[0]).name, *(sys.argv[1:] if argv is None else argv)],
+        "command": list(command),
         "python": platform.python_version(), "rbmem_tutorial": __version__,
         "torch": torch.__version__, "numpy": np.__version__, "git_commit": git_commit(),
         "host": platform.node(), "device": device_name(config.device),

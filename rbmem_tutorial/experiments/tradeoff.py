@@ -354,7 +354,9 @@ def run_study(config: TradeoffConfig, out, *, progress: bool = True, rank: int =
     computed = []
     for cell in mine:
         if not store.claim(out, cell.key):
-            report.say(f"cell {cell.key} is claimed by another process; skipped")
+            print(f"[rank {rank}] cell {cell.key} is being computed by another process "
+                  f"(cells/{cell.key}.claim); skipped. If no such process is running any more "
+                  "(another machine's), delete that file and rerun.", file=sys.stderr)
             report.remaining.remove(cell)
             continue
         try:
