@@ -118,6 +118,12 @@ def test_unwritable_cache_and_merge_mistakes_are_errors(files, capsys, monkeypat
     assert "is not a folder" in capsys.readouterr().err
     assert cli.main(["merge", "--out", str(files)]) == 2  # a folder, but not a study
     assert "holds no config.json" in capsys.readouterr().err
+    results = files / "shipped" / "results.json"  # merged results without their cells
+    store.write_json(files / "shipped" / "config.json", {"profile": "quick"})
+    results.write_text("[]")
+    assert cli.main(["merge", "--out", str(files / "shipped")]) == 2
+    assert "nothing to merge" in capsys.readouterr().err
+    assert results.read_text() == "[]"
 
 
 def test_rerun_with_other_options_is_refused_naming_them(base_study, tmp_path, capsys):

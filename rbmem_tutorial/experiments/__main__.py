@@ -222,7 +222,11 @@ def _error(err: Exception) -> int:
 
 def _merge(out: Path) -> int:
     try:
-        rows = finish(resume.load_study_config(out), out)
+        config = resume.load_study_config(out)
+        if not _finished(out):  # keep the results of a folder shipped without its cells
+            raise FileNotFoundError(f"{out / 'cells'} holds no finished cell, so there is "
+                                    "nothing to merge; run the tradeoff command first.")
+        rows = finish(config, out)
     except (ValueError, TypeError, FileNotFoundError) as err:
         return _error(err)
     print(f"merged {len(rows)} cells into {out / 'results.csv'}")
