@@ -17,12 +17,13 @@ from rbmem_tutorial.riemannian.fisher import FisherMetric
 F64 = torch.float64
 
 
-def tanh_objective(num_inputs, noise_std=0.4, prior_precision=1.5, seed=0):
-    """A 2 → 6 → 2 tanh MLP (32 parameters) on ``num_inputs`` random inputs."""
+def tanh_objective(num_inputs, noise_std=0.4, prior_precision=1.5, seed=0, bias=True):
+    """A 2 → 6 → 2 tanh MLP (32 parameters; 26 without the first bias) on random inputs."""
     torch.manual_seed(seed)
-    net = torch.nn.Sequential(torch.nn.Linear(2, 6), torch.nn.Tanh(), torch.nn.Linear(6, 2))
+    net = torch.nn.Sequential(torch.nn.Linear(2, 6, bias=bias), torch.nn.Tanh(),
+                              torch.nn.Linear(6, 2))
     inputs, targets = torch.randn(num_inputs, 2), torch.randn(num_inputs, 2)
-    mean = 0.1 * torch.randn(32, dtype=F64)
+    mean = 0.1 * torch.randn(32 if bias else 26, dtype=F64)
     return RegressionObjective(net, inputs, targets, noise_std, prior_precision, prior_mean=mean)
 
 
@@ -47,21 +48,23 @@ def christoffel_acceleration(objective, theta, velocity):
 
 
 @pytest.mark.parametrize(
-    ("num_inputs", "noise_std", "gram", "used"),
+    ("num_inputs", "noise_std", "gram", "used", "bias"),
     [
-        (4, 0.4, "auto", "mlp"),  # M = 8 < D = 32: Woodbury, hand-written MLP passes
-        (4, torch.tensor([0.3, 0.7]), "jacobian", "jacobian"),  # Woodbury, explicit J
-        (24, torch.tensor([0.3, 0.7]), "auto", "jacobian"),  # M = 48 > D: the D × D system
+        (4, 0.4, "auto", "mlp", True),  # M = 8 < D = 32: Woodbury, hand-written MLP passes
+        (4, torch.tensor([0.3, 0.7]), "mlp", "mlp", False),  # a layer without bias
+        (4, torch.tensor([0.3, 0.7]), "jacobian", "jacobian", True),  # Woodbury, explicit J
+        (24, torch.tensor([0.3, 0.7]), "auto", "jacobian", True),  # M = 48 > D: D × D system
     ],
 )
-def test_acceleration_equals_christoffel_formula(num_inputs, noise_std, gram, used):
-    objective = tanh_objective(num_inputs, noise_std)
+def test_acceleration_equals_christoffel_formula(num_inputs, noise_std, gram, used, bias):
+    objective = tanh_objective(num_inputs, noise_std, bias=bias)
     metric = FisherMetric(objective, gram=gram)
     assert metric.gram == used and metric.uses_woodbury is (num_inputs == 4)
+    dim = objective.num_params
     generator = torch.Generator().manual_seed(1)
-    theta = parameters_vector(objective.model) + 0.3 * torch.randn(3, 32, generator=generator,
+    theta = parameters_vector(objective.model) + 0.3 * torch.randn(3, dim, generator=generator,
                                                                    dtype=F64)
-    velocity = torch.randn(3, 32, generator=generator, dtype=F64)
+    velocity = torch.randn(3, dim, generator=generator, dtype=F64)
     expected = torch.stack([christoffel_acceleration(objective, t, v)
                             for t, v in zip(theta, velocity, strict=True)])
     assert expected.abs().max() > 1e-2  # the net is nonlinear: geodesics bend
