@@ -55,6 +55,7 @@ from .cell_compute import (
     run_cell,
     seed_context,
 )
+from .cell_errors import CellError, cell_failure
 from .flows import study_data, study_image_shape, study_images, study_net, trained_flow
 from .geodesic_cells import TEMPERED, check_temperatures, temperature_key
 from .map_check import annotate as annotate_map_quality
@@ -298,25 +299,6 @@ def shard(config: TradeoffConfig, rank: int, world_size: int) -> list[Cell]:
         seeds = set(config.train_seeds[rank::world_size])
         return [cell for cell in everything if cell.train_seed in seeds]
     return everything[rank::world_size]
-
-
-class CellError(RuntimeError):
-    """A cell failed while computing (a solver blow-up); the message names the cell, its scale
-    and what to change."""
-
-
-def cell_failure(cell: Cell, err: BaseException) -> str:
-    """The message of a cell that failed with ``err``: which cell, and what to change."""
-    text = str(err).strip() or type(err).__name__
-    if "out of memory" in text:
-        advice = "lower --n-x0 or --n-param-samples (memory per cell)"
-    else:
-        advice = ("the ODE solver blew up on these weights: lower this scale (--scales), loosen "
-                  "--geodesic-rtol for geodesic methods, or check that the MAP net fits "
-                  "(more --steps)")
-    return (f"cell {cell.key} (method {cell.method}, scale α={cell.scale:g}, training seed "
-            f"{cell.train_seed}) failed: {type(err).__name__}: {text}. Fix: {advice}. The "
-            "finished cells are kept; the same command resumes.")
 
 
 def _setup(config: TradeoffConfig, seed: int, report: StudyProgress, progress: bool):
