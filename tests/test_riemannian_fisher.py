@@ -97,12 +97,12 @@ def linear_objective(num_inputs, seed=0):
 
 
 def geodesic_endpoints(metric, theta0, velocity, tol):
-    """c(1) of ``G c̈ = −JᵀΣ⁻¹f''[ċ, ċ]`` for every row of ``velocity``, by dopri5."""
+    """States [c, ċ] at t = 0, ½, 1 of ``G c̈ = −JᵀΣ⁻¹f''[ċ, ċ]`` per row of ``velocity``."""
     dim = theta0.shape[-1]
 
     def field(_t, state):
-        theta, speed = state[..., :dim], state[..., dim:]
-        return torch.cat([speed, metric.acceleration(theta, speed)], dim=-1)
+        theta, rate = state[..., :dim], state[..., dim:]
+        return torch.cat([rate, metric.acceleration(theta, rate)], dim=-1)
 
     start = torch.cat([theta0.expand_as(velocity), velocity], dim=-1)
     times = torch.linspace(0.0, 1.0, 3, dtype=F64)
