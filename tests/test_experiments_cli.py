@@ -17,6 +17,7 @@ import pytest
 import torch
 from conftest import results_by_key
 
+from rbmem_tutorial.cache import save_atomic
 from rbmem_tutorial.experiments import __main__ as cli
 from rbmem_tutorial.experiments import store, tradeoff
 from rbmem_tutorial.experiments.map_check import MIN_PRECISION_FRACTION, map_quality_warning
@@ -250,10 +251,11 @@ def test_result_files_are_group_readable(tmp_path):
     try:
         store.write_json(tmp_path / "a.json", {"x": 1})
         store.write_npz(tmp_path / "b.npz", x=np.zeros(2))
+        save_atomic({"x": torch.zeros(1)}, tmp_path / "c.pt")  # the model cache's writer
         modes = {p.name: p.stat().st_mode & 0o777 for p in tmp_path.iterdir()}
     finally:
         os.umask(old)
-    assert modes == {"a.json": 0o644, "b.npz": 0o644}
+    assert modes == {"a.json": 0o644, "b.npz": 0o644, "c.pt": 0o644}
 
 
 def test_solver_blow_up_names_the_cell_and_the_fix(base_study, tmp_path, capsys, monkeypatch):
@@ -305,8 +307,6 @@ def test_help_is_plain_text_with_profiles_and_adam_steps():
 
 
 def test_cache_list_and_clear_touch_only_this_packages_files(tmp_path, capsys, monkeypatch):
-    from rbmem_tutorial.cache import save_atomic
-
     save_atomic({"state_dict": {"w.weight": torch.zeros(3, 2)}, "seconds": 1.0},
                 tmp_path / "study-flow-abc.pt")
     save_atomic({"theta_map": torch.zeros(5), "prior_precision": 2.0,
