@@ -8,7 +8,8 @@ Per sample (filled into :class:`~rbmem_tutorial.riemannian.GeodesicResult` by
   sample near θ0 (0 when ``v = 0``);
 - ``loss_rise = L(c(1)) − L(θ0)`` of the untempered loss, against
 - ``bound``: the metric's bound on ``|loss_rise|``, ``√(T²‖v‖² + (∇L(θ0)·v)²)`` for the Monge
-  metric at temperature ``T`` (``T‖v‖`` at a stationary point).
+  metric at temperature ``T`` (``T‖v‖`` at a stationary point), the Fisher metric's own bound,
+  or None where the metric has none.
 
 Per set of samples, :func:`common_drift` tells spread from a shared shift.
 """

@@ -83,8 +83,9 @@ class GeodesicResult:
         object with only ``grad_and_hvp``).
     bound : Tensor or None
         The metric's bound on ``|loss_rise|``: ``√(T²‖v‖² + (∇L(θ0)·v)²)`` for the Monge metric
-        at temperature ``T``, ``T‖v‖`` at a stationary θ0; None for a metric without such a
-        bound (the Fisher metric, the ``"data-mean"`` preset).
+        at temperature ``T``, ``T‖v‖`` at a stationary θ0; the Fisher metric's own bound
+        (:meth:`~rbmem_tutorial.riemannian.FisherMetric.loss_rise_bound`); None for a metric
+        without one (the ``"data-mean"`` preset, whose metric bounds ``L_dm``, not ``L``).
     path : Tensor or None
         ``c(t)`` on ``path_times``, shape ``[T, D]`` or ``[S, T, D]``, if requested.
     path_times : Tensor or None
