@@ -23,6 +23,7 @@ from rbmem_tutorial.experiments import store, tradeoff
 from rbmem_tutorial.experiments.map_check import MIN_PRECISION_FRACTION, map_quality_warning
 from rbmem_tutorial.experiments.resume import CELL_FIELDS, differences
 from rbmem_tutorial.posterior import generate
+from rbmem_tutorial.reference import cache_path
 
 pytestmark = pytest.mark.usefixtures("private_cache")
 
@@ -181,6 +182,20 @@ def test_damaged_cells_are_named_moved_aside_and_recomputed(base_study, tmp_path
     for key in expected:  # recomputed bit for bit
         assert got[key]["mem_strict"] == expected[key]["mem_strict"]
         assert got[key]["mmd2"] == expected[key]["mmd2"]
+
+
+def test_damaged_cache_entry_is_named_and_retrained(base_study, tmp_path, capsys):
+    out = copy_of(base_study, tmp_path)
+    (out / "cells" / "map__a0__train0__sample0.json").unlink()  # one cell left to compute
+    config = cli._config(cli._parser().parse_args(["tradeoff", *SMALL, "--out", str(out)]))
+    entry = cache_path(config.flow_config(0))
+    entry.write_bytes(entry.read_bytes()[:300])
+    assert tradeoff_main(out) == 0
+    assert f"cache entry {entry} is damaged" in capsys.readouterr().err
+    assert torch.load(entry, weights_only=True)["state_dict"]  # trained and cached again
+    again, before = (results_by_key(f)["map__a0__train0__sample0"] for f in (out, base_study))
+    for column in ("mem_strict", "mmd2", "precision", "loss_map"):  # retraining is seeded
+        assert again[column] == before[column], column
 
 
 def test_cell_claims_exclude_other_processes_and_expire_with_them(tmp_path):

@@ -19,7 +19,7 @@ from ..cache import cache_dir, digest, load_cached, save_atomic
 from ..data import DataSplit, image_shape, load_dataset, load_image_file, split_images
 from ..flow_matching import train_flow_matching
 from ..image_nets import build_velocity_net
-from ..reference import load_or_train
+from ..reference import cache_path, load_or_train
 
 
 class StudyFlow(NamedTuple):
@@ -65,7 +65,9 @@ def study_net(config, dim: int, images: torch.Tensor | None = None,
 def trained_flow(config, train_seed: int, steps: int, progress: bool = False) -> StudyFlow:
     """The velocity net of one training seed after ``steps`` Adam steps (cached)."""
     if config.net == "mlp" and config.data_file is None:
-        trained = load_or_train(config.flow_config(train_seed, steps), progress=progress)
+        flow = config.flow_config(train_seed, steps)
+        load_cached(cache_path(flow))  # a damaged entry is named and set aside, so it retrains
+        trained = load_or_train(flow, progress=progress)
         return StudyFlow(trained.model, trained.train, trained.test, trained.train_seconds)
     images = study_images(config)
     train, test = study_data(config, images)
