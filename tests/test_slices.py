@@ -26,6 +26,18 @@ def test_load_study_reads_rows_config_and_readme():
     assert study.cell_samples(row).shape == (row["n_generated"], 2)
 
 
+def test_load_study_concatenates_the_studies_of_subfolders(tmp_path):
+    for name, method in (("a", "map"), ("b", "laplace")):
+        (tmp_path / name).mkdir()
+        row = f'{{"key": "{method}", "method": "{method}"}}'
+        (tmp_path / name / "results.json").write_text(f"[{row}]")
+        (tmp_path / name / "config.json").write_text(f'{{"methods": ["{method}"]}}')
+    study = load_study(tmp_path)
+    assert [r["method"] for r in study.rows] == ["map", "laplace"]
+    assert study.config == {"a": {"methods": ["map"]}, "b": {"methods": ["laplace"]}}
+    assert study.select(method="laplace") == [{"key": "laplace", "method": "laplace"}]
+
+
 def test_load_study_names_a_missing_folder(tmp_path):
     with pytest.raises(FileNotFoundError, match="results.json"):
         load_study(tmp_path)

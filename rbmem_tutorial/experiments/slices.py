@@ -82,7 +82,8 @@ def weight_samples(config: TradeoffConfig, context: SeedContext, method: str, sc
 @dataclass
 class StoredStudy:
     """A study folder as written by ``rbmem tradeoff``: ``rows`` (one dict per cell),
-    ``config`` (the options), ``readme`` (how it was made) and ``folder``."""
+    ``config`` (the options; for a folder of several studies, a dict of them by subfolder),
+    ``readme`` (how it was made) and ``folder``."""
 
     folder: Path
     rows: list
@@ -93,23 +94,36 @@ class StoredStudy:
         """The matched-memorisation table of these rows (:func:`.matched.matched_table`)."""
         return matched_table(self.rows, **options)
 
+    def select(self, **fields) -> list[dict]:
+        """The rows whose fields equal the given values, e.g. ``select(prior_mean="zero")``."""
+        return [r for r in self.rows if all(r.get(k) == v for k, v in fields.items())]
+
     def cell_samples(self, row: dict) -> np.ndarray:
         """The generated samples stored for one row's cell, ``[n, d]``."""
-        path = self.folder / "cells" / f"{row['key']}.npz"
-        if not path.exists():
-            raise FileNotFoundError(f"{path} is missing: this study stores no per-cell samples; "
-                                    "rerun its command (README) to get them.")
-        return np.load(path)["samples"]
+        found = list(self.folder.glob(f"**/cells/{row['key']}.npz"))
+        if not found:
+            raise FileNotFoundError(f"no stored samples for cell {row['key']} under "
+                                    f"{self.folder}; rerun its command (README) to get them.")
+        return np.load(found[0])["samples"]
 
 
 def load_study(folder) -> StoredStudy:
-    """Read a stored study folder (``results.json``, ``config.json``, ``README.md``)."""
+    """Read a stored study folder (``results.json``, ``config.json``, ``README.md``), or a
+    folder whose subfolders each hold one study (their rows are concatenated, each row keeps
+    its own ``prior_mean``, ``base_point`` and ``temperature``)."""
     folder = Path(folder)
-    for name in ("results.json", "config.json"):
-        if not (folder / name).is_file():
-            raise FileNotFoundError(f"{folder / name} not found; pass a folder written by "
-                                    "`rbmem tradeoff` (and merged).")
+    studies = [folder] if (folder / "results.json").is_file() else sorted(
+        p.parent for p in folder.glob("*/results.json"))
+    if not studies:
+        raise FileNotFoundError(f"{folder / 'results.json'} not found (nor in a subfolder); "
+                                "pass a folder written by `rbmem tradeoff` (and merged).")
+    rows, configs = [], {}
+    for study in studies:
+        if not (study / "config.json").is_file():
+            raise FileNotFoundError(f"{study / 'config.json'} not found; pass a folder written "
+                                    "by `rbmem tradeoff`.")
+        rows += json.loads((study / "results.json").read_text())
+        configs[study.name] = json.loads((study / "config.json").read_text())
+    config = configs[folder.name] if studies == [folder] else configs
     readme = folder / "README.md"
-    return StoredStudy(folder, json.loads((folder / "results.json").read_text()),
-                       json.loads((folder / "config.json").read_text()),
-                       readme.read_text() if readme.exists() else "")
+    return StoredStudy(folder, rows, config, readme.read_text() if readme.exists() else "")
