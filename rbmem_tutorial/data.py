@@ -266,8 +266,8 @@ def _check_image_array(array: np.ndarray, path: Path) -> np.ndarray:
         array = array[:, None]
     if array.ndim != 4:
         raise ValueError(
-            f"{path} holds an array of shape {array.shape}; expected N x d (points), "
-            "N x H x W (grey images) or N x C x H x W."
+            f"{path} holds an array of shape {array.shape}; expected N x H x W (grey images), "
+            "N x C x H x W, or N x d (points)."
         )
     if array.shape[1] > MAX_IMAGE_CHANNELS:
         hint = ""

@@ -164,7 +164,7 @@ def test_float_images_use_global_min_max_and_keep_channels(tmp_path):
 @pytest.mark.parametrize(
     "make, error, message",
     [
-        (lambda np: np.zeros((5, 8)), ValueError, "expected N x H x W"),
+        (lambda np: np.zeros(5), ValueError, "expected N x H x W"),
         (lambda np: np.zeros((5, 1, 2, 3, 4)), ValueError, "expected N x H x W"),
         (lambda np: np.zeros((5, 8, 8, 3)), ValueError, "channels-last"),
         (lambda np: np.where(np.eye(4)[None].repeat(3, 0) > 0, np.nan, 1.0), ValueError, "NaN"),

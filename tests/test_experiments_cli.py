@@ -338,3 +338,16 @@ def test_cache_list_and_clear_touch_only_this_packages_files(tmp_path, capsys, m
     assert cli.main(["cache", "clear"]) == 0
     assert "deleted 1 file(s)" in capsys.readouterr().out
     assert [p.name for p in tmp_path.iterdir()] == ["notes.txt"]
+
+
+def test_point_arrays_load_as_rows_with_distance_ratios_kept(files):
+    from rbmem_tutorial.data import load_image_file
+
+    points = np.load(files / "points.npy")
+    loaded = load_image_file(files / "points.npy")
+    assert tuple(loaded.shape) == (40, 1, 1, 3)
+    rows = loaded.reshape(40, 3).numpy()
+    assert rows.min() == -1.0 and rows.max() == 1.0
+    before = np.linalg.norm(points[1:] - points[0], axis=1)
+    after = np.linalg.norm(rows[1:] - rows[0], axis=1)
+    np.testing.assert_allclose(after / after[0], before / before[0], rtol=1e-12)
