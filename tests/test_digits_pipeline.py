@@ -11,6 +11,7 @@ from conftest import cuda, results_by_key, run_study_in_two_processes
 
 from rbmem_tutorial.experiments import __main__ as cli
 from rbmem_tutorial.experiments import tradeoff
+from rbmem_tutorial.experiments.resume import config_from_record
 from rbmem_tutorial.image_nets import build_velocity_net
 from rbmem_tutorial.memorisation import memorisation_report
 
@@ -44,7 +45,7 @@ def test_digits_run_every_method_with_both_thresholds(digits_run):
     # every cell scores the same number of generated images, MAP and early stop included
     expected = config["n_param_samples"] * config["n_x0"]
     assert {row["n_generated"] for row in rows.values()} == {expected}
-    train = tradeoff.study_data(tradeoff.TradeoffConfig(**cli._tuples(config))).train
+    train = tradeoff.study_data(config_from_record(config)).train
     assert train.shape == (6, 64)
     for key, row in rows.items():
         samples = torch.from_numpy(np.load(digits_run / "cells" / f"{key}.npz")["samples"])
@@ -88,7 +89,7 @@ def test_a_users_image_file_with_the_conv_net_a_subset_and_minibatches(tmp_path)
     assert pixels <= set(images.ravel().tolist())  # uint8 0..255 mapped to [-1, 1]
     assert (out / "samples.png").stat().st_size > 0
     # posterior samples move only the subset: every other weight stays at θ*
-    config = tradeoff.TradeoffConfig(**cli._tuples(json.loads((out / "config.json").read_text())))
+    config = config_from_record(json.loads((out / "config.json").read_text()))
     ctx = tradeoff.seed_context(config, 0)
     thetas, _ = tradeoff.parameter_samples(config, ctx, tradeoff.Cell("riemannian", 0.1, 0, 0))
     moved = (thetas != ctx.flow_posterior.theta_map).any(0)
@@ -101,7 +102,7 @@ def test_a_users_image_file_with_the_conv_net_a_subset_and_minibatches(tmp_path)
 @pytest.mark.parametrize(
     "content, extra, message",
     [(None, [], "does not exist"),
-     (np.zeros((30, 8)), [], "expected N x H x W"),
+     (np.zeros((30, 2, 3, 4, 5)), [], "expected N x H x W"),
      (np.full((30, 4, 4), np.nan), [], "NaN"),
      (np.zeros((30, 8, 8, 3)), [], "channels-last"),
      (np.random.default_rng(0).random((30, 4, 4)), ["--dataset", "digits"], "not both"),
@@ -128,7 +129,8 @@ def test_conv_needs_images(tmp_path, capsys):
 def test_two_gloo_processes_equal_one_on_digits(digits_run, tmp_path):
     done = run_study_in_two_processes(["tradeoff", *TINY], tmp_path, port=29519)
     assert done.returncode == 0, done.stderr[-2000:]
-    assert "rank 1: computed 6 cells" in done.stdout  # one training seed per process
+    # one training seed per process: one cell per method (one scale)
+    assert f"rank 1: computed {len(tradeoff.METHODS)} cells" in done.stdout
     expected, got = results_by_key(digits_run), results_by_key(tmp_path)
     assert expected.keys() == got.keys()
     for key in expected:
@@ -141,8 +143,7 @@ def test_digits_on_the_gpu_keep_float64_geodesics(tmp_path):
     argv = ["tradeoff", *TINY, "--device", "cuda", "--methods", "riemannian",
             "--out", str(tmp_path)]
     assert cli.main(argv) == 0
-    config = tradeoff.TradeoffConfig(**cli._tuples(json.loads((tmp_path / "config.json")
-                                                              .read_text())))
+    config = config_from_record(json.loads((tmp_path / "config.json").read_text()))
     ctx = tradeoff.seed_context(config, 0)
     assert ctx.flow_posterior.theta_map.is_cuda
     assert ctx.flow_posterior.theta_map.dtype == torch.float64

@@ -11,7 +11,8 @@ import numpy as np
 from ..memorisation import LOOSE_C, RATIO_THRESHOLD
 
 COLOURS = {"map": "black", "early-stop": "grey", "isotropic": "tab:green",
-           "laplace": "tab:blue", "riemannian": "tab:red", "riemannian-linearised": "tab:orange"}
+           "laplace": "tab:blue", "riemannian": "tab:red", "riemannian-linearised": "tab:orange",
+           "riemannian-fisher": "tab:purple", "drift-control": "tab:brown"}
 QUALITY = (("mmd2", "MMD² to held-out data (lower is better)"),
            ("precision", "k-NN precision (higher is better)"))
 

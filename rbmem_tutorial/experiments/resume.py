@@ -151,8 +151,16 @@ def load_study_config(out):
     if unknown:
         raise ValueError(f"{out / 'config.json'} has fields {unknown} that this version of "
                          "rbmem_tutorial does not know; merge with the version that ran it.")
-    record = {k: tuple(v) if isinstance(v, list) else v for k, v in record.items()}
     data_file = record.get("data_file")  # folders of older versions kept relative paths
     if data_file is not None and not Path(data_file).exists() and (out / data_file).exists():
         record["data_file"] = str((out / data_file).resolve())
-    return TradeoffConfig(**{**record, "device": "cpu"})  # merging needs no GPU
+    return config_from_record(record, device="cpu")  # merging needs no GPU
+
+
+def config_from_record(record: dict, **overrides):
+    """The :class:`~.tradeoff.TradeoffConfig` of a ``config.json`` record (JSON lists become
+    tuples), with ``overrides`` replacing fields."""
+    from .tradeoff import TradeoffConfig
+
+    record = {k: tuple(v) if isinstance(v, list) else v for k, v in record.items()}
+    return TradeoffConfig(**{**record, **overrides})
