@@ -3,9 +3,9 @@ samples, and its scored row (:mod:`.tradeoff` describes the study and its method
 
 Every random draw is seeded from the cell's own coordinates (:func:`_generator`), so a cell's
 numbers do not depend on which other cells ran, in what order, or on how many processes. The
-one cross-cell dependency, the drift control's target loss (the mean loss of the Riemannian
-cell it pairs with), is recomputed from that cell's seeded draws when the cell did not run in
-this process, so it is the same either way.
+one cross-cell dependency, the drift controls' target losses (the mean loss of the Riemannian
+cell they pair with, and the loss at its mean weights), is recomputed from that cell's seeded
+draws when the cell did not run in this process, so it is the same either way.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from ..riemannian import common_drift, linearised_objective
 from ..subsets import anchored, minibatch_objective
 from .flows import trained_flow
 from .geodesic_cells import (
+    DRIFT_CONTROLS,
     TEMPERED,
     drift_control_sample,
     empty_diagnostics,
@@ -41,8 +42,8 @@ class SeedContext:
     the posterior's objective (restricted to the weight subset, if any), or its linearisation
     at the base point; on a mini-batch if asked for, then anchored so that its gradient at the
     base point is the full one (:func:`rbmem_tutorial.subsets.anchored`). ``ensemble_losses``
-    keeps the mean loss of each Riemannian cell computed here, keyed by cell key, for the drift
-    control that pairs with it.
+    keeps, for each Riemannian cell computed here (keyed by cell key), its mean loss and the
+    loss at its mean weights, for the drift controls that pair with it.
     """
 
     model: torch.nn.Module
@@ -108,14 +109,20 @@ def _temperature(cell) -> float | str | None:
     return "sum" if cell.temperature is None else cell.temperature
 
 
-def ensemble_mean_loss(config, ctx: SeedContext, cell) -> float:
-    """Mean loss L(θ_s) over the ``riemannian`` cell paired with drift-control ``cell``."""
+def _ensemble_losses(objective, thetas: torch.Tensor) -> tuple[float, float]:
+    """(mean_s L(θ_s), L(θ̄)) of weight samples ``[S, D]``, θ̄ their mean."""
+    mean = float(np.mean([float(objective.value(t)) for t in thetas]))
+    return mean, float(objective.value(thetas.mean(0)))
+
+
+def drift_target(config, ctx: SeedContext, cell) -> float:
+    """The target loss of a drift-control ``cell``: the mean loss (``drift-control``) or the
+    loss at the mean weights (``drift-control-centre``) of its paired ``riemannian`` cell."""
     partner = replace(cell, method="riemannian")
     if partner.key not in ctx.ensemble_losses:
         thetas, _ = parameter_samples(config, ctx, partner)
-        objective = ctx.flow_posterior.objective
-        ctx.ensemble_losses[partner.key] = float(np.mean([objective.value(t) for t in thetas]))
-    return ctx.ensemble_losses[partner.key]
+        ctx.ensemble_losses[partner.key] = _ensemble_losses(ctx.flow_posterior.objective, thetas)
+    return ctx.ensemble_losses[partner.key][DRIFT_CONTROLS.index(cell.method)]
 
 
 def parameter_samples(config, ctx: SeedContext, cell):
@@ -132,9 +139,9 @@ def parameter_samples(config, ctx: SeedContext, cell):
         return fp.theta_map[None], info
     if cell.method == "early-stop":
         return ctx.theta_early[None], info
-    if cell.method == "drift-control":
+    if cell.method in DRIFT_CONTROLS:
         theta, info = drift_control_sample(
-            posterior.objective, theta_star, ensemble_mean_loss(config, ctx, cell),
+            posterior.objective, theta_star, drift_target(config, ctx, cell),
             rtol=config.geodesic_rtol, max_num_steps=config.max_geodesic_steps)
         return fp.full(theta), info
     n = config.n_param_samples
@@ -175,7 +182,7 @@ def run_cell(config, ctx: SeedContext, cell) -> tuple[dict, dict]:
     objective = fp.objective
     losses = torch.stack([objective.value(t) for t in thetas]).cpu().numpy()
     if cell.method == "riemannian":
-        ctx.ensemble_losses[cell.key] = float(losses.mean())
+        ctx.ensemble_losses[cell.key] = _ensemble_losses(objective, thetas)
     true = ctx.true[: len(samples)]
     mem = memorisation_report(samples, ctx.train, true_samples=true)
     quality = quality_report(samples, ctx.test, ctx.train, true_samples=true,

@@ -13,6 +13,11 @@ Methods (:mod:`.tradeoff` lists them all):
   ``riemannian`` cell at the same scale, temperature and seeds. It is "tempered" only in that it
   pairs with each temperature's Riemannian cell; the flow itself does not depend on T (scaling
   L rescales the flow's time, not its path).
+- ``drift-control-centre``: the same flow, stopped at the loss of the ensemble's *centre*
+  L(θ̄), θ̄ the mean of the Riemannian cell's weight samples. The ensemble's mean loss mixes
+  the shared descent (which lowers L) with the spread around it (which raises L, since L
+  curves upwards), so the first control can stop long before the ensemble's common drift
+  does; L(θ̄) removes most of the spread's share and targets the drift alone.
 
 **Temperatures** are numbers T > 0 or the presets ``"sum"`` (T = 1), ``"mean"`` (T = number of
 regression pairs) and ``"data-mean"`` (the poster authors' default metric: the data term
@@ -39,7 +44,8 @@ from ..riemannian.temperature import check_temperature
 from .drift import gradient_flow_to_loss
 
 GEODESIC = ("riemannian", "riemannian-linearised", "riemannian-fisher")
-TEMPERED = ("riemannian", "riemannian-linearised", "drift-control")
+DRIFT_CONTROLS = ("drift-control", "drift-control-centre")
+TEMPERED = ("riemannian", "riemannian-linearised", *DRIFT_CONTROLS)
 PRESETS_NEEDING_ALL_PAIRS = ("mean", "data-mean")
 
 
