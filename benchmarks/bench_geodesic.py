@@ -24,11 +24,11 @@ with the chapter-3 pipeline; without it, a net trained here on synthetic two-moo
 
 Run from the repository root::
 
-    python benchmarks/bench_geodesic.py                     # about 16 minutes on 2 CPU cores
-    python benchmarks/bench_geodesic.py --quick             # about 7 minutes, fewer samples
+    python benchmarks/bench_geodesic.py                     # about 6-10 minutes on 2 CPU cores
+    python benchmarks/bench_geodesic.py --quick             # about 4 minutes, fewer samples
     python benchmarks/bench_geodesic.py --source synthetic  # 512 pairs, λ = 2: about 20 min
     python benchmarks/bench_geodesic.py --compile           # also time torch.compile
-    python benchmarks/bench_geodesic.py --metrics-only      # section 5 alone: about 8 min
+    python benchmarks/bench_geodesic.py --metrics-only      # section 5 alone: about 4 min
 
 Wall times suffer when other processes share the cores; the CPU seconds of this process are
 printed beside them.
