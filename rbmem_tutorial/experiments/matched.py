@@ -16,9 +16,10 @@ that reaches it), and the entry says how many times the curve crossed it and whe
 was monotone, so a reader can see when a number rests on a wiggle. A level that a curve never
 reaches within its scales is "not reached": nothing is extrapolated. A level above the curve's
 first point counts as reached at that point only when the point sits exactly on it; otherwise it
-is "not reached" too (the curve starts below it). Posterior curves whose base point is the
-refined θ* start at the MAP cell (α = 0: every posterior there collapses to θ*), so a level
-between the MAP's fraction and the first scale's is bracketed.
+is "not reached" too (the curve starts below it). Every scaled curve starts at the study's
+``map`` cell, which holds the posterior's base point θ0 (the refined θ* or θ_SGD,
+``FlowPosterior.theta_map``): as α → 0 every posterior, and the drift controls, collapse to θ0,
+so a level between the base point's fraction and the first scale's is bracketed.
 
 **Intervals.** Over training seeds, the mean with a two-sided 95% Student-t interval,
 mean ± t_{0.975, n−1} s/√n (s the sample standard deviation over the n seeds that reached the
@@ -82,8 +83,7 @@ def _mean_rows(rows: list[dict]) -> dict:
 def curves(rows: list[dict]) -> dict[tuple[str, int], list[dict]]:
     """Each (curve, training seed)'s points sorted by scale, sampling seeds averaged.
 
-    The ``map`` row of a seed is prepended at α = 0 to every scaled curve whose base point is
-    the refined θ* (rows without a ``base_point`` field predate the option and are refined).
+    The ``map`` row of a seed (the base point) is prepended at α = 0 to every scaled curve.
     """
     cells = defaultdict(list)
     for row in rows:
@@ -95,8 +95,7 @@ def curves(rows: list[dict]) -> dict[tuple[str, int], list[dict]]:
     for (group, seed), pts in points.items():
         pts = sorted(pts, key=lambda r: r["scale"])
         anchor = points.get(("map", seed))
-        refined = pts[0].get("base_point", "refined") == "refined"
-        if group != "map" and pts[0]["scale"] > 0 and anchor and refined:
+        if group not in SINGLE and pts[0]["scale"] > 0 and anchor:
             pts = [{**anchor[0], "scale": 0.0}, *pts]
         result[(group, seed)] = pts
     return result
