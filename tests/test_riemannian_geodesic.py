@@ -13,6 +13,7 @@ from rbmem_tutorial.riemannian import (
     geodesic_acceleration,
     monge,
 )
+from rbmem_tutorial.toys import Banana
 
 
 def christoffel_acceleration(loss, theta, velocity):
@@ -250,3 +251,20 @@ def test_cuda_follows_theta():
     assert out.endpoints.is_cuda
     expected = exp_map(loss, theta0, v, **tight(1e-8)).endpoints
     torch.testing.assert_close(out.endpoints.cpu(), expected)
+
+
+@pytest.mark.parametrize("method", ["bosh3", "dopri5", "dopri8"])  # 2nd order: thousands of steps
+def test_every_solver_lands_on_the_closed_form_end_point_and_path(method):
+    # Fisher geodesics of the banana are straight in output space, so θ₂(τ) is quadratic in
+    # τ: a smooth solve that explicit solvers take in a few long steps. The end point and the
+    # path must come from steps that land on the output times, not from interpolating past
+    # them (torchdiffeq's bosh3 interpolant missed c(1) by half its size here).
+    banana = Banana(sigma_1=1.0, sigma_2=0.5, b=1.0)
+    objective = banana.regression_objective()
+    theta0 = torch.tensor([0.3, -0.2], dtype=F64)
+    v = torch.tensor([1.0, 0.5], dtype=F64)
+    out = exp_map(objective, theta0, v, metric="fisher", method=method, rtol=1e-9, atol=1e-9,
+                  return_path=True, num_path_points=5)
+    exact_path = banana.fisher_exp_map(theta0, v, times=out.path_times)
+    assert torch.allclose(out.endpoints, banana.fisher_exp_map(theta0, v), atol=1e-6)
+    assert torch.allclose(out.path, exact_path, atol=1e-6)
