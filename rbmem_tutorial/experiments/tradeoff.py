@@ -216,7 +216,7 @@ PROFILES = {
     "cpu-digits": {**DIGITS, "n_train": 10, "hidden": (128, 128, 128), "batch_size": 10,
                    "steps": 8000, "early_steps": 1600, "draws_per_point": 4,
                    "scales": (0.5, 1.0, 2.0), "train_seeds": (0, 1), "n_param_samples": 4,
-                   "n_x0": 100, "geodesic_rtol": 1e-3, "refine_iterations": 200,
+                   "n_x0": 100, "geodesic_rtol": 1e-6, "refine_iterations": 200,
                    "newton_steps": 2},
     "gpu-digits": {**DIGITS, "n_train": 20, "hidden": (512, 512, 512), "batch_size": 20,
                    "steps": 16_000, "early_steps": 3000, "draws_per_point": 16,
