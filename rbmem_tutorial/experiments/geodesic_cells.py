@@ -28,8 +28,9 @@ valid.
 
 **Diagnostics** in every row (``None`` where they do not apply): ``grad_norm_start``
 (‖∇L(θ0)‖), ``travel_mean`` (mean of ‖c(1) − θ0‖/‖v‖), ``loss_rise_mean`` (mean of
-L(c(1)) − L(θ0)), ``bound_mean`` (mean bound on that rise; ``None`` for the Fisher metric and
-``"data-mean"``), and for the drift control ``drift_target``, ``drift_time`` (gradient-flow
+L(c(1)) − L(θ0)), ``bound_mean`` (mean of the metric's bound on that rise,
+:attr:`~rbmem_tutorial.riemannian.GeodesicResult.bound`; ``None`` where the metric has none),
+and for the drift control ``drift_target``, ``drift_time`` (gradient-flow
 time t*) and ``drift_reached``. The common drift of a cell's samples is computed for every
 cell with several weight samples (:mod:`.tradeoff`).
 """
