@@ -70,24 +70,46 @@ def save_atomic(record: dict, path: Path) -> None:
         Path(temporary).unlink(missing_ok=True)
 
 
-def load_cached(path: Path) -> dict | None:
+def load_cached(path: Path, required: tuple[str, ...] = ()) -> dict | None:
     """The record cached at ``path`` (tensors on the CPU), or ``None`` when there is none.
 
-    Loads with ``weights_only=True``. An unreadable file is named on stderr and renamed to
-    ``<name>.damaged`` so that the caller computes the entry again.
+    Loads with ``torch.load(weights_only=True)``, which runs no code from the file. A file that
+    cannot be read (a truncated write, a full disk, a pickled object), or a record that lacks
+    one of the ``required`` keys, is named on stderr and renamed to ``<name>.damaged``, so that
+    the caller computes the entry again and :func:`entries` lists what was set aside.
+
+    Example
+    -------
+    >>> import tempfile
+    >>> path = Path(tempfile.mkdtemp()) / "posterior-x.pt"
+    >>> load_cached(path) is None
+    True
+    >>> save_atomic({"theta_map": torch.zeros(2)}, path)
+    >>> load_cached(path, required=("theta_map",))["theta_map"]
+    tensor([0., 0.])
+    >>> load_cached(path, required=("theta_map", "prior_precision")) is None  # named on stderr
+    True
+    >>> sorted(p.name for p in path.parent.iterdir())
+    ['posterior-x.pt.damaged']
     """
     path = Path(path)
     if not path.exists():
         return None
     try:
-        return torch.load(path, weights_only=True, map_location="cpu")
+        record = torch.load(path, weights_only=True, map_location="cpu")
     except (RuntimeError, EOFError, OSError, pickle.UnpicklingError, zipfile.BadZipFile) as err:
-        damaged = path.with_name(path.name + ".damaged")
-        with contextlib.suppress(FileNotFoundError):  # another process renamed it first
-            os.replace(path, damaged)
-        print(f"warning: cache entry {path} is damaged ({type(err).__name__}); renamed it to "
-              f"{damaged.name} and computing it again.", file=sys.stderr)
-        return None
+        record, problem = None, type(err).__name__
+    else:
+        missing = [key for key in required if not isinstance(record, dict) or key not in record]
+        problem = f"lacks {', '.join(missing)}" if missing else None
+    if problem is None:
+        return record
+    damaged = path.with_name(path.name + ".damaged")
+    with contextlib.suppress(FileNotFoundError):  # another process renamed it first
+        os.replace(path, damaged)
+    print(f"warning: cache entry {path} is damaged ({problem}); renamed it to "
+          f"{damaged.name} and computing it again.", file=sys.stderr)
+    return None
 
 
 def check_cache_writable() -> Path:

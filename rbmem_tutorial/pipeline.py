@@ -57,7 +57,7 @@ from pathlib import Path
 import torch
 
 from ._checks import check_choice, check_positive, check_positive_int, check_tensor
-from .cache import cache_dir, digest, save_atomic
+from .cache import cache_dir, digest, load_cached, save_atomic
 from .laplace import STRUCTURES, LaplacePosterior, fit_laplace
 from .nets import RegressionAdapter
 from .objective import (
@@ -69,7 +69,7 @@ from .objective import (
     refine_map,
 )
 from .prior_tuning import TUNE_RTOL, TUNINGS, refine_and_tune
-from .saving import build_net, load_cache_entry, net_architecture, read_saved
+from .saving import build_net, net_architecture, read_saved
 from .subsets import ParameterSubset, parameter_subset, restrict_objective
 
 __all__ = ["BASE_POINTS", "PRIOR_MEANS", "FlowPosterior", "fit_flow_posterior"]
@@ -250,7 +250,7 @@ def fit_flow_posterior(
     use_cache : bool
         Reuse θ*, λ and the refinement records from the cache (:mod:`rbmem_tutorial.cache`),
         keyed by the net's parameters, the data and every option that changes them; a damaged
-        entry is named in a warning, moved aside and recomputed.
+        entry is named on stderr, moved aside and recomputed.
     param_subset : str, optional
         Weights the posterior covers (:func:`~rbmem_tutorial.subsets.parameter_subset`:
         ``"all"``, ``"first"``, ``"last"``, ``"lastK"`` or name patterns of the velocity net);
@@ -291,7 +291,7 @@ def fit_flow_posterior(
     setup = _Setup(velocity_net, train, options)
     path = cache_dir() / f"posterior-{digest(_cache_key(setup, options))[:20]}.pt"
     required = ("theta_map", "prior_precision", "refine_first", "refine_final")
-    fitted = load_cache_entry(path, required) if use_cache else None
+    fitted = load_cached(path, required) if use_cache else None
     if fitted is None:
         fitted = _refine_and_tune(setup, options)
         if use_cache and fitted["theta_map"] is not None:

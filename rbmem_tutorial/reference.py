@@ -17,11 +17,11 @@ from pathlib import Path
 import torch
 
 from rbmem_tutorial._checks import check_choice, check_positive, check_positive_int
-from rbmem_tutorial.cache import cache_dir, digest, save_atomic
+from rbmem_tutorial.cache import cache_dir, digest, load_cached, save_atomic
 from rbmem_tutorial.data import DATASETS, dataset_dim, load_dataset
 from rbmem_tutorial.flow_matching import train_flow_matching
 from rbmem_tutorial.nets import ACTIVATIONS, VelocityMLP
-from rbmem_tutorial.saving import load_cache_entry, read_saved
+from rbmem_tutorial.saving import read_saved
 
 _KIND, _FORMAT = "rbmem_tutorial.TrainedFlow", 1
 
@@ -244,7 +244,7 @@ def load_or_train(config: FlowConfig = REFERENCE, progress: bool = True) -> Trai
     train, test = load_dataset(config.dataset, config.n_train, config.n_test, config.data_seed)
     model = build_model(config)
     path = cache_path(config)
-    record = load_cache_entry(path, ("state_dict", "loss_history", "train_seconds"))
+    record = load_cached(path, ("state_dict", "loss_history", "train_seconds"))
     if record is not None:
         model.load_state_dict(record["state_dict"])
         return TrainedFlow(

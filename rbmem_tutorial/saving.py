@@ -1,4 +1,4 @@
-"""Files that a fitted model can be shared as, and cache entries that survive damage.
+"""Files that a fitted model can be shared as.
 
 A saved file is a ``torch.save`` dictionary of plain tensors, numbers, strings, lists and dicts
 (no pickled classes), so ``torch.load(path, weights_only=True)`` reads it without running
@@ -10,15 +10,12 @@ their ``state_dict``; :func:`build_net` rebuilds them. The book's
 :class:`~rbmem_tutorial.nets.VelocityMLP` and :class:`~rbmem_tutorial.image_nets.VelocityConvNet`
 are supported.
 
-Cache entries are read by :func:`load_cache_entry`: a file that cannot be read (truncated by a
-crash, written by an incompatible version) is named in a warning and moved aside, and the
-caller recomputes it.
+Cache entries, which are not meant to be shared, are read by
+:func:`rbmem_tutorial.cache.load_cached`.
 """
 
 from __future__ import annotations
 
-import time
-import warnings
 from pathlib import Path
 
 import torch
@@ -27,7 +24,7 @@ from torch import nn
 from rbmem_tutorial.image_nets import VelocityConvNet
 from rbmem_tutorial.nets import ACTIVATIONS, VelocityMLP
 
-__all__ = ["build_net", "load_cache_entry", "net_architecture", "read_saved"]
+__all__ = ["build_net", "net_architecture", "read_saved"]
 
 
 def _activation_name(module: nn.Module) -> str:
@@ -111,28 +108,3 @@ def read_saved(path, kind: str, version: int) -> dict:
         raise ValueError(f"{path} is a {kind} file of format {record.get('format')}; this version "
                          f"of the package reads format {version}.")
     return record
-
-
-def load_cache_entry(path: Path, required: tuple[str, ...]) -> dict | None:
-    """The cache record at ``path`` (``weights_only``), or ``None`` when there is none.
-
-    A file that cannot be read, or lacks one of the ``required`` keys, is moved aside to
-    ``<name>.damaged-<unix time>`` with a warning that names it, and ``None`` is returned so
-    that the caller recomputes (and rewrites) the entry.
-    """
-    path = Path(path)
-    if not path.exists():
-        return None
-    try:
-        record = torch.load(path, map_location="cpu", weights_only=True)
-        missing = [key for key in required if key not in record]
-        problem = f"lacks {', '.join(missing)}" if missing else None
-    except Exception as error:  # noqa: BLE001 - truncated, corrupted or foreign files alike
-        record, problem = None, f"cannot be read ({type(error).__name__})"
-    if problem is None:
-        return record
-    aside = path.with_name(f"{path.name}.damaged-{int(time.time())}")
-    path.replace(aside)
-    warnings.warn(f"cache file {path} {problem}; moved it to {aside.name} and recomputing.",
-                  stacklevel=2)
-    return None

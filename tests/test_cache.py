@@ -1,4 +1,4 @@
-"""Cache keys and atomic writes."""
+"""Cache keys, atomic writes and damaged entries set aside."""
 
 import pytest
 import torch
@@ -59,3 +59,18 @@ def test_cached_files_load_weights_only(tmp_path, capsys):
     assert "code ran" not in capsys.readouterr().out
     save_atomic({"theta_map": torch.arange(3.0)}, path)
     assert torch.equal(load_cached(path)["theta_map"], torch.arange(3.0))
+
+
+def test_an_entry_without_its_required_keys_is_set_aside(tmp_path, capsys, monkeypatch):
+    from rbmem_tutorial.cache import entries, load_cached
+
+    path = tmp_path / "posterior-x.pt"
+    save_atomic({"x": 1}, path)
+    assert load_cached(path, ("x",)) == {"x": 1}
+    assert load_cached(path, ("x", "y")) is None
+    assert f"cache entry {path} is damaged (lacks y)" in capsys.readouterr().err
+    save_atomic([1, 2], path)  # not a record at all
+    assert load_cached(path, ("x",)) is None
+    assert not path.exists() and (tmp_path / "posterior-x.pt.damaged").exists()
+    monkeypatch.setenv("RBMEM_CACHE", str(tmp_path))
+    assert [(e.path.name, e.summary) for e in entries()] == [("posterior-x.pt.damaged", "damaged")]

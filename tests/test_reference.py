@@ -134,14 +134,14 @@ def test_docstring_examples_run(cache):
     assert doctest.testmod(reference).failed == 0
 
 
-def test_a_damaged_flow_cache_entry_is_named_and_retrained(cache):
+def test_a_damaged_flow_cache_entry_is_named_and_retrained(cache, capsys):
     first = load_or_train(TINY, progress=False)
     path = cache_path(TINY)
     path.write_bytes(b"not a torch file")
-    with pytest.warns(UserWarning, match=path.name):
-        again = load_or_train(TINY, progress=False)
+    again = load_or_train(TINY, progress=False)
+    assert f"cache entry {path} is damaged" in capsys.readouterr().err
     assert not again.from_cache and torch.equal(again.loss_history, first.loss_history)
-    assert len(list(cache.glob(f"{path.name}.damaged-*"))) == 1
+    assert (cache / f"{path.name}.damaged").exists()
     assert load_or_train(TINY, progress=False).from_cache
 
 

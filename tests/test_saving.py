@@ -1,11 +1,11 @@
-"""Saved files and cache entries: plain records, one-line errors, damaged entries moved aside."""
+"""Saved files: plain records that rebuild their nets, one-line errors for other files."""
 
 import pytest
 import torch
 
 from rbmem_tutorial.image_nets import VelocityConvNet
 from rbmem_tutorial.nets import VelocityMLP
-from rbmem_tutorial.saving import build_net, load_cache_entry, net_architecture, read_saved
+from rbmem_tutorial.saving import build_net, net_architecture, read_saved
 
 
 @pytest.mark.parametrize("net", [
@@ -39,17 +39,3 @@ def test_read_saved_checks_kind_and_format(tmp_path):
     torch.save([1, 2], tmp_path / "list.pt")
     with pytest.raises(ValueError, match="no known kind"):
         read_saved(tmp_path / "list.pt", "a", 1)
-
-
-def test_cache_entries_need_their_keys_and_damaged_ones_move_aside(tmp_path):
-    path = tmp_path / "entry.pt"
-    assert load_cache_entry(path, ("x",)) is None and not list(tmp_path.iterdir())
-    torch.save({"x": 1}, path)
-    assert load_cache_entry(path, ("x",)) == {"x": 1}
-    with pytest.warns(UserWarning, match="entry.pt lacks y"):
-        assert load_cache_entry(path, ("x", "y")) is None
-    torch.save({"x": 1}, path)
-    path.write_bytes(path.read_bytes()[:-20])
-    with pytest.warns(UserWarning, match="entry.pt cannot be read"):
-        assert load_cache_entry(path, ("x",)) is None
-    assert not path.exists() and len(list(tmp_path.glob("entry.pt.damaged-*"))) >= 1
