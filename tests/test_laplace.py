@@ -5,6 +5,7 @@ import math
 import pytest
 import torch
 from conftest import cuda
+from test_objective import kfac_dense
 from torch import nn
 
 from rbmem_tutorial.laplace import (
@@ -93,21 +94,6 @@ def test_diag_is_the_diagonal_of_the_exact_precision(linear_problem):
 
 
 # -- a small nonlinear net --------------------------------------------------------------------
-
-
-def kfac_dense(factors, num_params, num_examples):
-    """N · G ⊗ A of every layer as a dense D×D matrix in flat-θ order."""
-    dense = torch.zeros(num_params, num_params, dtype=torch.float64)
-    for f in factors:
-        n_in = f.A.shape[0] - (f.bias is not None)
-        index = []
-        for r in range(f.G.shape[0]):
-            index += [f.weight.start + r * n_in + c for c in range(n_in)]
-            if f.bias is not None:
-                index.append(f.bias.start + r)
-        index = torch.tensor(index)
-        dense[index[:, None], index[None, :]] = num_examples * torch.kron(f.G, f.A)
-    return dense
 
 
 @pytest.fixture(scope="module")

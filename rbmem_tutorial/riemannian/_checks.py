@@ -1,4 +1,4 @@
-"""Input checks shared by the geodesic modules: float64 tensors and matching velocities."""
+"""Input checks shared by the geodesic modules: float64 tensors, points and matching velocities."""
 
 from __future__ import annotations
 
@@ -15,6 +15,17 @@ def check_float64(name: str, value, *, ndim) -> torch.Tensor:
     if value.dtype != F64:
         raise TypeError(
             f"{name} must be float64 for geodesics, got {value.dtype}; use {name}.double()."
+        )
+    return value
+
+
+def check_points(name: str, value, num_params: int) -> torch.Tensor:
+    """A float64 ``[D]`` or ``[S, D]`` tensor with ``D = num_params`` entries per row."""
+    value = check_float64(name, value, ndim=(1, 2))
+    if value.shape[-1] != num_params:
+        raise ValueError(
+            f"{name} must have {num_params} entries per row (the objective's parameters), "
+            f"got shape {tuple(value.shape)}."
         )
     return value
 

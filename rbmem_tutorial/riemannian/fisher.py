@@ -125,7 +125,7 @@ from torch.func import jacrev, jvp, vmap
 from rbmem_tutorial import fast_mlp
 from rbmem_tutorial._checks import check_choice
 
-from ._checks import F64, check_float64
+from ._checks import F64, check_float64, check_points
 
 __all__ = ["GRAM_METHODS", "FisherMetric"]
 
@@ -338,13 +338,7 @@ class FisherMetric:
         return fast_mlp.MLPRegressionKernel.from_objective(self.objective)
 
     def _check_theta(self, theta):
-        theta = check_float64("theta", theta, ndim=(1, 2))
-        if theta.shape[-1] != self.num_params:
-            raise ValueError(
-                f"theta must have {self.num_params} entries per row (the objective's "
-                f"parameters), got shape {tuple(theta.shape)}."
-            )
-        return theta.detach()
+        return check_points("theta", theta, self.num_params).detach()
 
     def _check_pair(self, theta, velocity):
         theta = self._check_theta(theta)

@@ -11,7 +11,7 @@ import warnings
 
 import torch
 
-from ._checks import check_float64
+from ._checks import check_float64, check_points
 
 
 class LinearisedObjective:
@@ -53,14 +53,8 @@ class LinearisedObjective:
             + self.prior_precision * self.prior_offset(self.theta_star)
         ).detach()
 
-    def _check(self, theta):
-        theta = check_float64("theta", theta, ndim=(1, 2))
-        if theta.shape[-1] != self.num_params:
-            raise ValueError(
-                f"theta must have {self.num_params} entries per row, "
-                f"got shape {tuple(theta.shape)}."
-            )
-        return theta
+    def _check(self, theta, name="theta"):
+        return check_points(name, theta, self.num_params)
 
     def predict(self, theta) -> torch.Tensor:
         """``f(θ*) + J(θ − θ*)``, shape ``[N, out]``."""
@@ -85,7 +79,7 @@ class LinearisedObjective:
 
     def hvp(self, v) -> torch.Tensor:
         """``(JᵀΣ⁻¹J + λI) v`` for ``v`` of shape ``[D]`` or ``[S, D]``."""
-        return self._rows(self._hvp_one, self._check(v))
+        return self._rows(self._hvp_one, self._check(v, "v"))
 
     def grad(self, theta) -> torch.Tensor:
         """``∇L_lin(θ) = ∇L_lin(θ*) + H (θ − θ*)``."""
@@ -100,7 +94,7 @@ class LinearisedObjective:
 
     def grad_and_curvature(self, theta, v) -> tuple[torch.Tensor, torch.Tensor]:
         """``(∇L_lin(θ), vᵀHv)`` for ``θ, v`` of shape ``[D]`` or ``[S, D]``; no VJP for vᵀHv."""
-        theta, v = torch.broadcast_tensors(self._check(theta), self._check(v))
+        theta, v = torch.broadcast_tensors(self._check(theta), self._check(v, "v"))
         return self.grad(theta), self._rows(self._curvature_one, v)
 
 
