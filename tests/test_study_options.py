@@ -251,3 +251,14 @@ def test_drift_controls_land_on_their_riemannian_cells_loss_in_any_order(tiny_co
         assert float(objective.value(alone[0])) == pytest.approx(target, rel=1e-3)
     else:
         assert torch.equal(alone[0], ctx.flow_posterior.theta_map)
+
+
+def test_ensemble_centre_is_the_mean_of_its_riemannian_cells_weights(tiny_context):
+    config, ctx = tiny_context
+    ctx.ensemble_losses.clear()
+    centre, _ = tradeoff.parameter_samples(config, ctx, tradeoff.Cell("ensemble-centre", 1.0, 0,
+                                                                      0, "mean"))
+    thetas, _ = tradeoff.parameter_samples(config, ctx, tradeoff.Cell("riemannian", 1.0, 0, 0,
+                                                                      "mean"))
+    assert centre.shape == (1, thetas.shape[1])
+    assert torch.allclose(centre[0], thetas.mean(0), atol=1e-12)

@@ -3,8 +3,8 @@ samples, and its scored row (:mod:`.tradeoff` describes the study and its method
 
 Every random draw is seeded from the cell's own coordinates (:func:`_generator`), so a cell's
 numbers do not depend on which other cells ran, in what order, or on how many processes. The
-one cross-cell dependency, the drift controls' target losses (the mean loss of the Riemannian
-cell they pair with, and the loss at its mean weights), is recomputed from that cell's seeded
+one cross-cell dependency, what the controls take from the Riemannian cell they pair with
+(its mean loss, its mean weights and their loss), is recomputed from that cell's seeded
 draws when the cell did not run in this process, so it is the same either way.
 """
 
@@ -42,8 +42,8 @@ class SeedContext:
     the posterior's objective (restricted to the weight subset, if any), or its linearisation
     at the base point; on a mini-batch if asked for, then anchored so that its gradient at the
     base point is the full one (:func:`rbmem_tutorial.subsets.anchored`). ``ensemble_losses``
-    keeps, for each Riemannian cell computed here (keyed by cell key), its mean loss and the
-    loss at its mean weights, for the drift controls that pair with it.
+    keeps, for each Riemannian cell computed here (keyed by cell key), its mean loss, its mean
+    weights θ̄ and their loss, for the controls that pair with it.
     """
 
     model: torch.nn.Module
@@ -109,20 +109,22 @@ def _temperature(cell) -> float | str | None:
     return "sum" if cell.temperature is None else cell.temperature
 
 
-def _ensemble_losses(objective, thetas: torch.Tensor) -> tuple[float, float]:
-    """(mean_s L(θ_s), L(θ̄)) of weight samples ``[S, D]``, θ̄ their mean."""
+def _ensemble_summary(objective, thetas: torch.Tensor) -> tuple[float, float, torch.Tensor]:
+    """(mean_s L(θ_s), L(θ̄), θ̄) of weight samples ``[S, D]``, θ̄ their mean."""
+    centre = thetas.mean(0)
     mean = float(np.mean([float(objective.value(t)) for t in thetas]))
-    return mean, float(objective.value(thetas.mean(0)))
+    return mean, float(objective.value(centre)), centre
 
 
-def drift_target(config, ctx: SeedContext, cell) -> float:
-    """The target loss of a drift-control ``cell``: the mean loss (``drift-control``) or the
-    loss at the mean weights (``drift-control-centre``) of its paired ``riemannian`` cell."""
+def ensemble_summary(config, ctx: SeedContext, cell) -> tuple[float, float, torch.Tensor]:
+    """Mean loss, loss at the mean weights and the mean weights θ̄ (full vector) of the
+    ``riemannian`` cell that a control ``cell`` pairs with (same scale, temperature, seeds)."""
     partner = replace(cell, method="riemannian")
     if partner.key not in ctx.ensemble_losses:
         thetas, _ = parameter_samples(config, ctx, partner)
-        ctx.ensemble_losses[partner.key] = _ensemble_losses(ctx.flow_posterior.objective, thetas)
-    return ctx.ensemble_losses[partner.key][DRIFT_CONTROLS.index(cell.method)]
+        ctx.ensemble_losses[partner.key] = _ensemble_summary(ctx.flow_posterior.objective,
+                                                             thetas)
+    return ctx.ensemble_losses[partner.key]
 
 
 def parameter_samples(config, ctx: SeedContext, cell):
@@ -139,9 +141,12 @@ def parameter_samples(config, ctx: SeedContext, cell):
         return fp.theta_map[None], info
     if cell.method == "early-stop":
         return ctx.theta_early[None], info
+    if cell.method == "ensemble-centre":
+        return ensemble_summary(config, ctx, cell)[2][None], info
     if cell.method in DRIFT_CONTROLS:
+        target = ensemble_summary(config, ctx, cell)[DRIFT_CONTROLS.index(cell.method)]
         theta, info = drift_control_sample(
-            posterior.objective, theta_star, drift_target(config, ctx, cell),
+            posterior.objective, theta_star, target,
             rtol=config.geodesic_rtol, max_num_steps=config.max_geodesic_steps)
         return fp.full(theta), info
     n = config.n_param_samples
@@ -182,7 +187,7 @@ def run_cell(config, ctx: SeedContext, cell) -> tuple[dict, dict]:
     objective = fp.objective
     losses = torch.stack([objective.value(t) for t in thetas]).cpu().numpy()
     if cell.method == "riemannian":
-        ctx.ensemble_losses[cell.key] = _ensemble_losses(objective, thetas)
+        ctx.ensemble_losses[cell.key] = _ensemble_summary(objective, thetas)
     true = ctx.true[: len(samples)]
     mem = memorisation_report(samples, ctx.train, true_samples=true)
     quality = quality_report(samples, ctx.test, ctx.train, true_samples=true,

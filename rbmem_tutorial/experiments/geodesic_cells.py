@@ -18,6 +18,8 @@ Methods (:mod:`.tradeoff` lists them all):
   the shared descent (which lowers L) with the spread around it (which raises L, since L
   curves upwards), so the first control can stop long before the ensemble's common drift
   does; L(θ̄) removes most of the spread's share and targets the drift alone.
+- ``ensemble-centre``: the Riemannian cell's mean weights θ̄ themselves, as one network: its
+  common drift without its spread (not a gradient flow; θ̄ need not lie on a low-loss path).
 
 **Temperatures** are numbers T > 0 or the presets ``"sum"`` (T = 1), ``"mean"`` (T = number of
 regression pairs) and ``"data-mean"`` (the poster authors' default metric: the data term
@@ -46,7 +48,7 @@ from .drift import gradient_flow_to_loss
 
 GEODESIC = ("riemannian", "riemannian-linearised", "riemannian-fisher")
 DRIFT_CONTROLS = ("drift-control", "drift-control-centre")
-TEMPERED = ("riemannian", "riemannian-linearised", *DRIFT_CONTROLS)
+TEMPERED = ("riemannian", "riemannian-linearised", *DRIFT_CONTROLS, "ensemble-centre")
 PRESETS_NEEDING_ALL_PAIRS = ("mean", "data-mean")
 
 

@@ -63,7 +63,7 @@ from .map_check import map_quality_warning
 from .progress import StudyProgress
 
 METHODS = ("map", "early-stop", "isotropic", "laplace", "riemannian", "riemannian-linearised",
-           "riemannian-fisher", "drift-control", "drift-control-centre")
+           "riemannian-fisher", "drift-control", "drift-control-centre", "ensemble-centre")
 SCALED = METHODS[2:]
 
 
