@@ -290,7 +290,7 @@ class KronLaplace(LaplacePosterior):
 
     With A = U_A diag(a) U_Aᵀ and G = U_G diag(g) U_Gᵀ, P = (U_G ⊗ U_A) diag(N g ⊗ a + λ)
     (U_G ⊗ U_A)ᵀ, so Σ^{1/2} z = U_G (Z / sqrt(N g aᵀ + λ)) U_Aᵀ for Z the latent reshaped to
-    the augmented layer matrix [W | b] (see :class:`~rbmem_tutorial.objective.KroneckerFactors`).
+    the augmented layer matrix [W | b] (see :class:`~rbmem_tutorial.kronecker.KroneckerFactors`).
     Exact, layer by layer, wherever G_n = Σ_j g_{n,j} g_{n,j}ᵀ/σ_j² is the same for every
     example: for a model that is one ``nn.Linear`` layer (any output dimension) and for the
     block of the output layer of any network.
@@ -404,7 +404,7 @@ def fit_laplace(
     objective : RegressionObjective
         The frozen negative log posterior; its own λ is ignored here.
     theta_map : Tensor [D]
-        θ*, ideally refined with :func:`~rbmem_tutorial.objective.refine_map`.
+        θ*, ideally refined with :func:`~rbmem_tutorial.refinement.refine_map`.
     structure : {"full", "diag", "kfac", "last_layer"}
     prior_precision : float, optional
         λ; by default the maximiser of the Laplace evidence (:func:`optimal_prior_precision`).

@@ -11,8 +11,14 @@ regression, z_n = [x_t, t] ↦ y_n = x_1 − x_0, and gives the negative log pos
            + \\frac{λ}{2} \\lVert θ \\rVert^2,
 
 a Gaussian likelihood with noise standard deviation σ (one number, or one per output dimension)
-and a Gaussian prior θ ~ N(0, λ⁻¹ I) **centred at zero**. Constants are dropped from L; they
-come back in the Laplace evidence (:mod:`rbmem_tutorial.laplace`).
+and a Gaussian prior θ ~ N(0, λ⁻¹ I), centred at zero unless a ``prior_mean`` m is given
+(then λ/2 ‖θ − m‖²; :func:`~rbmem_tutorial.pipeline.fit_flow_posterior` centres it at θ_SGD).
+Constants are dropped from L; they come back in the Laplace evidence
+(:mod:`rbmem_tutorial.laplace`).
+
+The frozen draws and σ come from :mod:`rbmem_tutorial.regression_set`, the refinement to a
+stationary point from :mod:`rbmem_tutorial.refinement`, the KFAC factors from
+:mod:`rbmem_tutorial.kronecker`; their public names are importable from here as well.
 
 Everything here is float64 and a pure function of the flat parameter vector θ, whose entries
 follow ``model.named_parameters()`` order (as ``torch.nn.utils.parameters_to_vector``). See
@@ -25,13 +31,15 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Iterator
-from dataclasses import dataclass
 
 import torch
 from torch import nn
 from torch.func import functional_call, grad, jacrev, jvp, vmap
 
 from rbmem_tutorial._checks import check_positive, check_positive_int, check_tensor
+from rbmem_tutorial.kronecker import KroneckerFactors, kronecker_factors, linear_layers
+from rbmem_tutorial.refinement import RefineRecord, refine_map
+from rbmem_tutorial.regression_set import flow_matching_regression_set, noise_std_from_residuals
 
 __all__ = [
     "KroneckerFactors",
@@ -83,87 +91,6 @@ def unflatten(model: nn.Module, theta: torch.Tensor) -> dict[str, torch.Tensor]:
         params[name] = theta[offset : offset + p.numel()].view(p.shape)
         offset += p.numel()
     return params
-
-
-def flow_matching_regression_set(
-    train: torch.Tensor, draws_per_point: int, seed: int
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Freeze K draws of (x_0, t) per training point: flow matching as a fixed regression set.
-
-    For every training point x_1 and draw k, x_0 ~ N(0, I) and t ~ U[0, 1] give the input
-    z = [x_t, t] with x_t = (1 − t) x_0 + t x_1 and the target y = x_1 − x_0 (the linear-path
-    velocity of Lipman et al. 2022, arXiv 2210.02747). Rows are ordered point by point
-    (row n·K + k is draw k of point n).
-
-    Parameters
-    ----------
-    train : Tensor [N, d]
-        Training points x_1.
-    draws_per_point : int
-        K, the number of frozen (x_0, t) draws per point.
-    seed : int
-        Seed of the draws; the same seed gives the same set.
-
-    Returns
-    -------
-    inputs : Tensor [N·K, d + 1]
-        ``[x_t, t]`` in float64, on the device of ``train``.
-    targets : Tensor [N·K, d]
-        ``x_1 − x_0`` in float64.
-
-    Example
-    -------
-    >>> z, y = flow_matching_regression_set(torch.zeros(4, 2), draws_per_point=3, seed=0)
-    >>> z.shape, y.shape
-    (torch.Size([12, 3]), torch.Size([12, 2]))
-    """
-    train = check_tensor("train", train, ndim=2, min_rows=1)
-    k = check_positive_int("draws_per_point", draws_per_point)
-    generator = torch.Generator().manual_seed(int(seed))
-    n, d = train.shape
-    x0 = torch.randn(n, k, d, generator=generator, dtype=torch.float64)
-    t = torch.rand(n, k, 1, generator=generator, dtype=torch.float64)
-    x0, t = x0.to(train.device), t.to(train.device)
-    x1 = train.to(torch.float64).unsqueeze(1)
-    xt = (1 - t) * x0 + t * x1
-    inputs = torch.cat([xt, t], dim=-1).reshape(n * k, d + 1)
-    targets = (x1 - x0).reshape(n * k, d)
-    return inputs, targets
-
-
-@dataclass(frozen=True)
-class KroneckerFactors:
-    """Kronecker factors of one ``nn.Linear`` layer (KFAC; Martens & Grosse 2015).
-
-    The layer's weight W [out, in] and bias b are gathered into the augmented matrix
-    [W | b] of shape [out, in + 1] (no bias column without a bias). In that matrix's row-major
-    layout, the layer's block of the GGN is approximated by ``num_examples · G ⊗ A`` with
-
-    - ``A = (1/N) Σ_n a_n a_nᵀ``, a_n = [layer input; 1], shape [in + 1, in + 1];
-    - ``G = (1/N) Σ_n Σ_j g_{n,j} g_{n,j}ᵀ / σ_j²``, g_{n,j} = ∂f_θ(z_n)_j / ∂(layer output),
-      shape [out, out]. The likelihood precision 1/σ² is folded into G.
-
-    ``weight`` and ``bias`` are the slices of the flat θ that hold W (row-major) and b.
-    """
-
-    name: str
-    A: torch.Tensor
-    G: torch.Tensor
-    weight: slice
-    bias: slice | None
-
-
-@dataclass(frozen=True)
-class RefineRecord:
-    """What :func:`refine_map` did: loss and gradient norm before and after, and the cost."""
-
-    loss_before: float
-    loss_after: float
-    grad_norm_before: float
-    grad_norm_after: float
-    lbfgs_evaluations: int
-    newton_steps: int
-    converged: bool
 
 
 class RegressionObjective:
@@ -372,34 +299,13 @@ class RegressionObjective:
     def kronecker_factors(
         self, theta: torch.Tensor, *, chunk_size: int = 256
     ) -> list[KroneckerFactors]:
-        """KFAC factors (A, G) of every ``nn.Linear`` layer, in module order.
-
-        See :class:`KroneckerFactors` for the definitions. Each layer must run exactly once per
-        forward pass, and the ``nn.Linear`` layers must hold all of the model's parameters.
-        """
-        theta = self._check_theta(theta)
-        layers = self._linear_layers()
-        self._check_linear_cover(layers)
-        a_sums = [None] * len(layers)
-        g_sums = [None] * len(layers)
-        weights = self._precision_weights()
-        for start in range(0, self.num_examples, check_positive_int("chunk_size", chunk_size)):
-            chunk = self.inputs[start : start + chunk_size]
-            acts, grads = self._layer_inputs_and_output_grads(theta, chunk, layers)
-            for k in range(len(layers)):
-                a_part = acts[k].T @ acts[k]
-                g_part = torch.einsum("jno,jnp,j->op", grads[k], grads[k], weights)
-                a_sums[k] = a_part if a_sums[k] is None else a_sums[k] + a_part
-                g_sums[k] = g_part if g_sums[k] is None else g_sums[k] + g_part
-        n = self.num_examples
-        return [
-            KroneckerFactors(name, a_sums[k] / n, g_sums[k] / n, weight, bias)
-            for k, (name, _, weight, bias) in enumerate(layers)
-        ]
+        """KFAC factors (A, G) of every ``nn.Linear`` layer, in module order
+        (:func:`~rbmem_tutorial.kronecker.kronecker_factors`)."""
+        return kronecker_factors(self, theta, chunk_size=chunk_size)
 
     def linear_layer_slices(self) -> list[tuple[str, slice, slice | None]]:
         """(name, weight slice, bias slice or None) of every ``nn.Linear`` layer, in order."""
-        return [(name, weight, bias) for name, _, weight, bias in self._linear_layers()]
+        return [(name, weight, bias) for name, _, weight, bias in linear_layers(self.model)]
 
     # -- internals ---------------------------------------------------------------------------
 
@@ -477,214 +383,6 @@ class RegressionObjective:
         step = check_positive_int("chunk_size", chunk_size)
         for start in range(0, inputs.shape[0], step):
             yield per_example(theta[cols], inputs[start : start + step])
-
-    def _linear_layers(self):
-        offsets, offset = {}, 0
-        for name, p in self.model.named_parameters():
-            offsets[name] = slice(offset, offset + p.numel())
-            offset += p.numel()
-        layers = []
-        for name, module in self.model.named_modules():
-            if not isinstance(module, nn.Linear):
-                continue
-            prefix = f"{name}." if name else ""
-            weight = offsets[prefix + "weight"]
-            bias = offsets[prefix + "bias"] if module.bias is not None else None
-            layers.append((name, module, weight, bias))
-        return layers
-
-    def _check_linear_cover(self, layers):
-        covered = sum(module.weight.numel() for _, module, _, _ in layers)
-        covered += sum(module.bias.numel() for _, module, _, b in layers if b is not None)
-        if covered != self.num_params:
-            raise ValueError(
-                f"KFAC needs every parameter to sit in an nn.Linear layer, but nn.Linear layers "
-                f"hold {covered} of the model's {self.num_params} parameters. Use structure "
-                "'diag' or 'full'."
-            )
-
-    def _layer_inputs_and_output_grads(self, theta, chunk, layers):
-        """Augmented layer inputs [n, in(+1)] and output gradients [out_dim, n, out] per layer."""
-        records = {id(module): [] for _, module, _, _ in layers}
-
-        def hook(module, args, output):
-            records[id(module)].append((args[0], output))
-
-        handles = [module.register_forward_hook(hook) for _, module, _, _ in layers]
-        try:
-            outputs = self._forward(theta.detach().requires_grad_(True), chunk)
-        finally:
-            for handle in handles:
-                handle.remove()
-        acts, layer_outputs = [], []
-        for name, module, _, bias in layers:
-            calls = records[id(module)]
-            if len(calls) != 1:
-                raise ValueError(
-                    f"KFAC needs layer {name!r} to run exactly once per forward pass, but it "
-                    f"ran {len(calls)} times. Use structure 'diag' or 'full'."
-                )
-            a, s = calls[0]
-            a = a.detach().reshape(-1, module.in_features)
-            if bias is not None:
-                a = torch.cat([a, torch.ones_like(a[:, :1])], dim=1)
-            acts.append(a)
-            layer_outputs.append(s)
-        # Examples do not interact, so one backward pass of Σ_n f_θ(z_n)_j gives g_{n,j} for all n.
-        per_output = [
-            torch.autograd.grad(outputs[:, j].sum(), layer_outputs, retain_graph=True)
-            for j in range(outputs.shape[1])
-        ]
-        grads = []
-        for k, (_, module, _, _) in enumerate(layers):
-            grads.append(torch.stack([g[k].reshape(-1, module.out_features) for g in per_output]))
-        return acts, grads
-
-
-def noise_std_from_residuals(
-    source: RegressionObjective | nn.Module,
-    theta: torch.Tensor,
-    inputs: torch.Tensor | None = None,
-    targets: torch.Tensor | None = None,
-    *,
-    per_dimension: bool = False,
-) -> float | torch.Tensor:
-    """σ from the residuals at θ*: σ² = (1/(N·out)) Σ_n Σ_j (f_θ*(z_n)_j − y_{n,j})².
-
-    This is the maximum-likelihood noise variance of the Gaussian likelihood at θ*, pooled over
-    the output dimensions (the residual variance per output dimension). With
-    ``per_dimension=True`` each output j gets its own σ_j² = (1/N) Σ_n r_{n,j}², returned as a
-    float64 tensor [out]; otherwise a float.
-
-    ``source`` is a :class:`RegressionObjective` (its data are used unless ``inputs`` and
-    ``targets`` are given) or an ``nn.Module`` (then both are required).
-
-    Example
-    -------
-    >>> lin = torch.nn.Linear(1, 1)
-    >>> z = torch.randn(20, 1)
-    >>> round(noise_std_from_residuals(lin, parameters_vector(lin), z, lin(z).detach() + 1), 6)
-    1.0
-    """
-    if isinstance(source, RegressionObjective):
-        inputs = source.inputs if inputs is None else inputs
-        targets = source.targets if targets is None else targets
-        source = source.model
-    if inputs is None or targets is None:
-        raise ValueError("pass inputs and targets when source is a model, not an objective.")
-    objective = RegressionObjective(source, inputs, targets, 1.0, 1.0)
-    with torch.no_grad():
-        residual = objective.predict(objective._check_theta(theta)) - objective.targets
-    variance = residual.square().mean(dim=0) if per_dimension else residual.square().mean()
-    if bool((variance <= 0).any()):
-        raise ValueError(
-            "the residuals at theta are all zero, so the noise variance would be 0; "
-            "pass a positive noise_std yourself."
-        )
-    return variance.sqrt() if per_dimension else float(variance.sqrt())
-
-
-def refine_map(
-    objective: RegressionObjective,
-    theta: torch.Tensor,
-    *,
-    gtol: float = 1e-6,
-    max_iter: int = 1000,
-    history_size: int = 50,
-    newton_steps: int = 10,
-) -> tuple[torch.Tensor, RefineRecord]:
-    """Refine θ to a stationary point of the frozen objective: L-BFGS, then Newton-CG polish.
-
-    SGD on fresh draws ends near, but not at, a minimiser of the frozen L, and Laplace and the
-    geodesic sampler assume ∇L(θ*) = 0. Two phases, both on a float64 copy of θ:
-
-    1. ``torch.optim.LBFGS`` with a strong-Wolfe line search, until the largest gradient entry
-       is below ``gtol`` or ``max_iter`` iterations pass. Its line search compares loss
-       values, so it stalls once the decrease is at rounding level (‖∇L‖ of roughly
-       sqrt(ε·L·‖∇²L‖)).
-    2. Up to ``newton_steps`` Newton steps θ ← θ − H⁻¹∇L, H v by :meth:`grad_and_hvp` and the
-       solve by conjugate gradients (stopped at negative curvature). They use gradients only,
-       so they go below that level; a step is kept only if it lowers ‖∇L‖.
-
-    Returns
-    -------
-    theta : Tensor [D]
-        The refined float64 parameters (the input is not modified).
-    record : RefineRecord
-        Loss and ‖∇L‖₂ before and after, the cost, and whether ``gtol`` was met.
-
-    Example
-    -------
-    >>> lin = torch.nn.Linear(2, 1)
-    >>> obj = RegressionObjective(lin, torch.randn(8, 2), torch.randn(8, 1), 1.0, 1.0)
-    >>> theta, record = refine_map(obj, parameters_vector(obj.model))
-    >>> record.converged
-    True
-    """
-    if not isinstance(objective, RegressionObjective):
-        raise TypeError("objective must be a RegressionObjective.")
-    gtol = check_positive("gtol", gtol)
-    newton_steps = check_positive_int("newton_steps", newton_steps, minimum=0)
-    start = objective._check_theta(theta).detach().clone()
-    param = start.clone().requires_grad_(True)
-    optimizer = torch.optim.LBFGS(
-        [param],
-        lr=1.0,
-        max_iter=check_positive_int("max_iter", max_iter),
-        max_eval=2 * max_iter,
-        tolerance_grad=gtol,
-        tolerance_change=0.0,
-        history_size=check_positive_int("history_size", history_size),
-        line_search_fn="strong_wolfe",
-    )
-
-    def closure():
-        optimizer.zero_grad()
-        loss = objective.value(param)
-        loss.backward()
-        return loss
-
-    optimizer.step(closure)
-    refined, gradient = param.detach(), objective.grad(param.detach())
-    steps_taken = 0
-    while steps_taken < newton_steps and gradient.abs().max() > gtol:
-        candidate = refined + _conjugate_gradient(objective, refined, -gradient)
-        candidate_gradient = objective.grad(candidate)
-        if candidate_gradient.norm() >= gradient.norm():
-            break
-        refined, gradient, steps_taken = candidate, candidate_gradient, steps_taken + 1
-    record = RefineRecord(
-        loss_before=float(objective.value(start)),
-        loss_after=float(objective.value(refined)),
-        grad_norm_before=float(objective.grad(start).norm()),
-        grad_norm_after=float(gradient.norm()),
-        lbfgs_evaluations=int(optimizer.state[param]["func_evals"]),
-        newton_steps=steps_taken,
-        converged=bool(gradient.abs().max() <= gtol),
-    )
-    return refined, record
-
-
-def _conjugate_gradient(objective, theta, rhs, max_iter=250, rtol=1e-12):
-    """Approximately solve ∇²L(θ) x = rhs by CG; stop early at non-positive curvature."""
-    x = torch.zeros_like(rhs)
-    residual, direction = rhs.clone(), rhs.clone()
-    res_sq = residual @ residual
-    for _ in range(min(max_iter, rhs.numel())):
-        curvature_vector = objective.grad_and_hvp(theta, direction)[1]
-        curvature = direction @ curvature_vector
-        if curvature <= 0:
-            break
-        step = res_sq / curvature
-        x = x + step * direction
-        residual = residual - step * curvature_vector
-        new_res_sq = residual @ residual
-        if new_res_sq.sqrt() <= rtol * rhs.norm():
-            break
-        direction = residual + (new_res_sq / res_sq) * direction
-        res_sq = new_res_sq
-    return x
-
 
 def _check_module(name, model):
     if not isinstance(model, nn.Module):

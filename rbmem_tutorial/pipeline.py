@@ -60,15 +60,10 @@ from ._checks import check_choice, check_positive, check_positive_int, check_ten
 from .cache import cache_dir, digest, load_cached, save_atomic
 from .laplace import STRUCTURES, LaplacePosterior, fit_laplace
 from .nets import RegressionAdapter
-from .objective import (
-    RefineRecord,
-    RegressionObjective,
-    flow_matching_regression_set,
-    noise_std_from_residuals,
-    parameters_vector,
-    refine_map,
-)
+from .objective import RegressionObjective, parameters_vector
 from .prior_tuning import TUNE_RTOL, TUNINGS, refine_and_tune
+from .refinement import RefineRecord, refine_map
+from .regression_set import flow_matching_regression_set, noise_std_from_residuals
 from .saving import build_net, net_architecture, read_saved
 from .subsets import ParameterSubset, parameter_subset, restrict_objective
 
@@ -260,7 +255,7 @@ def fit_flow_posterior(
         keep one chunk's Jacobian [chunk, d, D] under 256 MB. Memory only, not results.
     refine_iterations, newton_steps : int
         L-BFGS iterations and Newton-CG steps of each refinement
-        (:func:`~rbmem_tutorial.objective.refine_map`'s ``max_iter`` and ``newton_steps``).
+        (:func:`~rbmem_tutorial.refinement.refine_map`'s ``max_iter`` and ``newton_steps``).
         Fewer make large nets affordable on a CPU at the price of a less stationary θ*: check
         ``refine_final.grad_norm_after``.
     prior_mean : {"sgd", "zero"}

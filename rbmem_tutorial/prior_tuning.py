@@ -20,7 +20,8 @@ import warnings
 from dataclasses import asdict
 
 from rbmem_tutorial._checks import check_choice, check_positive_int
-from rbmem_tutorial.objective import RegressionObjective, refine_map
+from rbmem_tutorial.objective import RegressionObjective
+from rbmem_tutorial.refinement import refine_map
 
 __all__ = ["TUNE_RTOL", "TUNINGS", "refine_and_tune"]
 
@@ -46,13 +47,13 @@ def refine_and_tune(objective: RegressionObjective, theta, evidence_optimum, *,
     max_rounds : int
         Refinements at most for ``"fixed-point"``; a warning if λ has not settled by then.
     **refine
-        Passed to :func:`~rbmem_tutorial.objective.refine_map`.
+        Passed to :func:`~rbmem_tutorial.refinement.refine_map`.
 
     Returns
     -------
     dict
         ``theta_map`` (θ*, on the CPU), ``prior_precision`` (the λ at which θ* is stationary),
-        ``refine_first`` and ``refine_final`` (:class:`~rbmem_tutorial.objective.RefineRecord`
+        ``refine_first`` and ``refine_final`` (:class:`~rbmem_tutorial.refinement.RefineRecord`
         as dicts) and ``tune_history``: one row per refinement with ``refined_at`` (its λ),
         ``offset_norm`` (‖θ* − m‖) and ``evidence_optimum`` (the maximiser at that θ*).
 
