@@ -56,12 +56,13 @@ from pathlib import Path
 
 import torch
 
-from ._checks import check_choice, check_positive, check_positive_int, check_tensor
+from ._checks import check_tensor
 from .cache import cache_dir, digest, load_cached, save_atomic
-from .laplace import STRUCTURES, LaplacePosterior, fit_laplace
+from .laplace import LaplacePosterior, fit_laplace
 from .nets import RegressionAdapter
 from .objective import RegressionObjective, parameters_vector
-from .prior_tuning import TUNE_RTOL, TUNINGS, refine_and_tune
+from .posterior_options import BASE_POINTS, PRIOR_MEANS, cache_key, check_options
+from .prior_tuning import refine_and_tune
 from .refinement import RefineRecord, refine_map
 from .regression_set import flow_matching_regression_set, noise_std_from_residuals
 from .saving import build_net, net_architecture, read_saved
@@ -69,8 +70,6 @@ from .subsets import ParameterSubset, parameter_subset, restrict_objective
 
 __all__ = ["BASE_POINTS", "PRIOR_MEANS", "FlowPosterior", "fit_flow_posterior"]
 
-PRIOR_MEANS = ("sgd", "zero")
-BASE_POINTS = ("refined", "sgd", "tilted")
 _KIND, _FORMAT = "rbmem_tutorial.FlowPosterior", 1
 
 
@@ -187,7 +186,7 @@ class FlowPosterior:
         train = record["train"]
         if device is not None:
             net, train = net.to(device), train.to(device)
-        options = _checked_options(net, record["options"])
+        options = check_options(net, record["options"])
         fitted = record["fitted"]
         fitted["theta_map"] = _to(fitted["theta_map"], train.device)
         fp = _assemble(_Setup(net, train, options), options, fitted)
@@ -275,7 +274,7 @@ def fit_flow_posterior(
     >>> fp.posterior.sample(3).shape
     torch.Size([3, 50])
     """
-    options = _checked_options(velocity_net, {
+    options = check_options(velocity_net, {
         "structure": structure, "draws_per_point": draws_per_point, "seed": seed,
         "prior_precision": prior_precision, "initial_prior_precision": initial_prior_precision,
         "param_subset": param_subset, "chunk_size": chunk_size,
@@ -284,7 +283,7 @@ def fit_flow_posterior(
         "max_tune_rounds": max_tune_rounds,
     })
     setup = _Setup(velocity_net, train, options)
-    path = cache_dir() / f"posterior-{digest(_cache_key(setup, options))[:20]}.pt"
+    path = cache_dir() / f"posterior-{digest(cache_key(setup, options))[:20]}.pt"
     required = ("theta_map", "prior_precision", "refine_first", "refine_final")
     fitted = load_cached(path, required) if use_cache else None
     if fitted is None:
@@ -293,36 +292,6 @@ def fit_flow_posterior(
             save_atomic(fitted, path)
     fitted["theta_map"] = _to(fitted["theta_map"], setup.theta_sgd.device)
     return _assemble(setup, options, fitted)
-
-
-def _checked_options(velocity_net, options: dict) -> dict:
-    """Every option checked before any work; a one-line error names the bad one."""
-    if not isinstance(velocity_net, torch.nn.Module):
-        raise TypeError(f"velocity_net must be an nn.Module, got {type(velocity_net).__name__}.")
-    out = dict(options)
-    check_choice("structure", out["structure"], STRUCTURES)
-    check_positive_int("draws_per_point", out["draws_per_point"])
-    if hasattr(out["seed"], "__index__") and not isinstance(out["seed"], bool):
-        out["seed"] = int(out["seed"])  # NumPy integers too
-    check_positive_int("seed", out["seed"], minimum=0)
-    if out["prior_precision"] is not None:
-        out["prior_precision"] = check_positive("prior_precision", out["prior_precision"])
-    out["initial_prior_precision"] = check_positive("initial_prior_precision",
-                                                    out["initial_prior_precision"])
-    if out["param_subset"] is not None:
-        parameter_subset(velocity_net, out["param_subset"])
-    if out["chunk_size"] is not None:
-        check_positive_int("chunk_size", out["chunk_size"])
-    check_positive_int("refine_iterations", out["refine_iterations"])
-    check_positive_int("newton_steps", out["newton_steps"], minimum=0)
-    check_choice("prior_mean", out["prior_mean"], PRIOR_MEANS)
-    check_choice("base_point", out["base_point"], BASE_POINTS)
-    check_choice("tune", out["tune"], TUNINGS)
-    check_positive_int("max_tune_rounds", out["max_tune_rounds"], minimum=2)
-    if out["tune"] != "evidence-once" and out["prior_precision"] is not None:
-        raise ValueError(f"tune={out['tune']!r} tunes λ, but prior_precision="
-                         f"{out['prior_precision']} fixes it; pass one of the two.")
-    return out
 
 
 class _Setup:
@@ -357,25 +326,6 @@ class _Setup:
         restricted = restrict_objective(objective, theta, self.subset)
         return fit_laplace(restricted, self.subset.restrict(theta), self.structure, lam,
                            chunk_size=self.chunk_size)
-
-
-def _cache_key(setup, options) -> dict:
-    """The default options keep the key of earlier versions, so existing entries stay valid;
-    every other option value enters it."""
-    key = {"theta": setup.theta_sgd, "train": setup.train, "structure": options["structure"],
-           "K": options["draws_per_point"], "seed": options["seed"],
-           "lambda": options["prior_precision"], "lambda0": options["initial_prior_precision"],
-           "prior_mean": "theta_sgd" if options["prior_mean"] == "sgd" else "zero"}
-    if setup.subset is not None:
-        key["subset"] = setup.subset.index
-    refine = {"max_iter": options["refine_iterations"], "newton_steps": options["newton_steps"]}
-    if refine != {"max_iter": 1000, "newton_steps": 10}:
-        key["refine"] = refine
-    if options["base_point"] != "refined":
-        key["base_point"] = options["base_point"]
-    if options["tune"] != "evidence-once":
-        key["tune"] = [options["tune"], options["max_tune_rounds"], TUNE_RTOL]
-    return key
 
 
 def _refine_and_tune(setup, options) -> dict:
