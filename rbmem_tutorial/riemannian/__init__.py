@@ -2,8 +2,10 @@
 
 Map of the subpackage:
 
-- :mod:`.geodesic` — the metric protocol, :func:`exp_map` (the torchdiffeq solve),
-  :func:`geodesic_acceleration`, :class:`GeodesicResult`, :class:`GeodesicSolveError`;
+- :mod:`.geodesic` — the metric protocol, :func:`build_metric`, :func:`exp_map` and
+  :func:`geodesic_acceleration`;
+- :mod:`.solve` — the torchdiffeq solve of one or a batch of geodesics, its
+  :class:`GeodesicResult` and :class:`GeodesicSolveError`;
 - :mod:`.monge` — :class:`MongeMetric`, the metric ``I + ∇L∇Lᵀ/T²`` of the loss graph, and the
   forms of a loss it reads (fast MLP kernel, ``grad_and_curvature``, ``grad_and_hvp``, callable);
 - :mod:`.temperature` — the temperature ``T``, its presets ``"sum"``, ``"mean"``,
@@ -18,18 +20,11 @@ Map of the subpackage:
 from ._checks import F64
 from .diagnostics import common_drift
 from .fisher import FisherMetric
-from .geodesic import (
-    ADAPTIVE_METHODS,
-    METRICS,
-    GeodesicResult,
-    GeodesicSolveError,
-    build_metric,
-    exp_map,
-    geodesic_acceleration,
-)
+from .geodesic import METRICS, build_metric, exp_map, geodesic_acceleration
 from .linearised import LinearisedObjective, linearised_objective
 from .monge import MongeMetric
 from .sampler import RiemannianLaplace
+from .solve import ADAPTIVE_METHODS, GeodesicResult, GeodesicSolveError
 from .temperature import TEMPERATURE_PRESETS, data_mean_objective, resolve_temperature
 
 __all__ = [

@@ -5,7 +5,8 @@ A Riemannian Laplace sample is the end point ``c(1)`` of the geodesic
     c̈ = −Γ(c)[ċ, ċ],   c(0) = θ0,   ċ(0) = v,
 
 solved over ``t ∈ [0, 1]`` with torchdiffeq on the state ``[θ, θ̇]`` (Bergamin et al. 2023,
-arXiv 2306.07158, Sec. 3.2; Gegenfurtner et al., arXiv 2602.00199).
+arXiv 2306.07158, Sec. 3.2; Gegenfurtner et al., arXiv 2602.00199). This module builds the
+metric and checks the inputs; :mod:`~rbmem_tutorial.riemannian.solve` runs the solve.
 
 Metric protocol
 ---------------
@@ -31,78 +32,29 @@ Fisher metric (a number or ``"sum"``/``"mean"`` is accepted and has no effect).
 
 from __future__ import annotations
 
-import time
-from dataclasses import dataclass
-
 import torch
-from torchdiffeq import odeint
 
-from rbmem_tutorial._checks import check_choice, check_positive, check_positive_int
+from rbmem_tutorial._checks import check_choice
 from rbmem_tutorial.objective import RegressionObjective
 
-from ._checks import F64, check_float64, check_velocity
-from .diagnostics import endpoint_diagnostics
+from ._checks import check_float64, check_velocity
 from .fisher import FisherMetric
 from .monge import MongeMetric
+from .solve import (
+    ADAPTIVE_METHODS,
+    GeodesicResult,
+    GeodesicSolveError,
+    shoot,
+    solver_options,
+)
 from .temperature import check_temperature, resolve_temperature
 
-ADAPTIVE_METHODS = ("dopri5", "bosh3", "dopri8", "fehlberg2", "adaptive_heun")
+__all__ = [
+    "ADAPTIVE_METHODS", "METRICS", "GeodesicResult", "GeodesicSolveError", "build_metric",
+    "exp_map", "geodesic_acceleration",
+]
+
 METRICS = ("monge", "fisher")
-
-
-class GeodesicSolveError(RuntimeError):
-    """An adaptive geodesic solve ran out of steps or its step size collapsed."""
-
-
-@dataclass
-class GeodesicResult:
-    """End points of solved geodesics and per-sample diagnostics.
-
-    Per-sample fields have shape ``[]`` for one velocity or ``[S]`` for a batch.
-
-    Attributes
-    ----------
-    endpoints : Tensor
-        ``c(1)``, shape ``[D]`` for one velocity or ``[S, D]`` for a batch.
-    end_velocities : Tensor
-        ``ċ(1)``, same shape; shooting back with ``−ċ(1)`` from ``c(1)`` returns to ``c(0)``.
-    nfe : Tensor
-        Vector-field evaluations per sample (int64); a batched solve reports the shared count
-        for every member.
-    speed_drift : Tensor
-        ``|E(1) − E(0)| / E(0)`` of the conserved speed ``E = ċᵀG(c)ċ`` (0 when ``v = 0``).
-        A small drift is necessary, not sufficient, for an accurate solve.
-    seconds : Tensor
-        Wall time of the solve per sample; a batched solve reports its time divided by ``S``.
-    grad_norm_start : Tensor
-        ``‖∇L(θ0)‖`` of the untempered loss (the same for every sample).
-    travel : Tensor
-        ``‖c(1) − θ0‖ / ‖v‖``: 1 for a straight line (0 when ``v = 0``).
-    loss_rise : Tensor or None
-        ``L(c(1)) − L(θ0)`` of the untempered loss; None when the loss has no value (an
-        object with only ``grad_and_hvp``).
-    bound : Tensor or None
-        The metric's bound on ``|loss_rise|``: ``√(T²‖v‖² + (∇L(θ0)·v)²)`` for the Monge metric
-        at temperature ``T``, ``T‖v‖`` at a stationary θ0; the Fisher metric's own bound
-        (:meth:`~rbmem_tutorial.riemannian.FisherMetric.loss_rise_bound`); None for a metric
-        without one (the ``"data-mean"`` preset, whose metric bounds ``L_dm``, not ``L``).
-    path : Tensor or None
-        ``c(t)`` on ``path_times``, shape ``[T, D]`` or ``[S, T, D]``, if requested.
-    path_times : Tensor or None
-        The ``T`` evenly spaced times in ``[0, 1]`` of ``path``.
-    """
-
-    endpoints: torch.Tensor
-    end_velocities: torch.Tensor
-    nfe: torch.Tensor
-    speed_drift: torch.Tensor
-    seconds: torch.Tensor
-    grad_norm_start: torch.Tensor
-    travel: torch.Tensor
-    loss_rise: torch.Tensor | None = None
-    bound: torch.Tensor | None = None
-    path: torch.Tensor | None = None
-    path_times: torch.Tensor | None = None
 
 
 def _fisher_metric(loss, temperature):
@@ -124,7 +76,23 @@ def build_metric(loss, theta0: torch.Tensor, metric: str = "monge", temperature=
     """The metric object for ``metric`` (``"monge"`` or ``"fisher"``) at ``temperature``.
 
     Checks ``metric`` and ``temperature`` (a number ``T > 0`` or a preset of
-    :mod:`~rbmem_tutorial.riemannian.temperature`) before building anything.
+    :mod:`~rbmem_tutorial.riemannian.temperature`) before building anything. ``"monge"``
+    gives :class:`~rbmem_tutorial.riemannian.MongeMetric` ``(loss, theta0, temperature)``;
+    ``"fisher"`` gives :class:`~rbmem_tutorial.riemannian.FisherMetric` ``(loss)`` of a
+    ``RegressionObjective``, on which a numeric temperature or ``"sum"``/``"mean"`` has no
+    effect (a constant factor of a metric leaves its geodesics unchanged).
+
+    Example
+    -------
+    >>> loss = lambda th: (th ** 2).sum()
+    >>> metric = build_metric(loss, torch.zeros(2, dtype=torch.float64), temperature=2.0)
+    >>> type(metric).__name__, metric.temperature
+    ('MongeMetric', 2.0)
+    >>> build_metric(loss, torch.zeros(2, dtype=torch.float64), metric="fisher")
+    ... # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    TypeError: metric='fisher' needs a RegressionObjective (it pulls back the network ...
     """
     if not isinstance(metric, str):
         raise TypeError(f"metric must be one of {METRICS}, got {type(metric).__name__}.")
@@ -188,128 +156,6 @@ def geodesic_acceleration(
     return acceleration
 
 
-def _solve_error(what: str, method, rtol, atol) -> GeodesicSolveError:
-    return GeodesicSolveError(
-        f"The geodesic solve ({method}, rtol={rtol:g}, atol={atol:g}) {what}. To make it "
-        "tractable: raise the prior precision (flatter, better-conditioned posterior), shrink "
-        "the tangent scale α, loosen rtol/atol, use the linearised variant "
-        "(RiemannianLaplace(..., linearised=True)), or raise max_num_steps."
-    )
-
-
-def _solver_failure(err: Exception, max_num_steps) -> str | None:
-    """What went wrong, if ``err`` is torchdiffeq giving up (it signals this by assert)."""
-    text = str(err)
-    if "max_num_steps" in text:
-        return f"stopped after max_num_steps={max_num_steps} steps"
-    if "underflow" in text or "non-finite" in text:
-        return "collapsed its step size (the geodesic is too stiff or left the finite region)"
-    return None
-
-
-def _worst_sample_rms(scaled_error: torch.Tensor) -> torch.Tensor:
-    """Step-size norm: the RMS over each sample's state, then the worst sample.
-
-    torchdiffeq's default RMS over the whole batch would average a stiff sample's error with
-    the others; taking the worst keeps every sample within rtol/atol, as a solve on its own.
-    """
-    return scaled_error.square().mean(-1).sqrt().max()
-
-
-def _solve(geometry, theta0, v, *, method, rtol, atol, max_num_steps, path_times):
-    """Integrate the geodesic ODE from ``theta0 [D]`` with ``v`` of shape ``[D]`` or ``[S, D]``."""
-    dim = theta0.shape[-1]
-    start_points = theta0.expand_as(v)
-    count = [0]
-
-    def field(_t, state):
-        count[0] += 1
-        theta, velocity = state[..., :dim], state[..., dim:]
-        return torch.cat([velocity, geometry.acceleration(theta, velocity)], dim=-1)
-
-    speed0 = geometry.speed(start_points, v)
-    if not bool(torch.isfinite(speed0).all()):
-        raise ValueError("the metric is not finite at theta0; check the loss's derivatives there.")
-    times = path_times if path_times is not None else theta0.new_tensor([0.0, 1.0])
-    start = time.perf_counter()
-    try:
-        states = odeint(
-            field,
-            torch.cat([start_points, v], dim=-1),
-            times,
-            method=method,
-            rtol=rtol,
-            atol=atol,
-            # Land a step on every output time instead of interpolating to it: torchdiffeq's
-            # bosh3 interpolant can miss c(1) badly after a long step past t = 1 (on c̈ =
-            # (0, 2ċ₁²) it returned 2.25 for c₂(1) = 1.5 at rtol = 1e-8).
-            options={"max_num_steps": max_num_steps, "norm": _worst_sample_rms,
-                     "step_t": times},
-        )
-    except (AssertionError, RuntimeError) as err:
-        what = _solver_failure(err, max_num_steps)
-        if what is None:
-            raise
-        raise _solve_error(what, method, rtol, atol) from err
-    if theta0.is_cuda:
-        torch.cuda.synchronize(theta0.device)
-    seconds = time.perf_counter() - start
-    end, end_velocity = states[-1][..., :dim], states[-1][..., dim:]
-    if not bool(torch.isfinite(states[-1]).all()):
-        raise _solve_error("ended at a non-finite point", method, rtol, atol)
-    change = (geometry.speed(end, end_velocity) - speed0).abs()
-    drift = torch.where(speed0 > 0, change / speed0.clamp_min(torch.finfo(F64).tiny), change)
-    batch = v.shape[:-1]
-    return GeodesicResult(
-        endpoints=end,
-        end_velocities=end_velocity,
-        nfe=torch.full(batch, count[0], dtype=torch.int64),
-        speed_drift=drift,
-        seconds=torch.full(batch, seconds / batch.numel(), dtype=F64),
-        **endpoint_diagnostics(geometry, theta0, v, end),
-        path=None if path_times is None else states[..., :dim].movedim(0, -2),
-        path_times=path_times,
-    )
-
-
-def _stack_results(results: list[GeodesicResult]) -> GeodesicResult:
-    def stack(name):
-        values = [getattr(result, name) for result in results]
-        return None if values[0] is None else torch.stack(values)
-
-    fields = GeodesicResult.__dataclass_fields__
-    return GeodesicResult(
-        **{name: stack(name) for name in fields if name != "path_times"},
-        path_times=results[0].path_times,
-    )
-
-
-def shoot(geometry, theta0, v, *, batched: bool = True, **options) -> GeodesicResult:
-    """Solve from checked ``theta0 [D]`` and ``v`` with a built metric (see :func:`exp_map`)."""
-    if v.ndim == 1 or batched:
-        return _solve(geometry, theta0, v, **options)
-    return _stack_results([_solve(geometry, theta0, row, **options) for row in v])
-
-
-def solver_options(
-    method="bosh3", rtol=1e-4, atol=1e-4, max_num_steps=1000, return_path=False,
-    num_path_points=21, *, device=None,
-) -> dict:
-    """Checked keyword arguments of :func:`_solve`."""
-    check_choice("method", method, ADAPTIVE_METHODS)
-    options = {
-        "method": method,
-        "rtol": check_positive("rtol", rtol),
-        "atol": check_positive("atol", atol),
-        "max_num_steps": check_positive_int("max_num_steps", max_num_steps),
-        "path_times": None,
-    }
-    if return_path:
-        points = check_positive_int("num_path_points", num_path_points, minimum=2)
-        options["path_times"] = torch.linspace(0, 1, points, dtype=F64, device=device)
-    return options
-
-
 def exp_map(
     loss,
     theta0,
@@ -356,8 +202,8 @@ def exp_map(
     max_num_steps : int
         Step budget per solve; exceeding it raises :class:`GeodesicSolveError`.
     return_path : bool
-        Also return ``c(t)`` at ``num_path_points`` evenly spaced times (interpolated by the
-        solver, no extra evaluations).
+        Also return ``c(t)`` at ``num_path_points`` evenly spaced times. Each is a step of the
+        solver, so a path costs a few evaluations more than the end point alone.
     batched : bool
         For ``[S, D]`` input: solve all samples as one ODE if True, or one after the other if
         False. A batch shares one step size; the error norm is each sample's RMS, worst sample
@@ -365,19 +211,22 @@ def exp_map(
 
     Notes
     -----
-    The defaults (bosh3, rtol = atol = 1e-4) come from the chapter's net (4,546 parameters,
-    diagonal Laplace at a stationary θ*, T = 1): there the step size is capped by stability,
-    not by accuracy. Early on, ``ċᵀ∇²L ċ / (1 + ‖∇L‖²)`` is large (about α² D), so stiff
-    directions oscillate fast with tiny amplitude and an explicit solver must follow them.
-    Loosening the tolerance then saves almost no steps but costs accuracy: dopri5 needed about
-    1,000 evaluations at 1e-4 with up to 10% end-point error and 1e-3 was worse, whereas bosh3
-    at 1e-4 needed about 450-550 with 0.2-0.4% error (``benchmarks/bench_geodesic.py``). For
-    tight reference solves of smooth problems, dopri5 is the better choice.
+    The defaults (bosh3, rtol = atol = 1e-4) were chosen on the chapter's net (a diagonal
+    Laplace at a stationary θ*, T = 1), where the step size is capped by stability rather than
+    accuracy: early on ``ċᵀ∇²L ċ / (1 + ‖∇L‖²)`` is large (of order α² D), so stiff directions
+    oscillate fast with tiny amplitude and an explicit solver must follow them. Loosening the
+    tolerance then saves few steps but costs accuracy, and the third-order bosh3 reaches a
+    given end-point error with fewer evaluations than dopri5 (``benchmarks/bench_geodesic.py``
+    measures them side by side). For tight reference solves of smooth problems, dopri5 or
+    dopri8 is the better choice. Every output time (``t = 1``, and the times of a path) is a
+    step of the solver, not a point of its interpolant, which can miss ``c(1)`` after a long
+    step past ``t = 1``.
 
     How far a Monge sample can climb: the speed ``‖ċ‖² + (∇L·ċ)²/T²`` is conserved, so at a
     stationary θ0 it stays ``‖v‖²``, ``|dL/dt| = |∇L·ċ| ≤ T‖v‖`` and ``ΔL ≤ T‖v‖``
-    (``GeodesicResult.bound``). With the summed loss (T = 1) on the chapter's net the samples
-    travel under 10% of ``‖v‖``; the mean loss (T = N) lets them travel 50-90%.
+    (``GeodesicResult.bound``). With the summed loss (T = 1) the samples of a large net travel
+    a small fraction of ``‖v‖``; a larger T, such as the mean loss's T = N, lets them travel
+    further (``GeodesicResult.travel``; chapter 4).
 
     Returns
     -------

@@ -7,8 +7,9 @@ import torch
 from rbmem_tutorial._checks import check_choice, check_positive_int
 
 from ._checks import check_float64
-from .geodesic import METRICS, build_metric, shoot, solver_options
+from .geodesic import METRICS, build_metric
 from .linearised import linearised_objective
+from .solve import shoot, solver_options
 from .temperature import check_temperature
 
 
@@ -37,9 +38,10 @@ class RiemannianLaplace:
         model is constant: its samples are the Euclidean Laplace's).
     method, rtol, atol, max_num_steps, batched
         Passed to :func:`~rbmem_tutorial.riemannian.exp_map`. Batched solves are the default:
-        on the chapter's net the samples of one α need nearly the same number of steps (the
-        stiffness scales with α² D), and a batch of 4 cost about 30% less CPU time per sample
-        than solving them one by one. Use ``batched=False`` when samples differ in stiffness.
+        the samples of one α need nearly the same number of steps (the stiffness scales with
+        α² D), so one ODE for the batch shares the per-step overhead
+        (``benchmarks/bench_geodesic.py`` measures the saving). Use ``batched=False`` when
+        samples differ in stiffness: a batch steps at its stiffest member's pace.
 
     Example
     -------
