@@ -40,9 +40,9 @@ arXiv 2104.04975)
 with residuals r at θ* (the 2π factors of prior and Gaussian integral cancel). It is exact for
 Bayesian linear regression. With θ* held fixed, as is usual, its derivative in log λ is
 ½(γ − λ‖θ* − m‖²) with γ = Σ_i e_i / (e_i + λ), which decreases in λ: the maximiser is unique
-and is MacKay's fixed point λ = γ / ‖θ* − m‖². :func:`optimal_prior_precision` finds it by
-bracketing. Only the offset from the prior mean enters: a prior centred at θ* itself has no
-finite maximiser.
+and is MacKay's fixed point λ = γ / ‖θ* − m‖², which
+:func:`~rbmem_tutorial.prior_tuning.optimal_prior_precision` finds by bracketing. Only the
+offset from the prior mean enters: a prior centred at θ* itself has no finite maximiser.
 
 **One λ.** The tuned λ becomes the λ of the objective that the posterior carries
 (``posterior.objective``); chapter 4's geodesics use that objective. Because the prior is
@@ -64,10 +64,10 @@ from __future__ import annotations
 import math
 
 import torch
-from scipy.optimize import brentq
 
-from rbmem_tutorial._checks import check_choice, check_positive, check_positive_int, check_tensor
+from rbmem_tutorial._checks import check_choice, check_positive, check_positive_int
 from rbmem_tutorial.objective import RegressionObjective
+from rbmem_tutorial.prior_tuning import optimal_prior_precision
 
 __all__ = [
     "DiagLaplace",
@@ -79,46 +79,6 @@ __all__ = [
     "fit_laplace",
     "optimal_prior_precision",
 ]
-
-_LOG_LAMBDA_RANGE = (-30.0, 30.0)
-
-
-def optimal_prior_precision(eigenvalues: torch.Tensor, theta_sq_norm: float) -> float:
-    """The λ that maximises the Laplace evidence for a fixed θ*.
-
-    Maximises F(λ) = −λ s/2 + (k/2) log λ − ½ Σ_i log(e_i + λ), s = ‖θ* − m‖², by finding the root
-    of its log-λ derivative γ(λ) − λ s (γ = Σ e_i/(e_i + λ), decreasing) with Brent's method
-    in log λ ∈ [−30, 30].
-
-    Parameters
-    ----------
-    eigenvalues : Tensor [k]
-        Spectrum e ≥ 0 of the GGN (or its structured approximation).
-    theta_sq_norm : float
-        s = ‖θ* − m‖² over the same k parameters (m the prior mean); positive.
-
-    Example
-    -------
-    >>> round(optimal_prior_precision(torch.tensor([1.0, 1.0]), 1.0), 6)  # γ = λ s
-    1.0
-    """
-    e = check_tensor("eigenvalues", eigenvalues, ndim=1, min_rows=1).double().clamp_min(0)
-    s = check_positive("theta_sq_norm", theta_sq_norm)
-    if not bool((e > 0).any()):
-        raise ValueError("the GGN is zero, so the evidence grows without bound as λ → 0.")
-
-    def slope(log_lam):
-        lam = math.exp(log_lam)
-        return float((e / (e + lam)).sum()) - lam * s
-
-    low, high = _LOG_LAMBDA_RANGE
-    if slope(low) <= 0 or slope(high) >= 0:
-        raise ValueError(
-            f"the evidence maximiser lies outside λ ∈ [e^{low:.0f}, e^{high:.0f}]; rescale the "
-            "data or pass prior_precision yourself."
-        )
-    return math.exp(brentq(slope, low, high, xtol=1e-13, rtol=4 * 2.0**-52))
-
 
 class LaplacePosterior:
     """Gaussian posterior N(θ*, α² Σ) with Σ⁻¹ = U diag(e + λ) Uᵀ; base of the structures.

@@ -1,7 +1,11 @@
-"""Refining θ* and tuning the prior precision λ by the Laplace evidence, in turn.
+"""Tuning the prior precision λ by the Laplace evidence, and refining θ* in turn.
 
-The evidence of :mod:`rbmem_tutorial.laplace` is maximised in λ with θ* held fixed, but θ* is a
-minimiser of L at some λ, and moves when λ does. Two rules join the two steps:
+:func:`optimal_prior_precision` maximises the evidence of :mod:`rbmem_tutorial.laplace` in λ
+for a fixed θ* (MacKay's fixed point λ = γ/‖θ* − m‖², found by bracketing);
+:func:`refine_and_tune` alternates it with the refinement of θ*.
+
+The evidence is maximised with θ* held fixed, but θ* is a minimiser of L at some λ, and moves
+when λ does. Two rules join the two steps:
 
 ``"evidence-once"``
     refine θ*₀ at the initial λ₀, tune λ₁ at θ*₀, refine θ*₁ at λ₁ and stop. λ₁ need not
@@ -16,18 +20,63 @@ minimiser of L at some λ, and moves when λ does. Two rules join the two steps:
 
 from __future__ import annotations
 
+import math
 import warnings
 from dataclasses import asdict
 
-from rbmem_tutorial._checks import check_choice, check_positive_int
+import torch
+from scipy.optimize import brentq
+
+from rbmem_tutorial._checks import check_choice, check_positive, check_positive_int, check_tensor
 from rbmem_tutorial.objective import RegressionObjective
 from rbmem_tutorial.refinement import refine_map
 
-__all__ = ["TUNE_RTOL", "TUNINGS", "refine_and_tune"]
+__all__ = ["TUNE_RTOL", "TUNINGS", "optimal_prior_precision", "refine_and_tune"]
 
 TUNINGS = ("evidence-once", "fixed-point")
 TUNE_RTOL = 0.01
 """``"fixed-point"`` stops when the evidence maximiser is within 1% of the current λ."""
+
+
+_LOG_LAMBDA_RANGE = (-30.0, 30.0)
+
+
+def optimal_prior_precision(eigenvalues: torch.Tensor, theta_sq_norm: float) -> float:
+    """The λ that maximises the Laplace evidence for a fixed θ*.
+
+    Maximises F(λ) = −λ s/2 + (k/2) log λ − ½ Σ_i log(e_i + λ), s = ‖θ* − m‖², by finding the root
+    of its log-λ derivative γ(λ) − λ s (γ = Σ e_i/(e_i + λ), decreasing) with Brent's method
+    in log λ ∈ [−30, 30].
+
+    Parameters
+    ----------
+    eigenvalues : Tensor [k]
+        Spectrum e ≥ 0 of the GGN (or its structured approximation).
+    theta_sq_norm : float
+        s = ‖θ* − m‖² over the same k parameters (m the prior mean); positive.
+
+    Example
+    -------
+    >>> round(optimal_prior_precision(torch.tensor([1.0, 1.0]), 1.0), 6)  # γ = λ s
+    1.0
+    """
+    e = check_tensor("eigenvalues", eigenvalues, ndim=1, min_rows=1).double().clamp_min(0)
+    s = check_positive("theta_sq_norm", theta_sq_norm)
+    if not bool((e > 0).any()):
+        raise ValueError("the GGN is zero, so the evidence grows without bound as λ → 0.")
+
+    def slope(log_lam):
+        lam = math.exp(log_lam)
+        return float((e / (e + lam)).sum()) - lam * s
+
+    low, high = _LOG_LAMBDA_RANGE
+    if slope(low) <= 0 or slope(high) >= 0:
+        raise ValueError(
+            f"the evidence maximiser lies outside λ ∈ [e^{low:.0f}, e^{high:.0f}]; rescale the "
+            "data or pass prior_precision yourself."
+        )
+    return math.exp(brentq(slope, low, high, xtol=1e-13, rtol=4 * 2.0**-52))
+
 
 
 def refine_and_tune(objective: RegressionObjective, theta, evidence_optimum, *,
