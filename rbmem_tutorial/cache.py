@@ -31,7 +31,19 @@ DEFAULT_CACHE = "~/.cache/rbmem_tutorial"
 
 
 def cache_dir() -> Path:
-    """Folder of the cache: ``$RBMEM_CACHE``, else ``~/.cache/rbmem_tutorial``."""
+    """Folder of the cache: ``$RBMEM_CACHE``, else ``~/.cache/rbmem_tutorial``.
+
+    Example
+    -------
+    >>> previous = os.environ.pop(CACHE_ENV, None)
+    >>> cache_dir() == Path.home() / ".cache" / "rbmem_tutorial"
+    True
+    >>> os.environ[CACHE_ENV] = "~/my-cache"
+    >>> cache_dir() == Path.home() / "my-cache"
+    True
+    >>> _ = os.environ.pop(CACHE_ENV)
+    >>> os.environ.update({} if previous is None else {CACHE_ENV: previous})
+    """
     return Path(os.environ.get(CACHE_ENV) or DEFAULT_CACHE).expanduser()
 
 
@@ -56,7 +68,16 @@ def digest(record) -> str:
 
 def save_atomic(record: dict, path: Path) -> None:
     """``torch.save`` to a temporary file beside ``path``, then rename it into place, so an
-    interrupted write never leaves a truncated file."""
+    interrupted write never leaves a truncated file; creates the folder if needed.
+
+    Example
+    -------
+    >>> import tempfile
+    >>> path = Path(tempfile.mkdtemp()) / "new" / "flow-x.pt"
+    >>> save_atomic({"x": torch.ones(2)}, path)
+    >>> [p.name for p in path.parent.iterdir()], load_cached(path)["x"]
+    (['flow-x.pt'], tensor([1., 1.]))
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=path.stem, suffix=".tmp")
     os.close(handle)
@@ -113,7 +134,19 @@ def load_cached(path: Path, required: tuple[str, ...] = ()) -> dict | None:
 
 
 def check_cache_writable() -> Path:
-    """Create the cache folder and check that it takes files, before any work starts."""
+    """Create the cache folder and check that it takes files, before any work starts; a
+    one-line ``ValueError`` names the folder and ``RBMEM_CACHE`` otherwise.
+
+    Example
+    -------
+    >>> import tempfile
+    >>> previous = os.environ.get(CACHE_ENV)
+    >>> os.environ[CACHE_ENV] = tempfile.mkdtemp()
+    >>> check_cache_writable() == cache_dir()
+    True
+    >>> _ = os.environ.pop(CACHE_ENV)
+    >>> os.environ.update({} if previous is None else {CACHE_ENV: previous})
+    """
     folder = cache_dir()
     try:
         folder.mkdir(parents=True, exist_ok=True)
@@ -181,6 +214,7 @@ def entries(kind: str | None = None, summarise: bool = True) -> list[CacheEntry]
     Example
     -------
     >>> import tempfile
+    >>> previous = os.environ.get(CACHE_ENV)
     >>> os.environ[CACHE_ENV] = tempfile.mkdtemp()
     >>> save_atomic({"theta_map": torch.zeros(3), "prior_precision": 2.0,
     ...              "refine_final": {"grad_norm_after": 1e-6}}, cache_dir() / "posterior-ab.pt")
@@ -188,7 +222,8 @@ def entries(kind: str | None = None, summarise: bool = True) -> list[CacheEntry]
     [('posterior', 'MAP of 3 weights, prior precision 2, final |grad| 1.00e-06')]
     >>> [e.path.name for e in clear(kind="posterior")], entries()
     (['posterior-ab.pt'], [])
-    >>> del os.environ[CACHE_ENV]
+    >>> _ = os.environ.pop(CACHE_ENV)
+    >>> os.environ.update({} if previous is None else {CACHE_ENV: previous})
     """
     folder = cache_dir()
     if not folder.is_dir():

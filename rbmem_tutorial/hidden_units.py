@@ -64,6 +64,13 @@ def hidden_unit_sizes(model: nn.Module, theta: torch.Tensor) -> list[torch.Tenso
     -------
     list of Tensor
         One tensor per hidden layer (every layer's output but the last), one size per unit.
+
+    Example
+    -------
+    >>> net = nn.Sequential(nn.Linear(1, 2), nn.Tanh(), nn.Linear(2, 1, bias=False))
+    >>> theta = torch.tensor([0.5, 0.0, 0.1, 0.0, -3.0, 0.0])  # W_1, b_1, W_2
+    >>> [s.tolist() for s in hidden_unit_sizes(net, theta)]  # unit 0: max(0.5, 0.1, 3)
+    [[3.0, 0.0]]
     """
     layers = _chain(model)
     theta = check_tensor("theta", theta, ndim=1)
@@ -92,6 +99,13 @@ def units_in_use(model: nn.Module, theta: torch.Tensor, tol: float = 1e-4) -> li
     -------
     list of int
         One count per hidden layer; compare with the layer's width.
+
+    Example
+    -------
+    >>> net = nn.Sequential(nn.Linear(1, 2), nn.Tanh(), nn.Linear(2, 1, bias=False))
+    >>> theta = torch.tensor([0.5, 1e-6, 0.1, 0.0, -3.0, 1e-5])
+    >>> units_in_use(net, theta), units_in_use(net, theta, tol=0.0)
+    ([1], [2])
     """
     if not tol >= 0:
         raise ValueError(f"tol must be a size >= 0, got {tol}.")

@@ -53,11 +53,21 @@ class FlowConfig:
     data_seed : int
         Seed of the training and test sets.
 
+    Example
+    -------
+    >>> FlowConfig(n_train=8, hidden=(8,), steps=5).n_train
+    8
+    >>> FlowConfig(schedule="linear")
+    Traceback (most recent call last):
+    ...
+    ValueError: unknown schedule 'linear'; choose one of 'constant', 'cosine'.
+
     Notes
     -----
-    **Choosing** ``REFERENCE``. The running example must memorise clearly, train within
-    about 45 s on one CPU thread (the chapter runs in 2 minutes on a cold cache), and stay
-    small, because later chapters run Laplace and geodesics whose cost grows with ``n_train``.
+    **Choosing** ``REFERENCE`` (a record of the runs that chose it). The running example must
+    memorise clearly, train within about 45 s on one CPU thread (the chapter runs in 2 minutes
+    on a cold cache), and stay small, because later chapters run Laplace and geodesics whose
+    cost grows with ``n_train``.
     Measured on a 2-core CPU with ``torch.set_num_threads(1)`` (shared, heavily loaded, so
     times are upper bounds), 2,000 dopri5 samples (rtol = atol = 1e-5), memorised when the
     float64 nearest/second-nearest training distance ratio d1/d2 < 1/3 (in brackets: < 0.577),
@@ -207,6 +217,13 @@ def build_model(config: FlowConfig) -> VelocityMLP:
     """The untrained net of ``config``, initialised from ``config.seed``.
 
     The global random state is left as it was.
+
+    Example
+    -------
+    >>> config = FlowConfig(hidden=(8,))
+    >>> net = build_model(config)
+    >>> all(torch.equal(a, b) for a, b in zip(net.parameters(), build_model(config).parameters()))
+    True
     """
     dim = dataset_dim(config.dataset)
     with torch.random.fork_rng(devices=[]):

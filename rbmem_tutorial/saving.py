@@ -91,6 +91,18 @@ def read_saved(path, kind: str, version: int) -> dict:
 
     Raises a one-line ``ValueError`` for a file that is unreadable, of another kind, or of
     another format version, and ``FileNotFoundError`` for a missing one.
+
+    Example
+    -------
+    >>> import tempfile
+    >>> path = Path(tempfile.mkdtemp()) / "net.pt"
+    >>> torch.save({"kind": "net", "format": 1, "weights": torch.zeros(2)}, path)
+    >>> read_saved(path, "net", 1)["weights"]
+    tensor([0., 0.])
+    >>> read_saved(path, "net", 2)  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    ValueError: ...net.pt is a net file of format 1; this version of the package reads format 2.
     """
     path = Path(path)
     if not path.is_file():

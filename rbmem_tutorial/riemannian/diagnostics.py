@@ -27,6 +27,16 @@ def endpoint_diagnostics(metric, theta0, v, endpoints) -> dict:
     ``theta0`` is ``[D]``, ``v`` and ``endpoints`` are ``[D]`` or ``[S, D]``. ``loss_rise`` is
     None when the metric's ``loss_value`` is None; ``bound`` when the metric has no
     ``loss_rise_bound`` or it returns None.
+
+    Example
+    -------
+    >>> from rbmem_tutorial.riemannian import MongeMetric
+    >>> theta0 = torch.zeros(2, dtype=torch.float64)
+    >>> metric = MongeMetric(lambda th: 0.5 * (th ** 2).sum(), theta0)
+    >>> v = torch.tensor([3.0, 4.0], dtype=torch.float64)
+    >>> found = endpoint_diagnostics(metric, theta0, v, theta0 + 0.5 * v)  # half way along v
+    >>> [float(found[k]) for k in ("grad_norm_start", "travel", "loss_rise", "bound")]
+    [0.0, 0.5, 3.125, 5.0]
     """
     batch = v.shape[:-1]
     length = v.norm(dim=-1)

@@ -49,7 +49,17 @@ TEMPERATURE_PRESETS = ("sum", "mean", "data-mean")
 
 
 def check_temperature(temperature) -> float | str:
-    """A preset name from ``TEMPERATURE_PRESETS`` or a finite ``T > 0`` (as a float)."""
+    """A preset name from ``TEMPERATURE_PRESETS`` or a finite ``T > 0`` (as a float).
+
+    Example
+    -------
+    >>> check_temperature(2), check_temperature("mean")
+    (2.0, 'mean')
+    >>> check_temperature("hot")  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    ValueError: unknown temperature 'hot'; pass a positive number or one of 'sum', 'mean', ...
+    """
     if isinstance(temperature, str):
         if temperature not in TEMPERATURE_PRESETS:
             names = ", ".join(map(repr, TEMPERATURE_PRESETS))
