@@ -4,10 +4,16 @@ The package follows the book, one module per idea:
 
 - :mod:`.data`, :mod:`.nets`, :mod:`.flow_matching`, :mod:`.reference`: chapter 1, flow matching;
 - :mod:`.memorisation`, :mod:`.metrics`: chapter 2, detecting memorisation and measuring quality;
-- :mod:`.objective`, :mod:`.laplace`, :mod:`.posterior`, :mod:`.pipeline`: chapter 3, Laplace;
-- :mod:`.riemannian` (with the fused kernel :mod:`.fast_mlp`): chapter 4, Riemannian Laplace;
+- chapter 3, Laplace: :mod:`.regression_set` (flow matching frozen into regression),
+  :mod:`.objective` (the loss L(θ) and its curvature; :mod:`.kronecker` for KFAC),
+  :mod:`.refinement` (θ_SGD → θ*), :mod:`.laplace`, :mod:`.prior_tuning` (λ by the evidence),
+  :mod:`.hidden_units`, :mod:`.posterior` (generating with sampled nets) and
+  :mod:`.pipeline` (trained flow → posterior; options in :mod:`.posterior_options`);
+- :mod:`.riemannian` (with the fused kernel :mod:`.fast_mlp`) and :mod:`.toys` (posteriors
+  known in closed form): chapter 4, Riemannian Laplace;
 - :mod:`.image_nets`, :mod:`.subsets`, :mod:`.experiments`: chapters 5 and 6, images, weight
-  subsets and mini-batches, and the experiment scripts.
+  subsets and mini-batches, and the experiment scripts;
+- :mod:`.cache` (trained models and posteriors on disk) and :mod:`.saving` (files to share).
 
 Reference: Gegenfurtner, Jacobsen and Arvanitidis, "Reducing Memorisation in Generative Models
 via Riemannian Bayesian Inference", arXiv:2602.00199.
@@ -22,6 +28,7 @@ from .flow_matching import (
     sample,
     train_flow_matching,
 )
+from .hidden_units import hidden_unit_sizes, units_in_use
 from .image_nets import VelocityConvNet
 from .laplace import LaplacePosterior, fit_laplace
 from .memorisation import (
@@ -42,22 +49,22 @@ from .metrics import (
     sliced_wasserstein,
 )
 from .nets import RegressionAdapter, VelocityMLP
-from .objective import (
-    RegressionObjective,
-    flow_matching_regression_set,
-    noise_std_from_residuals,
-    parameters_vector,
-    refine_map,
-    unflatten,
-)
+from .objective import RegressionObjective, parameters_vector, unflatten
 from .pipeline import FlowPosterior, fit_flow_posterior
 from .posterior import generate, velocity_uncertainty
+from .prior_tuning import optimal_prior_precision
 from .reference import REFERENCE, FlowConfig, load_or_train
+from .refinement import RefineRecord, refine_map
+from .regression_set import flow_matching_regression_set, noise_std_from_residuals
 from .riemannian import (
+    TEMPERATURE_PRESETS,
+    FisherMetric,
+    GeodesicResult,
     GeodesicSolveError,
     MongeMetric,
     RiemannianLaplace,
     common_drift,
+    data_mean_objective,
     exp_map,
     geodesic_acceleration,
     linearised_objective,
@@ -69,20 +76,24 @@ from .subsets import (
     parameter_subset,
     restrict_objective,
 )
+from .toys import Banana, BayesianLinearRegression, gaussian_w2
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "DATASETS", "REFERENCE", "TOY_DATASETS", "EmpiricalOptimalVelocity", "FlowConfig",
-    "FlowPosterior", "GeodesicSolveError", "LaplacePosterior", "MemorisationReport",
-    "RegressionAdapter", "RegressionObjective", "RiemannianLaplace", "VelocityMLP",
-    "cfm_loss", "energy_distance", "exp_map", "fit_flow_posterior", "fit_laplace",
-    "flow_matching_regression_set", "generalisation_gap", "generate", "geodesic_acceleration",
-    "held_out_log_likelihood", "is_memorised", "linear_path", "linearised_objective",
-    "load_dataset", "load_or_train", "log_prob", "memorisation_ratio", "memorisation_report",
-    "memorised_fraction", "mmd2", "nearest_two", "noise_std_from_residuals", "parameters_vector",
-    "precision_recall", "quality_report", "refine_map", "sample", "sample_dataset",
-    "sliced_wasserstein", "train_flow_matching", "unflatten", "velocity_uncertainty",
-    "VelocityConvNet", "load_image_file", "ParameterSubset", "anchored", "minibatch_objective",
-    "parameter_subset", "restrict_objective", "MongeMetric", "common_drift",
+    "DATASETS", "REFERENCE", "TEMPERATURE_PRESETS", "TOY_DATASETS", "Banana",
+    "BayesianLinearRegression", "EmpiricalOptimalVelocity", "FisherMetric", "FlowConfig",
+    "FlowPosterior", "GeodesicResult", "GeodesicSolveError", "LaplacePosterior",
+    "MemorisationReport", "MongeMetric", "ParameterSubset", "RefineRecord", "RegressionAdapter",
+    "RegressionObjective", "RiemannianLaplace", "VelocityConvNet", "VelocityMLP", "anchored",
+    "cfm_loss", "common_drift", "data_mean_objective", "energy_distance", "exp_map",
+    "fit_flow_posterior", "fit_laplace", "flow_matching_regression_set", "gaussian_w2",
+    "generalisation_gap", "generate", "geodesic_acceleration", "held_out_log_likelihood",
+    "hidden_unit_sizes", "is_memorised", "linear_path", "linearised_objective", "load_dataset",
+    "load_image_file", "load_or_train", "log_prob", "memorisation_ratio", "memorisation_report",
+    "memorised_fraction", "minibatch_objective", "mmd2", "nearest_two", "noise_std_from_residuals",
+    "optimal_prior_precision", "parameter_subset", "parameters_vector", "precision_recall",
+    "quality_report", "refine_map", "restrict_objective", "sample", "sample_dataset",
+    "sliced_wasserstein", "train_flow_matching", "unflatten", "units_in_use",
+    "velocity_uncertainty",
 ]
