@@ -262,3 +262,18 @@ def test_ensemble_centre_is_the_mean_of_its_riemannian_cells_weights(tiny_contex
                                                                       "mean"))
     assert centre.shape == (1, thetas.shape[1])
     assert torch.allclose(centre[0], thetas.mean(0), atol=1e-12)
+
+
+@pytest.mark.parametrize("tol", [1e-3, 1e-1])
+def test_a_solve_that_leaves_the_flow_is_refused_not_returned(tol):
+    """An anisotropic quadratic (curvatures 1 and 100): loose tolerances leave the flow's curve,
+    where the loss clock no longer holds; the default tolerances land on the target."""
+    curvatures = torch.tensor([1.0, 100.0], dtype=torch.float64)
+
+    def valley(theta):
+        return 0.5 * (curvatures * theta**2).sum()
+
+    theta0 = torch.tensor([3.0, 1.0], dtype=torch.float64)
+    assert gradient_flow_to_loss(valley, theta0, 1.0).loss == pytest.approx(1.0, rel=1e-4)
+    with pytest.raises(DriftSolveError, match="left the flow"):
+        gradient_flow_to_loss(valley, theta0, 1.0, rtol=tol, atol=tol)

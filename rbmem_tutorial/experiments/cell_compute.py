@@ -145,9 +145,8 @@ def parameter_samples(config, ctx: SeedContext, cell):
         return ensemble_summary(config, ctx, cell)[2][None], info
     if cell.method in DRIFT_CONTROLS:
         target = ensemble_summary(config, ctx, cell)[DRIFT_CONTROLS.index(cell.method)]
-        theta, info = drift_control_sample(
-            posterior.objective, theta_star, target,
-            rtol=config.geodesic_rtol, max_num_steps=config.max_geodesic_steps)
+        theta, info = drift_control_sample(posterior.objective, theta_star, target,
+                                           max_num_steps=5 * config.max_geodesic_steps)
         return fp.full(theta), info
     n = config.n_param_samples
     if cell.method == "isotropic":

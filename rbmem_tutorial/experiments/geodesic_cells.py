@@ -149,12 +149,11 @@ def geodesic_samples(loss, theta0: torch.Tensor, v: torch.Tensor, *, metric: str
     return torch.stack(endpoints), info
 
 
-def drift_control_sample(loss, theta0: torch.Tensor, target: float, *, rtol: float,
-                         max_num_steps: int):
+def drift_control_sample(loss, theta0: torch.Tensor, target: float, *, max_num_steps: int):
     """The drift control's single network ``[1, D]`` and its diagnostics: gradient flow on
-    ``loss`` from ``theta0`` to the loss ``target`` (:func:`.drift.gradient_flow_to_loss`)."""
-    out = gradient_flow_to_loss(loss, theta0, target, rtol=rtol, atol=rtol,
-                                max_num_steps=max_num_steps)
+    ``loss`` from ``theta0`` to the loss ``target`` (:func:`.drift.gradient_flow_to_loss` at
+    its default tolerances, which its notes explain)."""
+    out = gradient_flow_to_loss(loss, theta0, target, max_num_steps=max_num_steps)
     info = empty_diagnostics()
     info.update(grad_norm_start=float(loss.grad(theta0).norm()), drift_target=target,
                 drift_time=out.time, drift_reached=out.reached)
