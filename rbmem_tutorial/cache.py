@@ -241,7 +241,25 @@ def entries(kind: str | None = None, summarise: bool = True) -> list[CacheEntry]
 
 def clear(kind: str | None = None, older_than_days: float | None = None) -> list[CacheEntry]:
     """Delete this package's cache files (of ``kind``, and older than ``older_than_days``
-    when given); returns what was deleted. Files of other programs are never touched."""
+    when given); returns what was deleted. Files of other programs are never touched.
+
+    Example
+    -------
+    >>> import tempfile
+    >>> previous = os.environ.get(CACHE_ENV)
+    >>> os.environ[CACHE_ENV] = tempfile.mkdtemp()
+    >>> save_atomic({"state_dict": {}}, cache_dir() / "flow-old.pt")
+    >>> os.utime(cache_dir() / "flow-old.pt", (0, 0))  # last modified in 1970
+    >>> save_atomic({"state_dict": {}}, cache_dir() / "flow-new.pt")
+    >>> (cache_dir() / "notes.txt").write_text("not ours")
+    8
+    >>> [e.path.name for e in clear(older_than_days=30)]
+    ['flow-old.pt']
+    >>> sorted(p.name for p in cache_dir().iterdir())
+    ['flow-new.pt', 'notes.txt']
+    >>> _ = os.environ.pop(CACHE_ENV)
+    >>> os.environ.update({} if previous is None else {CACHE_ENV: previous})
+    """
     cutoff = None if older_than_days is None else time.time() - 86400.0 * older_than_days
     deleted = []
     for entry in entries(kind, summarise=False):

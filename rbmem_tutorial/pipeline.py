@@ -117,6 +117,15 @@ class FlowPosterior:
         A copy of the trained net it was fitted to.
     train : Tensor [N, d]
         The training set.
+
+    Example
+    -------
+    >>> from rbmem_tutorial.nets import VelocityMLP
+    >>> _ = torch.manual_seed(0)
+    >>> fp = fit_flow_posterior(VelocityMLP(2, hidden=(4,)), torch.randn(3, 2),
+    ...                         draws_per_point=2, use_cache=False)
+    >>> fp.base_point, fp.prior_mean, tuple(fp.full(fp.posterior.sample(2)).shape)
+    ('refined', 'sgd', (2, 26))
     """
 
     objective: RegressionObjective
@@ -179,7 +188,7 @@ class FlowPosterior:
 
         The net and the objective are rebuilt from the file and the posterior is refitted at
         the stored base point and λ (no refinement), so samples equal the original's for the
-        same generator.
+        same generator (the example of :meth:`save` checks this).
         """
         record = read_saved(path, _KIND, _FORMAT)
         net = build_net(record["net"], record["net_state"])

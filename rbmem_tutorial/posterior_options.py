@@ -77,6 +77,20 @@ def cache_key(setup, options: dict) -> dict:
     The default options keep the key of earlier versions, so existing entries stay valid;
     every other option value enters it. ``chunk_size`` changes memory, not results, and is
     left out.
+
+    Example
+    -------
+    >>> from types import SimpleNamespace
+    >>> setup = SimpleNamespace(theta_sgd=torch.zeros(3), train=torch.ones(2, 2), subset=None)
+    >>> defaults = {"structure": "diag", "draws_per_point": 16, "seed": 0,
+    ...             "prior_precision": None, "initial_prior_precision": 1.0,
+    ...             "refine_iterations": 1000, "newton_steps": 10, "prior_mean": "sgd",
+    ...             "base_point": "refined", "tune": "evidence-once"}
+    >>> sorted(cache_key(setup, defaults))
+    ['K', 'lambda', 'lambda0', 'prior_mean', 'seed', 'structure', 'theta', 'train']
+    >>> other = cache_key(setup, {**defaults, "base_point": "tilted", "newton_steps": 5})
+    >>> sorted(set(other) - set(cache_key(setup, defaults)))
+    ['base_point', 'refine']
     """
     key = {"theta": setup.theta_sgd, "train": setup.train, "structure": options["structure"],
            "K": options["draws_per_point"], "seed": options["seed"],

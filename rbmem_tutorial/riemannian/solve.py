@@ -81,6 +81,17 @@ class GeodesicResult:
         ``c(t)`` on ``path_times``, shape ``[T, D]`` or ``[S, T, D]``, if requested.
     path_times : Tensor or None
         The ``T`` evenly spaced times in ``[0, 1]`` of ``path``.
+
+    Example
+    -------
+    >>> from rbmem_tutorial.riemannian import exp_map
+    >>> loss = lambda th: 0.5 * (th ** 2).sum()
+    >>> result = exp_map(loss, torch.zeros(2, dtype=F64), torch.ones(3, 2, dtype=F64),
+    ...                  return_path=True, num_path_points=5)
+    >>> tuple(result.endpoints.shape), tuple(result.path.shape), tuple(result.travel.shape)
+    ((3, 2), (3, 5, 2), (3,))
+    >>> torch.equal(result.path[:, -1], result.endpoints)  # the path ends at c(1)
+    True
     """
 
     endpoints: torch.Tensor
