@@ -105,7 +105,8 @@ def linearised_objective(objective, theta_star) -> LinearisedObjective:
     ----------
     objective : RegressionObjective
         Needs ``predict(theta)`` (``[N, out]``), ``targets``, ``noise_std`` and
-        ``prior_precision`` (prior centred at 0).
+        ``prior_precision``; its ``prior_offset(theta) = θ − m`` when it has one (a
+        ``RegressionObjective`` with a ``prior_mean``), else the prior is centred at 0.
     theta_star : Tensor
         Float64 ``[D]`` linearisation point, usually the MAP.
 

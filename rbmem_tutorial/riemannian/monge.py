@@ -19,9 +19,9 @@ of these forms, checked in this order:
 3. any object with a ``grad_and_hvp(theta, v)`` method returning ``(∇L(θ), ∇²L(θ) v)``
    (batches are solved row by row through it);
 4. a plain callable ``loss(theta) -> 0-d tensor``; gradient and HVP come from autograd
-   double backward (on a CPU about 2× faster than ``torch.func.jvp(torch.func.grad(loss))``
-   for small networks, and much faster for tiny functions); a batch is summed row by row and
-   differentiated in one backward pass.
+   double backward (on a CPU cheaper than ``torch.func.jvp(torch.func.grad(loss))`` for small
+   networks and tiny functions, whose cost is mostly per-call overhead); a batch is summed
+   row by row and differentiated in one backward pass.
 
 The temperature scales the gradient and the curvature by ``1/T`` after they are computed, so
 every form, the fast MLP kernel included, serves any ``T``.
