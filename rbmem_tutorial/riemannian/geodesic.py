@@ -1,4 +1,4 @@
-"""Geodesics of a metric on parameter space: the ODE solve, the exponential map, diagnostics.
+"""Geodesics of a metric on parameter space: the metric protocol, the exponential map.
 
 A Riemannian Laplace sample is the end point ``c(1)`` of the geodesic
 
