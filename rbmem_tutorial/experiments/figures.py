@@ -65,7 +65,8 @@ def _frontier_row(axes, rows, memorised, threshold):
 
 
 CURVE_COLOURS = {"laplace": "tab:blue", "isotropic": "tab:green", "riemannian T=sum": "tab:red",
-                 "riemannian T=16.0": "firebrick", "riemannian T=mean": "darkred", "riemannian T=data-mean": "tab:pink",
+                 "riemannian T=16.0": "firebrick", "riemannian T=mean": "darkred",
+                 "riemannian T=data-mean": "tab:pink",
                  "riemannian-fisher": "tab:purple", "riemannian-linearised": "tab:orange",
                  "drift-control T=sum": "tab:brown"}
 METRIC_LABELS = {"mmd2": "MMD² to held-out data", "precision": "k-NN precision",
