@@ -13,7 +13,9 @@ then fills one *cell* per (method, scale, training seed, sampling seed):
 - ``riemannian-linearised``: the same on the loss of the net linearised at θ*;
 - ``riemannian-fisher``: Exp_θ*(v) of the Fisher (pull-back) metric, for the same v;
 - ``drift-control``: one network moved by gradient flow on L to the mean loss of the
-  ``riemannian`` cell at the same scale and temperature (:mod:`.geodesic_cells`, :mod:`.drift`).
+  ``riemannian`` cell at the same scale and temperature (:mod:`.geodesic_cells`, :mod:`.drift`);
+  ``drift-control-centre``: the same flow stopped at the loss of that cell's mean weights θ̄;
+  ``ensemble-centre``: θ̄ itself, the cell's common drift without its spread.
 
 θ* stands for the posterior's base point (``base_point``: the refined mode, or θ_SGD as it is
 or tilted); the prior is centred at θ_SGD or zero (``prior_mean``). The cells are computed in
