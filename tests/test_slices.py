@@ -15,6 +15,13 @@ def test_curve_label_names_the_temperature_of_tempered_methods_only():
     assert curve_label({"method": "laplace", "temperature": None}) == "laplace"
     assert curve_label({"method": "riemannian-fisher", "temperature": None}) == "riemannian-fisher"
     assert curve_label(Cell("riemannian", 1.0, 0, 0, "sum")) == "riemannian T=sum"
+    assert curve_label(Cell("riemannian", 1.0, 0, 0)) == "riemannian T=sum"
+
+
+def test_curve_label_agrees_with_the_matched_table_on_stored_rows():
+    study = load_study(STORED.parent / "riemannian-study")
+    table_curves = {e["curve"] for e in study.matched()} | {"map", "early-stop"}
+    assert {curve_label(r) for r in study.rows} == table_curves
 
 
 def test_load_study_reads_rows_config_and_readme():

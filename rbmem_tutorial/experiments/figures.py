@@ -12,7 +12,19 @@ from ..memorisation import LOOSE_C, RATIO_THRESHOLD
 
 COLOURS = {"map": "black", "early-stop": "grey", "isotropic": "tab:green",
            "laplace": "tab:blue", "riemannian": "tab:red", "riemannian-linearised": "tab:orange",
-           "riemannian-fisher": "tab:purple", "drift-control": "tab:brown"}
+           "riemannian-fisher": "tab:purple", "drift-control": "tab:brown",
+           "drift-control-centre": "sienna", "ensemble-centre": "tab:olive"}
+
+
+def _order(method: str) -> int:
+    """Position of a method in the figures' fixed order (unknown methods last)."""
+    return list(COLOURS).index(method) if method in COLOURS else len(COLOURS)
+
+
+def _curve(row: dict) -> str:
+    """A row's curve: its method, with the metric temperature where it has one."""
+    temperature = row.get("temperature")
+    return row["method"] if temperature is None else f"{row['method']} T={temperature}"
 QUALITY = (("mmd2", "MMD² to held-out data (lower is better)"),
            ("precision", "k-NN precision (higher is better)"))
 
@@ -22,11 +34,12 @@ MEMORISATION = (("mem_strict", "d₁/d₂ < 1/3"), ("mem_loose", "d₁/d₂ < 0.
 
 def summarise(rows: list[dict], metric: str, memorised: str = "mem_strict"
               ) -> dict[str, list[tuple]]:
-    """Per method, a list over scales of (scale, mean memorised fraction, its std over seeds,
-    mean metric, its std over seeds); ``memorised`` picks the threshold's column."""
+    """Per curve (the method, with its temperature where it has one), a list over scales of
+    (scale, mean memorised fraction, its std over seeds, mean metric, its std over seeds);
+    ``memorised`` picks the threshold's column."""
     groups = defaultdict(list)
     for row in rows:
-        groups[(row["method"], row["scale"])].append((row[memorised], row[metric]))
+        groups[(_curve(row), row["scale"])].append((row[memorised], row[metric]))
     curves = defaultdict(list)
     for (method, scale), values in sorted(groups.items()):
         mem, value = np.array(values).T
@@ -52,7 +65,8 @@ def _frontier_row(axes, rows, memorised, threshold):
         for method, points in summarise(rows, metric, memorised).items():
             scale, mem, mem_sd, value, value_sd = np.array(points).T
             ax.errorbar(mem, value, xerr=mem_sd, yerr=value_sd, marker="o", capsize=3,
-                        color=COLOURS.get(method), label=method)
+                        color=CURVE_COLOURS.get(method, COLOURS.get(method.split(" ")[0])),
+                        label=method)
             for s, x, y in zip(scale, mem, value, strict=True):
                 if s > 0:
                     ax.annotate(f"α={s:g}", (x, y), fontsize=7, xytext=(3, 3),
@@ -161,8 +175,8 @@ def samples_figure(out, rows: list[dict], train: np.ndarray, seed: int = 0):
     if train.shape[1] != 2:
         return None
     chosen = sorted((r for r in rows if r["train_seed"] == seed),
-                    key=lambda r: (list(COLOURS).index(r["method"]), r["scale"]))
-    chosen = list({(r["method"], r["scale"]): r for r in chosen}.values())
+                    key=lambda r: (_order(r["method"]), r["scale"]))
+    chosen = list({(_curve(r), r["scale"]): r for r in chosen}.values())
     margin = 0.5 * (train.max(0) - train.min(0)) + 0.3
     limits = np.stack([train.min(0) - margin, train.max(0) + margin], axis=1)
     cols = min(len(chosen), 5)
@@ -174,7 +188,7 @@ def samples_figure(out, rows: list[dict], train: np.ndarray, seed: int = 0):
         samples = np.load(Path(out) / "cells" / f"{row['key']}.npz")["samples"]
         ax.scatter(*samples.T, s=2, alpha=0.3, color=COLOURS.get(row["method"]))
         ax.scatter(*train.T, s=12, color="k", marker="x")
-        title = row["method"] + (f", α={row['scale']:g}" if row["scale"] else "")
+        title = _curve(row) + (f", α={row['scale']:g}" if row["scale"] else "")
         ax.set_title(f"{title}\nmemorised {row['mem_strict']:.2f}", fontsize=8)
         ax.set_xticks([])
         ax.set_yticks([])
@@ -206,7 +220,7 @@ def image_samples_figure(preview, image_shape, keys=None, columns: int = 8):
             if seeds == first:
                 chosen[method] = max(chosen.get(method, key), key,
                                      key=lambda k: float(k.split("__")[1][1:]))
-        keys = sorted(chosen.values(), key=lambda k: list(COLOURS).index(k.split("__")[0]))
+        keys = sorted(chosen.values(), key=lambda k: _order(k.split("__")[0]))
     columns = min(columns, preview["samples"].shape[1])
     fig, axes = plt.subplots(2 * len(keys), columns, figsize=(1.1 * columns, 2.4 * len(keys)),
                              squeeze=False)
