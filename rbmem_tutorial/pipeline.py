@@ -19,9 +19,13 @@ alone. Chapter 3 measures both (section 3.4).
 
 **Where the posterior sits** (``base_point``). ``"refined"``, the default, is θ*, where
 ∇L = 0 as the Laplace approximation and the geodesics assume. ``"sgd"`` takes θ_SGD as it is,
-the paper's setting: there ∇L ≠ 0, and every geodesic bends downhill along the same direction,
-so the samples share a drift (fine-tuning, not posterior spread). ``"tilted"`` keeps θ_SGD but
-removes that gradient by a linear term,
+the paper's setting: there ∇L ≠ 0, every geodesic starts with the same pull, and the samples
+share a displacement (on the book's net, with the summed-loss metric, they run along the level
+set of L and their common drift grows towards 1 with α). A drop in memorisation then measures
+that shared step as much as posterior spread; chapter 5 separates the two with single-network
+controls, and finds that at matched memorisation these samples do no better than the Euclidean
+Laplace. That is why ``"refined"`` is the default. ``"tilted"`` keeps θ_SGD but removes the
+gradient by a linear term,
 
 .. math::
 
