@@ -374,7 +374,7 @@ def finish(config: TradeoffConfig, out) -> list[dict]:
     store.write_table(out, rows)
     if not rows:
         return rows
-    frontier_figure(rows).savefig(Path(out) / "frontier.png", dpi=120, bbox_inches="tight")
+    _save(frontier_figure(rows), Path(out) / "frontier.png")
     images = study_images(config)
     train = study_data(config, images).train
     shape = study_image_shape(config, images)
@@ -384,8 +384,16 @@ def finish(config: TradeoffConfig, out) -> list[dict]:
     else:
         fig = image_samples_figure(np.load(Path(out) / "preview.npz"), shape)
     if fig is not None:  # no scatter for vectors of more than two dimensions
-        fig.savefig(Path(out) / "samples.png", dpi=120, bbox_inches="tight")
+        _save(fig, Path(out) / "samples.png")
     return rows
+
+
+def _save(fig, path: Path) -> None:
+    """Write a figure and close it (a long session of merges keeps no figures open)."""
+    import matplotlib.pyplot as plt
+
+    fig.savefig(path, dpi=120, bbox_inches="tight")
+    plt.close(fig)
 
 
 PREVIEW_SAMPLES = 8
