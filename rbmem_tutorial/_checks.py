@@ -6,7 +6,9 @@ and says how to fix it, so bad input never turns into a silent NaN further down.
 
 from __future__ import annotations
 
+import tempfile
 from collections.abc import Iterable
+from pathlib import Path
 
 import torch
 
@@ -87,3 +89,19 @@ def check_same_dim(name_a: str, a: torch.Tensor, name_b: str, b: torch.Tensor) -
             f"{name_a} and {name_b} must have the same number of columns, "
             f"got {a.shape[-1]} and {b.shape[-1]}."
         )
+
+
+def check_writable_folder(folder, what: str, fix: str) -> Path:
+    """Create ``folder`` and check that it takes files, before any work starts.
+
+    A failure is one ``ValueError`` naming ``what`` (e.g. ``"--out runs/a"``), the reason and
+    ``fix``. Returns the folder as a ``Path``.
+    """
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".probe"):
+            pass
+    except OSError as err:
+        raise ValueError(f"{what} is not a writable folder ({err.strerror}); {fix}") from None
+    return folder

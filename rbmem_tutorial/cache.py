@@ -26,6 +26,8 @@ from typing import NamedTuple
 
 import torch
 
+from ._checks import check_writable_folder
+
 CACHE_ENV = "RBMEM_CACHE"
 DEFAULT_CACHE = "~/.cache/rbmem_tutorial"
 
@@ -147,15 +149,8 @@ def check_cache_writable() -> Path:
     >>> _ = os.environ.pop(CACHE_ENV)
     >>> os.environ.update({} if previous is None else {CACHE_ENV: previous})
     """
-    folder = cache_dir()
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=folder, prefix=".probe"):
-            pass
-    except OSError as err:
-        raise ValueError(f"the model cache {folder} is not writable ({err.strerror}); set "
-                         f"{CACHE_ENV} to a writable folder.") from None
-    return folder
+    return check_writable_folder(cache_dir(), f"the model cache {cache_dir()}",
+                                 f"set {CACHE_ENV} to a writable folder.")
 
 
 #: Kinds of cached file, by name prefix: reference flows of the book, flows of a study's own

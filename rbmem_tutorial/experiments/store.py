@@ -26,6 +26,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .._checks import check_writable_folder
+
 #: A claim file that stays empty this long (its writer died between create and write) is stale.
 EMPTY_CLAIM_SECONDS = 60.0
 
@@ -184,12 +186,4 @@ def write_table(out: Path, rows: list[dict], name: str = "results") -> None:
 
 def check_writable(out: Path) -> Path:
     """Create ``out`` and check that files can be written there, before any work starts."""
-    out = Path(out)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=out, prefix=".probe"):
-            pass
-    except OSError as err:
-        raise ValueError(f"--out {out} is not a writable folder ({err.strerror}); "
-                         "choose another output folder.") from None
-    return out
+    return check_writable_folder(out, f"--out {out}", "choose another output folder.")
