@@ -51,7 +51,7 @@ def _chain(model: nn.Module) -> list[tuple[str, nn.Linear]]:
 
 
 def hidden_unit_sizes(model: nn.Module, theta: torch.Tensor) -> list[torch.Tensor]:
-    """Size of every hidden unit: the largest |weight| or |bias| that touches it.
+    """Size of every hidden unit: the largest absolute weight or bias that touches it.
 
     Parameters
     ----------

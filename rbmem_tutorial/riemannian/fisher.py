@@ -66,7 +66,7 @@ the metric's shape and its geodesics.) The speed ċᵀG(c)ċ is conserved along 
 image F(c(t)) of a geodesic moves at the constant ambient speed ‖v‖_G = √(vᵀG(θ0)v), so
 ‖F(c(1)) − F(θ0)‖ ≤ ‖v‖_G and, by the triangle inequality,
 
-    |L(c(1)) − L(θ0)| ≤ ‖v‖_G √(2 L(θ0)) + ½ ‖v‖_G²
+    ``|L(c(1)) − L(θ0)| ≤ ‖v‖_G √(2 L(θ0)) + ½ ‖v‖_G²``
 
 (:meth:`FisherMetric.loss_rise_bound`). With v ~ N(0, α²G(θ*)⁻¹), ‖v‖_G² ≈ α²D: the Fisher
 metric lets L rise by about α²D/2, as the Euclidean Laplace does, where the Monge metric's
@@ -230,7 +230,7 @@ class FisherMetric:
         return torch.stack([self.objective.grad(row).norm() for row in theta])
 
     def loss_rise_bound(self, theta0: torch.Tensor, velocity: torch.Tensor) -> torch.Tensor:
-        """‖v‖_G √(2 L(θ0)) + ½‖v‖_G², a bound on |L(Exp_θ0(v)) − L(θ0)| per row (module notes)."""
+        """``‖v‖_G √(2 L(θ0)) + ½‖v‖_G²``, a bound on ``|L(Exp_θ0(v)) − L(θ0)|`` per row (notes)."""
         length = self.speed(theta0, velocity).sqrt()
         return length * (2 * self.loss_value(theta0)).sqrt() + 0.5 * length.square()
 

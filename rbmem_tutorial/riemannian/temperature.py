@@ -8,7 +8,7 @@ The metric ``M = I + ∇L∇Lᵀ`` of the loss graph is not invariant to rescali
 **How far a geodesic can climb.** The speed ``E = ċᵀM_T ċ = ‖ċ‖² + (∇L·ċ)²/T²`` is conserved
 along a geodesic, so ``(dL/dt)² = (∇L·ċ)² ≤ T² E(t) = T² E(0)`` and
 
-    |L(c(1)) − L(θ0)| ≤ T √E(0) = √(T² ‖v‖² + (∇L(θ0)·v)²),
+    ``|L(c(1)) − L(θ0)| ≤ T √E(0) = √(T² ‖v‖² + (∇L(θ0)·v)²)``,
 
 which is ``T‖v‖`` at a stationary point ``θ0 = θ*``. A Euclidean sample ``θ* + v`` at scale α
 raises ``L`` by about ``α²D/2`` instead. ``T → 0`` pins the samples to θ*; ``T → ∞`` makes
