@@ -1,5 +1,6 @@
 """Shared test settings: one thread (much faster for toy models on small CPUs), float64 helpers."""
 
+import contextlib
 import json
 import os
 import subprocess
@@ -31,10 +32,20 @@ def run_study_in_two_processes(args, out, port):
     return subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
 
 
+@contextlib.contextmanager
+def in_private_cache(tmp_path_factory):
+    """Point ``RBMEM_CACHE`` at one model cache for the test session's experiment runs, apart
+    from the user's cache, and restore it afterwards (usable in fixtures of any scope)."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("RBMEM_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
+        yield
+
+
 @pytest.fixture
-def private_cache(tmp_path_factory, monkeypatch):
-    """One model cache for a test session's experiment runs, apart from the user's cache."""
-    monkeypatch.setenv("RBMEM_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
+def private_cache(tmp_path_factory):
+    """The session's private model cache for one test (:func:`in_private_cache`)."""
+    with in_private_cache(tmp_path_factory):
+        yield
 
 
 def results_by_key(out):

@@ -2,12 +2,11 @@
 subsets, mini-batched geodesics, several processes, and bad files."""
 
 import json
-import os
 
 import numpy as np
 import pytest
 import torch
-from conftest import cuda, results_by_key, run_study_in_two_processes
+from conftest import cuda, in_private_cache, results_by_key, run_study_in_two_processes
 
 from rbmem_tutorial.experiments import __main__ as cli
 from rbmem_tutorial.experiments import tradeoff
@@ -27,9 +26,9 @@ COLUMNS = {"mem_strict", "mem_loose", "true_mem_strict", "true_mem_loose", "mmd2
 
 @pytest.fixture(scope="module")
 def digits_run(tmp_path_factory):
-    os.environ["RBMEM_CACHE"] = str(tmp_path_factory.getbasetemp() / "cache")
     out = tmp_path_factory.mktemp("digits")
-    assert cli.main(["tradeoff", *TINY, "--out", str(out)]) == 0
+    with in_private_cache(tmp_path_factory):
+        assert cli.main(["tradeoff", *TINY, "--out", str(out)]) == 0
     return out
 
 

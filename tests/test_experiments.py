@@ -1,12 +1,11 @@
 """The trade-off experiment script: schema, resume, recomputation and bad options."""
 
 import json
-import os
 
 import numpy as np
 import pytest
 import torch
-from conftest import results_by_key, run_study_in_two_processes
+from conftest import in_private_cache, results_by_key, run_study_in_two_processes
 
 from rbmem_tutorial.experiments import __main__ as cli
 from rbmem_tutorial.experiments import tradeoff
@@ -31,9 +30,9 @@ def run(out, *extra):
 
 @pytest.fixture(scope="module")
 def reference_run(tmp_path_factory):
-    os.environ["RBMEM_CACHE"] = str(tmp_path_factory.getbasetemp() / "cache")
     out = tmp_path_factory.mktemp("reference")
-    assert run(out) == 0
+    with in_private_cache(tmp_path_factory):
+        assert run(out) == 0
     return out
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import results_by_key
+from conftest import in_private_cache, results_by_key
 
 from rbmem_tutorial.cache import save_atomic
 from rbmem_tutorial.experiments import __main__ as cli
@@ -44,9 +44,9 @@ def command(*args):
 
 @pytest.fixture(scope="module")
 def base_study(tmp_path_factory):
-    os.environ["RBMEM_CACHE"] = str(tmp_path_factory.getbasetemp() / "cache")
     out = tmp_path_factory.mktemp("base")
-    assert tradeoff_main(out) == 0
+    with in_private_cache(tmp_path_factory):
+        assert tradeoff_main(out) == 0
     return out
 
 
