@@ -9,6 +9,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from ..memorisation import LOOSE_C, RATIO_THRESHOLD
+from .matched import curve_label, curves, t_interval
 
 COLOURS = {"map": "black", "early-stop": "grey", "isotropic": "tab:green",
            "laplace": "tab:blue", "riemannian": "tab:red", "riemannian-linearised": "tab:orange",
@@ -20,11 +21,6 @@ def _order(method: str) -> int:
     """Position of a method in the figures' fixed order (unknown methods last)."""
     return list(COLOURS).index(method) if method in COLOURS else len(COLOURS)
 
-
-def _curve(row: dict) -> str:
-    """A row's curve: its method, with the metric temperature where it has one."""
-    temperature = row.get("temperature")
-    return row["method"] if temperature is None else f"{row['method']} T={temperature}"
 QUALITY = (("mmd2", "MMD² to held-out data (lower is better)"),
            ("precision", "k-NN precision (higher is better)"))
 
@@ -39,7 +35,7 @@ def summarise(rows: list[dict], metric: str, memorised: str = "mem_strict"
     ``memorised`` picks the threshold's column."""
     groups = defaultdict(list)
     for row in rows:
-        groups[(_curve(row), row["scale"])].append((row[memorised], row[metric]))
+        groups[(curve_label(row), row["scale"])].append((row[memorised], row[metric]))
     curves = defaultdict(list)
     for (method, scale), values in sorted(groups.items()):
         mem, value = np.array(values).T
@@ -100,8 +96,6 @@ def method_frontiers(rows: list[dict], metric: str = "mmd2", reference: str = "l
     as possible. The curves come from :func:`.matched.curves` (sampling seeds averaged, the
     MAP prepended at α = 0 when the base point is the refined θ*).
     """
-    from .matched import curves, t_interval
-
     by_curve: dict[str, dict] = defaultdict(dict)
     for (group, seed), points in curves(rows).items():
         by_curve[group][seed] = points
@@ -176,7 +170,7 @@ def samples_figure(out, rows: list[dict], train: np.ndarray, seed: int = 0):
         return None
     chosen = sorted((r for r in rows if r["train_seed"] == seed),
                     key=lambda r: (_order(r["method"]), r["scale"]))
-    chosen = list({(_curve(r), r["scale"]): r for r in chosen}.values())
+    chosen = list({(curve_label(r), r["scale"]): r for r in chosen}.values())
     margin = 0.5 * (train.max(0) - train.min(0)) + 0.3
     limits = np.stack([train.min(0) - margin, train.max(0) + margin], axis=1)
     cols = min(len(chosen), 5)
@@ -188,7 +182,7 @@ def samples_figure(out, rows: list[dict], train: np.ndarray, seed: int = 0):
         samples = np.load(Path(out) / "cells" / f"{row['key']}.npz")["samples"]
         ax.scatter(*samples.T, s=2, alpha=0.3, color=COLOURS.get(row["method"]))
         ax.scatter(*train.T, s=12, color="k", marker="x")
-        title = _curve(row) + (f", α={row['scale']:g}" if row["scale"] else "")
+        title = curve_label(row) + (f", α={row['scale']:g}" if row["scale"] else "")
         ax.set_title(f"{title}\nmemorised {row['mem_strict']:.2f}", fontsize=8)
         ax.set_xticks([])
         ax.set_yticks([])

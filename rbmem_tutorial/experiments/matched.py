@@ -43,6 +43,8 @@ from pathlib import Path
 import numpy as np
 from scipy import stats
 
+from .geodesic_cells import TEMPERED
+
 LEVELS = (0.45, 0.30, "floor")
 METRICS = ("mmd2", "precision", "recall")
 REFERENCE_METHOD = "laplace"
@@ -64,12 +66,24 @@ class Crossing:
         return self.values is not None
 
 
-def _group(row: dict) -> str:
-    """The curve a row belongs to: the method, with its temperature when it has one."""
-    temperature = row.get("temperature")
-    if temperature is None:
-        return row["method"]
-    return f"{row['method']} T={temperature}"
+def curve_label(row_or_cell) -> str:
+    """The curve a result row (or a :class:`~.tradeoff.Cell`) belongs to: its method, with
+    ``T=<temperature>`` when it has a temperature. Rows carry the temperature of every tempered
+    method (rows of studies from before temperatures have none); a cell of a tempered method
+    that leaves it unset has the default ``"sum"``.
+
+    >>> curve_label({"method": "riemannian", "temperature": "mean"})
+    'riemannian T=mean'
+    >>> curve_label({"method": "laplace", "temperature": None})
+    'laplace'
+    """
+    if isinstance(row_or_cell, dict):
+        method, temperature = row_or_cell["method"], row_or_cell.get("temperature")
+    else:
+        method, temperature = row_or_cell.method, row_or_cell.temperature
+        if temperature is None and method in TEMPERED:
+            temperature = "sum"
+    return method if temperature is None else f"{method} T={temperature}"
 
 
 def _mean_rows(rows: list[dict]) -> dict:
@@ -87,7 +101,7 @@ def curves(rows: list[dict]) -> dict[tuple[str, int], list[dict]]:
     """
     cells = defaultdict(list)
     for row in rows:
-        cells[(_group(row), row["train_seed"], float(row["scale"]))].append(row)
+        cells[(curve_label(row), row["train_seed"], float(row["scale"]))].append(row)
     points = defaultdict(list)
     for (group, seed, _), same in cells.items():
         points[(group, seed)].append(_mean_rows(same))

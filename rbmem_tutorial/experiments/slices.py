@@ -26,8 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from .cell_compute import SeedContext, parameter_samples, run_cell, seed_context
-from .geodesic_cells import TEMPERED
-from .matched import matched_table
+from .matched import curve_label, matched_table
 from .tradeoff import Cell, TradeoffConfig, cells
 
 
@@ -40,20 +39,6 @@ class Slice:
     rows: dict = field(default_factory=dict)
     samples: dict = field(default_factory=dict)
     context: SeedContext | None = None
-
-
-def curve_label(row_or_cell) -> str:
-    """The curve a row or cell belongs to: its method, with ``T=<temperature>`` when it has a
-    temperature (the Monge-metric methods and their drift controls), as in the matched table.
-
-    >>> curve_label({"method": "riemannian", "temperature": "mean"})
-    'riemannian T=mean'
-    """
-    get = row_or_cell.get if isinstance(row_or_cell, dict) else row_or_cell.__getattribute__
-    method, temperature = get("method"), get("temperature")
-    if temperature is None and method in TEMPERED:
-        temperature = "sum"  # a cell leaves the default temperature unset
-    return method if temperature is None else f"{method} T={temperature}"
 
 
 def run_slice(config: TradeoffConfig, train_seed: int = 0) -> Slice:
