@@ -37,7 +37,7 @@ from __future__ import annotations
 
 import sys
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -423,8 +423,3 @@ def write_preview(out, rows: list[dict], train: torch.Tensor, count: int = PREVI
     store.write_npz(Path(out) / "preview.npz", keys=np.array(keys), samples=np.stack(samples),
                     nearest=np.stack(nearest), second=np.stack(second), ratio=np.stack(ratio),
                     train=train.numpy().astype(np.float32))
-
-
-def with_overrides(config: TradeoffConfig, **overrides) -> TradeoffConfig:
-    """``config`` with the given fields replaced (``None`` values are ignored)."""
-    return replace(config, **{k: v for k, v in overrides.items() if v is not None})

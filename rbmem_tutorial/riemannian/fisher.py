@@ -234,13 +234,6 @@ class FisherMetric:
         length = self.speed(theta0, velocity).sqrt()
         return length * (2 * self.loss_value(theta0)).sqrt() + 0.5 * length.square()
 
-    def metric_matrix(self, theta: torch.Tensor) -> torch.Tensor:
-        """G(θ) as a dense D × D matrix (small models, checks and pictures), θ of shape [D]."""
-        theta = check_float64("theta", theta, ndim=1)
-        jac = self._jacobian(self._check_theta(theta))
-        eye = torch.eye(self.num_params, dtype=F64, device=theta.device)
-        return jac.T @ (jac / self._variance[:, None]) + self._lam * eye
-
     def __repr__(self):
         solve = f"Woodbury M × M, gram={self.gram}" if self.uses_woodbury else "D × D"
         return (f"FisherMetric(D={self.num_params}, M={self.num_outputs}, "
