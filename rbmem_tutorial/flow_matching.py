@@ -156,6 +156,7 @@ def train_flow_matching(
     *,
     schedule: str = "constant",
     progress: bool = True,
+    on_step: Callable[[int, nn.Module], None] | None = None,
 ) -> torch.Tensor:
     """Fit a velocity net by minimising the flow-matching loss with Adam.
 
@@ -181,6 +182,10 @@ def train_flow_matching(
         Learning-rate schedule; cosine decays to 0 over ``steps``.
     progress : bool
         Show a tqdm progress bar.
+    on_step : callable, optional
+        Called as ``on_step(n, model)`` after the n-th step (n = 1..steps), e.g. to keep
+        checkpoints for early stopping. With the constant schedule, the net after n steps of a
+        longer run is exactly the net of an n-step run.
 
     Returns
     -------
@@ -226,6 +231,8 @@ def train_flow_matching(
         optimiser.step()
         scheduler.step()
         history[step] = loss.detach()
+        if on_step is not None:
+            on_step(step + 1, model)
     history = history.float().cpu()
     if not bool(torch.isfinite(history).all()):
         first = int((~torch.isfinite(history)).nonzero()[0])

@@ -65,7 +65,7 @@ def generate(
     times: torch.Tensor | None = None,
     max_num_steps: int = 10_000,
 ) -> torch.Tensor:
-    """Integrate dx/dt = u_θs(x, t) from the same x_0 for every parameter sample, in one solve.
+    """Integrate dx/dt = u_θs(x, t) from x_0 for every parameter sample, in one solve.
 
     The state is x [S, B, d]; the vector field is
     ``vmap(θ, x ↦ functional_call(model, θ, (x, t)))`` over the S samples, so each sample's
@@ -81,8 +81,11 @@ def generate(
     theta_samples : Tensor [S, D]
         Flat parameter vectors in ``model.named_parameters()`` order. The solve runs in their
         dtype and on their device.
-    x0 : Tensor [B, d]
-        Shared initial noise.
+    x0 : Tensor [B, d] or [S, B, d]
+        Initial noise: shared by every parameter sample ``[B, d]`` (paired draws, for
+        diagnostics that compare samples on the same noise), or one set per sample
+        ``[S, B, d]`` (every generated point from its own (θ, x_0) pair, as a posterior
+        predictive is scored).
     method : str
         A torchdiffeq method: adaptive (``ADAPTIVE_METHODS``, uses rtol/atol and
         ``max_num_steps``) or fixed-step (``FIXED_METHODS``, needs ``step_size``).
@@ -111,8 +114,17 @@ def generate(
     >>> thetas = torch.zeros(3, 6, dtype=torch.float64)
     >>> generate(Field(), thetas, torch.ones(4, 2), method="rk4", step_size=0.1).shape
     torch.Size([3, 4, 2])
+    >>> generate(Field(), thetas, torch.ones(3, 5, 2), method="rk4", step_size=0.1).shape
+    torch.Size([3, 5, 2])
     """
-    net, theta_samples, x0 = _prepare(model, theta_samples, x0, "x0")
+    per_sample = isinstance(x0, torch.Tensor) and x0.ndim == 3
+    if per_sample and x0.shape[0] != len(theta_samples):
+        raise ValueError(f"x0 of shape [S, B, d] needs one noise set per parameter sample: "
+                         f"got {x0.shape[0]} sets for {len(theta_samples)} samples.")
+    net, theta_samples, x0 = _prepare(model, theta_samples, x0.flatten(0, 1) if per_sample
+                                      else x0, "x0")
+    if per_sample:
+        x0 = x0.reshape(len(theta_samples), -1, x0.shape[-1])
     check_choice("method", method, ADAPTIVE_METHODS + FIXED_METHODS)
     if theta_samples.dtype in (torch.float16, torch.bfloat16) and method in ADAPTIVE_METHODS:
         raise ValueError(
@@ -139,7 +151,7 @@ def generate(
     def field(t, x):
         return vmap(one_sample, in_dims=(0, 0, None))(theta_samples, x, t)
 
-    start = x0.expand(theta_samples.shape[0], *x0.shape)
+    start = x0 if per_sample else x0.expand(theta_samples.shape[0], *x0.shape)
     try:
         path = odeint(
             field,
