@@ -1,0 +1,103 @@
+"""Running the matched study (:mod:`.matched_study`): resumable cells, several processes.
+
+``python -m rbmem_tutorial.experiments.matched_run --out DIR`` computes every unfinished cell;
+a second process started with ``--reverse`` on the same folder works from the other end, and
+the two share the cells through claim files (:mod:`.store`). A finished cell is never
+recomputed, an interrupted one is recomputed from the start, and ``--finish`` writes the
+tables (:mod:`.matched_stats`) from whatever cells exist.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..riemannian import GeodesicSolveError
+from . import store
+from .matched_study import METHODS, MatchedConfig, cell_key, failed_cell, run_cell
+from .replicates import replicate
+
+
+def prepare(config: MatchedConfig, out: Path) -> None:
+    """Save ``config`` in ``out``, or check that it equals the saved one."""
+    path = out / "config.json"
+    saved = json.loads(path.read_text()) if path.exists() else None
+    mine = json.loads(json.dumps(asdict(config)))
+    if saved is not None and saved != mine:
+        changed = sorted(k for k in mine if saved.get(k) != mine[k])
+        raise SystemExit(f"error: {out} holds a matched study with other options "
+                         f"({', '.join(changed)}); use another --out, or the saved options.")
+    if saved is None:
+        store.write_json(path, mine)
+
+
+def run(config: MatchedConfig, out, *, reverse: bool = False, log=print) -> list[str]:
+    """Compute this process's unfinished cells; returns the keys it computed."""
+    out = store.check_writable(Path(out))
+    (out / "cells").mkdir(exist_ok=True)
+    prepare(config, out)
+    todo = config.cells()[::-1] if reverse else config.cells()
+    current, done = None, []
+    for index, method in todo:
+        key = cell_key(index, method)
+        if store.read_cell(out, key) is not None or not store.claim(out, key):
+            continue
+        try:
+            if store.is_done(out, key):
+                continue
+            if current is None or current.index != index:
+                start = time.perf_counter()
+                current = replicate(index, members=config.members, points=config.points)
+                log(f"replicate {index}: nets and posterior ready in "
+                    f"{time.perf_counter() - start:.0f} s (floor {current.floor:.3f})")
+            start = time.perf_counter()
+            try:
+                row, samples = run_cell(config, current, method)
+            except (GeodesicSolveError, RuntimeError, ValueError) as err:  # named in the row
+                row, samples = failed_cell(config, current, method, err), np.zeros((0, 2))
+            store.save_cell(out, key, row, samples=samples)
+        finally:
+            store.release(out, key)
+        done.append(key)
+        log(f"{key}: {row['status']} in {time.perf_counter() - start:.0f} s")
+    return done
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m rbmem_tutorial.experiments.matched_run",
+                                     description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", required=True, help="study folder (created)")
+    parser.add_argument("--replicates", type=int, nargs="+", default=list(range(10)),
+                        help="replicate indices, each its own data and seed (default 0-9)")
+    parser.add_argument("--costly-replicates", type=int, nargs="+", default=list(range(5)),
+                        help="replicates that also run the costly geodesic methods "
+                             "(default 0-4)")
+    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS,
+                        help="methods (default: all)")
+    parser.add_argument("--reverse", action="store_true",
+                        help="work from the last cell (a second process on the same --out)")
+    parser.add_argument("--finish", action="store_true",
+                        help="only write the tables and figures from the finished cells")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(1)
+    out = Path(args.out).expanduser()
+    if not args.finish:
+        config = MatchedConfig(replicates=tuple(args.replicates), methods=tuple(args.methods),
+                               costly_replicates=tuple(args.costly_replicates))
+        run(config, out, reverse=args.reverse,
+            log=lambda text: print(text, file=sys.stderr, flush=True))
+    from .matched_stats import write_tables
+
+    write_tables(out)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
