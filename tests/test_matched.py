@@ -100,3 +100,11 @@ def test_cli_writes_table_and_refuses_a_folder_without_results(tmp_path, capsys)
     assert matched.main([str(tmp_path)]) == 0
     assert len(json.loads((tmp_path / "matched.json").read_text())["curves"]) == 3
     assert "| laplace | 0.45 | 2/2 |" in (tmp_path / "matched.md").read_text()
+
+
+def test_shared_noise_rows_are_refused_in_a_comparison_table():
+    rows = [row("laplace", a, 0, 0.6 - 0.1 * a, 0.01 * a, n_param_samples=4)
+            for a in (1.0, 2.0, 3.0)]
+    with pytest.raises(ValueError, match="share x0 between weight samples"):
+        matched.matched_table(rows)
+    assert matched.matched_table(rows, shared_noise=True)  # explicitly a paired diagnostic

@@ -154,9 +154,16 @@ def _level_value(level, points: list[dict]) -> float:
     return float(np.mean([p["true_mem_strict"] for p in points])) if level == "floor" else level
 
 
-def matched_table(rows: list[dict], levels=LEVELS, reference: str = REFERENCE_METHOD
-                  ) -> list[dict]:
+def matched_table(rows: list[dict], levels=LEVELS, reference: str = REFERENCE_METHOD, *,
+                  shared_noise: bool = False) -> list[dict]:
     """The matched-memorisation table of a study's rows.
+
+    The trade-off study pushes the same x₀ through every weight sample of a posterior cell
+    (rows with ``n_param_samples`` > 1): a set of near-copies whose recall measures the spread
+    between a few nets, not coverage. Such rows make a paired *diagnostic*, never a table that
+    compares methods, so they are refused unless ``shared_noise=True`` says that the table is
+    a diagnostic; compare methods with the matched study
+    (:mod:`rbmem_tutorial.experiments.matched_study`), where every point has its own (θ, x₀).
 
     Returns one entry per (curve, level): ``curve``, ``level`` (0.45, 0.3 or ``"floor"``),
     ``n_seeds`` (seeds with that curve), ``reached`` (seeds that reached the level), per metric
@@ -180,6 +187,11 @@ def matched_table(rows: list[dict], levels=LEVELS, reference: str = REFERENCE_ME
     >>> table["riemannian", 0.3]["reached"]
     0
     """
+    shared = sorted({r["method"] for r in rows if r.get("n_param_samples", 1) > 1})
+    if shared and not shared_noise:
+        raise ValueError(f"rows of {', '.join(shared)} share x0 between weight samples (a "
+                         "paired diagnostic): pass shared_noise=True to tabulate them as one, "
+                         "or compare methods with the matched study (one (θ, x0) per point).")
     grouped = curves(rows)
     by_curve = defaultdict(dict)
     for (group, seed), points in grouped.items():
@@ -259,6 +271,11 @@ def markdown(table: list[dict], points: list[dict] = ()) -> str:
     return "\n".join(lines) + "\n"
 
 
+DIAGNOSTIC_NOTE = ("Paired diagnostic: the posterior cells share x0 between their weight "
+                   "samples, so this table does not compare methods (recall measures the "
+                   "spread between a few nets); the matched study does.")
+
+
 def main(argv: list[str] | None = None) -> int:
     """``python -m rbmem_tutorial.experiments.matched RUN_DIR``: write matched.json/.md."""
     args = sys.argv[1:] if argv is None else argv
@@ -268,11 +285,13 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     out = Path(args[0])
     rows = json.loads((out / "results.json").read_text())
-    table, points = matched_table(rows), points_table(rows)
+    table, points = matched_table(rows, shared_noise=True), points_table(rows)
     (out / "matched.json").write_text(json.dumps({"curves": table, "points": points},
                                                  indent=1) + "\n")
-    (out / "matched.md").write_text(markdown(table, points))
-    print(markdown(table, points))
+    text = (f"{DIAGNOSTIC_NOTE}\n\n" if any(r.get("n_param_samples", 1) > 1 for r in rows)
+            else "") + markdown(table, points)
+    (out / "matched.md").write_text(text)
+    print(text)
     return 0
 
 

@@ -1,12 +1,12 @@
 """Tables of the matched study: its curves, its matched points, and the declared comparisons.
 
 **Primary comparisons** (declared in the study README before the sweep ran): at each level
-(memorised 0.45, 0.30, the replicate's true-sample floor), each of the posteriors that reach
-it (Euclidean ``laplace``, ``riemannian-mean``, ``riemannian-fisher``) against ``early-stop``,
-and each Riemannian posterior against ``laplace``; on the **energy distance** to held-out data
-(lower is better). Paired over the replicates where both methods reached the level, as a
-Student-t mean difference, with p-values adjusted over the whole family by Holm's step-down
-method and intervals at the Bonferroni level 1 − 0.05/m (simultaneous for the family).
+(memorised 0.45, 0.30, the replicate's true-sample floor), the Euclidean ``laplace`` and the
+``riemannian-mean`` posterior against ``early-stop``, and ``riemannian-mean`` against
+``laplace``; on the **energy distance** to held-out data (lower is better). Paired over the
+replicates where both methods reached the level, as a Student-t mean difference, with
+p-values adjusted over the whole family by Holm's step-down method and intervals at the
+Bonferroni level 1 − 0.05/m (simultaneous for the family).
 Everything else (other methods, other metrics) is secondary: unadjusted 95% intervals.
 """
 
@@ -23,8 +23,8 @@ from scipy import stats
 from . import store
 
 PRIMARY_METRIC = "energy"
-PRIMARY = [(a, b) for a in ("laplace", "riemannian-mean", "riemannian-fisher")
-           for b in ("early-stop", "laplace") if a != b]
+PRIMARY = [("laplace", "early-stop"), ("riemannian-mean", "early-stop"),
+           ("riemannian-mean", "laplace")]
 LEVELS = ("0.45", "0.3", "floor")
 LOWER_IS_BETTER = {"mmd2": True, "energy": True, "outliers": True, "precision": False,
                    "recall": False}

@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import time
 from dataclasses import dataclass
+from functools import cached_property
 
 import torch
 
@@ -54,7 +55,7 @@ def checkpoints(config: FlowConfig, steps=STEP_GRID) -> torch.Tensor:
     >>> grid = checkpoints(tiny, steps=(3, 6))
     >>> final = parameters_vector(load_or_train(tiny, progress=False).model)
     >>> tuple(grid.shape), bool(torch.equal(grid[-1], final))
-    ((2, 106), True)
+    ((2, 50), True)
     """
     steps = tuple(int(s) for s in steps)
     if steps[-1] != config.steps or list(steps) != sorted(set(steps)):
@@ -91,30 +92,37 @@ def checkpoints(config: FlowConfig, steps=STEP_GRID) -> torch.Tensor:
 class Replicate:
     """What every cell of one replicate shares.
 
-    ``ensemble`` holds each member's checkpoints ``[members, len(STEP_GRID), D]`` (member 0 the
-    MAP run, so ``ensemble[0]`` is early stopping's curve); ``true`` are fresh samples of the
-    data distribution, as many as a scored set, and ``floor`` their memorised fraction (the
-    level a perfect generaliser would show).
+    ``true`` are fresh samples of the data distribution, as many as a scored set, and ``floor``
+    their memorised fraction (the level a perfect generaliser would show). :attr:`ensemble`
+    trains the checkpoints only when a cell first needs them.
     """
 
     index: int
     model: torch.nn.Module
     train: torch.Tensor
     test: torch.Tensor
-    ensemble: torch.Tensor
     flow_posterior: FlowPosterior
     true: torch.Tensor
     floor: float
+    members: int
+
+    @cached_property
+    def ensemble(self) -> torch.Tensor:
+        """Each member's checkpoints ``[members, len(STEP_GRID), D]``; member 0 is the MAP
+        run, so ``ensemble[0]`` is early stopping's curve."""
+        return torch.stack([checkpoints(flow_config(self.index, m))
+                            for m in range(self.members)])
 
 
 def replicate(index: int, *, members: int, points: int) -> Replicate:
-    """Train (or load) replicate ``index``'s nets and fit its posterior."""
-    configs = [flow_config(index, m) for m in range(members)]
-    ensemble = torch.stack([checkpoints(c) for c in configs])
-    trained = load_or_train(configs[0], progress=False)
+    """Train (or load) replicate ``index``'s MAP net and fit its posterior."""
+    config = flow_config(index)
+    if not cache_path(config).exists():
+        checkpoints(config)  # the MAP run with its checkpoints: one training for both
+    trained = load_or_train(config, progress=False)
     fp = fit_flow_posterior(trained.model, trained.train)
     generator = torch.Generator().manual_seed(10_000 + index)
     true = sample_dataset(REFERENCE.dataset, points, generator=generator)
     floor = memorised_fraction(true, trained.train)
-    return Replicate(index, trained.model, trained.train, trained.test, ensemble, fp, true,
-                     floor)
+    return Replicate(index, trained.model, trained.train, trained.test, fp, true, floor,
+                     members)

@@ -1,0 +1,16 @@
+#!/bin/bash
+# Regenerate the matched study into this folder's cells/ and tables, from the current code:
+#   bash book/data/matched-study/regenerate.sh [OUT]   (OUT defaults to this folder)
+# Two worker processes share the cells through claim files (one from each end of the list);
+# a killed run resumes where it stopped when started again. Then the tables are written.
+set -euo pipefail
+HERE=$(dirname "$(realpath "$0")")
+OUT=$(realpath -m "${1:-$HERE}")
+export OMP_NUM_THREADS=1
+RUN="python -m rbmem_tutorial.experiments.matched_run --out $OUT"
+$RUN > "$OUT.worker0.log" 2>&1 &
+first=$!
+$RUN --reverse > "$OUT.worker1.log" 2>&1 &
+second=$!
+wait $first $second
+$RUN --finish
