@@ -4,6 +4,7 @@ The package follows the book, one module per idea:
 
 - :mod:`.data`, :mod:`.nets`, :mod:`.flow_matching`, :mod:`.reference`: chapter 1, flow matching;
 - :mod:`.memorisation`, :mod:`.metrics`: chapter 2, detecting memorisation and measuring quality;
+  :mod:`.calibration`: chapter 5, matching methods at the same memorised fraction;
 - chapter 3, Laplace: :mod:`.regression_set` (flow matching frozen into regression),
   :mod:`.objective` (the loss L(θ) and its curvature; :mod:`.kronecker` for KFAC),
   :mod:`.refinement` (θ_SGD → θ*), :mod:`.laplace`, :mod:`.prior_tuning` (λ by the evidence),
@@ -19,6 +20,7 @@ Reference: Gegenfurtner, Jacobsen and Arvanitidis, "Reducing Memorisation in Gen
 via Riemannian Bayesian Inference", arXiv:2602.00199.
 """
 
+from .calibration import Calibration, calibrate, calibrate_scale
 from .data import DATASETS, TOY_DATASETS, load_dataset, load_image_file, sample_dataset
 from .flow_matching import (
     EmpiricalOptimalVelocity,
@@ -44,6 +46,7 @@ from .metrics import (
     generalisation_gap,
     held_out_log_likelihood,
     mmd2,
+    outlier_rate,
     precision_recall,
     quality_report,
     sliced_wasserstein,
@@ -81,19 +84,20 @@ from .toys import Banana, BayesianLinearRegression, gaussian_w2
 __version__ = "0.1.0"
 
 __all__ = [
-    "DATASETS", "REFERENCE", "TEMPERATURE_PRESETS", "TOY_DATASETS", "Banana",
-    "BayesianLinearRegression", "EmpiricalOptimalVelocity", "FisherMetric", "FlowConfig",
-    "FlowPosterior", "GeodesicResult", "GeodesicSolveError", "LaplacePosterior",
-    "MemorisationReport", "MongeMetric", "ParameterSubset", "RefineRecord", "RegressionAdapter",
-    "RegressionObjective", "RiemannianLaplace", "VelocityConvNet", "VelocityMLP", "anchored",
-    "cfm_loss", "common_drift", "data_mean_objective", "energy_distance", "exp_map",
-    "fit_flow_posterior", "fit_laplace", "flow_matching_regression_set", "gaussian_w2",
-    "generalisation_gap", "generate", "geodesic_acceleration", "held_out_log_likelihood",
-    "hidden_unit_sizes", "is_memorised", "linear_path", "linearised_objective", "load_dataset",
-    "load_image_file", "load_or_train", "log_prob", "memorisation_ratio", "memorisation_report",
-    "memorised_fraction", "minibatch_objective", "mmd2", "nearest_two", "noise_std_from_residuals",
-    "optimal_prior_precision", "parameter_subset", "parameters_vector", "precision_recall",
-    "quality_report", "refine_map", "restrict_objective", "sample", "sample_dataset",
-    "sliced_wasserstein", "train_flow_matching", "unflatten", "units_in_use",
+    "Banana", "BayesianLinearRegression", "Calibration", "DATASETS", "EmpiricalOptimalVelocity",
+    "FisherMetric", "FlowConfig", "FlowPosterior", "GeodesicResult", "GeodesicSolveError",
+    "LaplacePosterior", "MemorisationReport", "MongeMetric", "ParameterSubset", "REFERENCE",
+    "RefineRecord", "RegressionAdapter", "RegressionObjective", "RiemannianLaplace",
+    "TEMPERATURE_PRESETS", "TOY_DATASETS", "VelocityConvNet", "VelocityMLP", "anchored",
+    "calibrate", "calibrate_scale", "cfm_loss", "common_drift", "data_mean_objective",
+    "energy_distance", "exp_map", "fit_flow_posterior", "fit_laplace",
+    "flow_matching_regression_set", "gaussian_w2", "generalisation_gap", "generate",
+    "geodesic_acceleration", "held_out_log_likelihood", "hidden_unit_sizes", "is_memorised",
+    "linear_path", "linearised_objective", "load_dataset", "load_image_file", "load_or_train",
+    "log_prob", "memorisation_ratio", "memorisation_report", "memorised_fraction",
+    "minibatch_objective", "mmd2", "nearest_two", "noise_std_from_residuals",
+    "optimal_prior_precision", "outlier_rate", "parameter_subset", "parameters_vector",
+    "precision_recall", "quality_report", "refine_map", "restrict_objective", "sample",
+    "sample_dataset", "sliced_wasserstein", "train_flow_matching", "unflatten", "units_in_use",
     "velocity_uncertainty",
 ]

@@ -80,7 +80,7 @@ def test_drift_control_rejects_bad_input(kwargs, error, message):
 
 # --- the study's options ---------------------------------------------------------------------
 
-STORED = Path(__file__).resolve().parents[1] / "book" / "data" / "tradeoff-cpu"
+STORED = Path(__file__).resolve().parents[1] / "book" / "data" / "paper-setting"
 
 
 def test_tempered_cells_are_expanded_over_temperatures_and_keyed_by_them():

@@ -3,14 +3,16 @@
 #   bash book/data/matched-study/regenerate.sh [OUT]   (OUT defaults to this folder)
 # Two worker processes share the cells through claim files (one from each end of the list);
 # a killed run resumes where it stopped when started again. Then the tables are written.
+# Each worker's log goes to OUT/logs/.
 set -euo pipefail
 HERE=$(dirname "$(realpath "$0")")
 OUT=$(realpath -m "${1:-$HERE}")
+mkdir -p "$OUT/logs"
 export OMP_NUM_THREADS=1
 RUN="python -m rbmem_tutorial.experiments.matched_run --out $OUT"
-$RUN > "$OUT.worker0.log" 2>&1 &
+$RUN > "$OUT/logs/worker0.log" 2>&1 &
 first=$!
-$RUN --reverse > "$OUT.worker1.log" 2>&1 &
+$RUN --reverse > "$OUT/logs/worker1.log" 2>&1 &
 second=$!
 wait $first $second
 $RUN --finish
