@@ -61,7 +61,7 @@ from pathlib import Path
 import torch
 
 from ._checks import check_tensor
-from .cache import cache_dir, digest, load_cached, save_atomic
+from .cache import entry_path, save_atomic, save_entry, use_cached
 from .laplace import LaplacePosterior, fit_laplace
 from .nets import RegressionAdapter
 from .objective import RegressionObjective, parameters_vector
@@ -296,13 +296,13 @@ def fit_flow_posterior(
         "max_tune_rounds": max_tune_rounds,
     })
     setup = _Setup(velocity_net, train, options)
-    path = cache_dir() / f"posterior-{digest(cache_key(setup, options))[:20]}.pt"
+    path = entry_path("posterior", cache_key(setup, options))
     required = ("theta_map", "prior_precision", "refine_first", "refine_final")
-    fitted = load_cached(path, required) if use_cache else None
+    fitted = use_cached(path, required, lambda r: _checked(r, setup)) if use_cache else None
     if fitted is None:
         fitted = _refine_and_tune(setup, options)
         if use_cache and fitted["theta_map"] is not None:
-            save_atomic(fitted, path)
+            save_entry(fitted, path)
     fitted["theta_map"] = _to(fitted["theta_map"], setup.theta_sgd.device)
     return _assemble(setup, options, fitted)
 
@@ -386,6 +386,17 @@ def _fitted_record(fp: FlowPosterior) -> dict:
             "refine_first": None if fp.refine_first is None else asdict(fp.refine_first),
             "refine_final": None if fp.refine_final is None else asdict(fp.refine_final),
             "tune_history": list(fp.tune_history)}
+
+
+def _checked(fitted: dict, setup: _Setup) -> dict:
+    """A cached fit, checked to match the net of ``setup`` (else a ``ValueError``)."""
+    theta = fitted["theta_map"]
+    if theta is not None and tuple(theta.shape) != tuple(setup.theta_sgd.shape):
+        raise ValueError(f"θ* of shape {tuple(theta.shape)} for a net of "
+                         f"{setup.theta_sgd.numel()} weights")
+    if not float(fitted["prior_precision"]) > 0:
+        raise ValueError(f"prior precision {fitted['prior_precision']}, not a positive number")
+    return fitted
 
 
 def _to(theta, device):

@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 from rbmem_tutorial._checks import check_choice, check_positive, check_positive_int
-from rbmem_tutorial.cache import cache_dir, digest, load_cached, save_atomic
+from rbmem_tutorial.cache import entry_path, save_atomic, save_entry, use_cached
 from rbmem_tutorial.data import DATASETS, dataset_dim, load_dataset
 from rbmem_tutorial.flow_matching import train_flow_matching
 from rbmem_tutorial.nets import ACTIVATIONS, VelocityMLP
@@ -200,17 +200,15 @@ class TrainedFlow:
 
 
 def cache_path(config: FlowConfig) -> Path:
-    """Cache file of ``config``: a SHA-256 of the configuration and the package version.
+    """Cache file of ``config``: a SHA-256 of the configuration, the version of the flow
+    entries' computation and the package version (:func:`rbmem_tutorial.cache.entry_path`).
 
     Example
     -------
-    >>> cache_path(REFERENCE).suffix
-    '.pt'
+    >>> cache_path(REFERENCE).name.startswith("flow-moons-"), cache_path(REFERENCE).suffix
+    (True, '.pt')
     """
-    from rbmem_tutorial import __version__
-
-    key = digest({"config": dataclasses.asdict(config), "version": __version__})
-    return cache_dir() / f"flow-{config.dataset}-{key[:20]}.pt"
+    return entry_path("flow", {"config": dataclasses.asdict(config)}, config.dataset)
 
 
 def build_model(config: FlowConfig) -> VelocityMLP:
@@ -259,15 +257,13 @@ def load_or_train(config: FlowConfig = REFERENCE, progress: bool = True) -> Trai
     if not isinstance(config, FlowConfig):
         raise TypeError(f"config must be a FlowConfig, got {type(config).__name__}.")
     train, test = load_dataset(config.dataset, config.n_train, config.n_test, config.data_seed)
-    model = build_model(config)
     path = cache_path(config)
-    record = load_cached(path, ("state_dict", "loss_history", "train_seconds"))
-    if record is not None:
-        model.load_state_dict(record["state_dict"])
-        return TrainedFlow(
-            model.eval(), train, test, record["loss_history"], record["train_seconds"], config,
-            from_cache=True,
-        )
+    cached = use_cached(path, ("state_dict", "loss_history", "train_seconds"),
+                        lambda record: _from_record(config, record))
+    if cached is not None:
+        model, history, seconds = cached
+        return TrainedFlow(model.eval(), train, test, history, seconds, config, from_cache=True)
+    model = build_model(config)
     start = time.perf_counter()
     history = train_flow_matching(
         model, train, config.steps, config.batch_size, config.lr, config.seed,
@@ -275,5 +271,12 @@ def load_or_train(config: FlowConfig = REFERENCE, progress: bool = True) -> Trai
     )
     seconds = time.perf_counter() - start
     record = {"state_dict": model.state_dict(), "loss_history": history, "train_seconds": seconds}
-    save_atomic(record, path)
+    save_entry(record, path)
     return TrainedFlow(model.eval(), train, test, history, seconds, config, from_cache=False)
+
+
+def _from_record(config: FlowConfig, record: dict) -> tuple[VelocityMLP, torch.Tensor, float]:
+    """The net of ``config`` with a cache entry's weights, its loss history and time."""
+    model = build_model(config)
+    model.load_state_dict(record["state_dict"])
+    return model, torch.as_tensor(record["loss_history"]), float(record["train_seconds"])

@@ -17,7 +17,7 @@ import pytest
 import torch
 from conftest import in_private_cache, results_by_key
 
-from rbmem_tutorial.cache import save_atomic
+from rbmem_tutorial.cache import entry_path, save_atomic, save_entry
 from rbmem_tutorial.experiments import __main__ as cli
 from rbmem_tutorial.experiments import store, tradeoff
 from rbmem_tutorial.experiments.map_check import MIN_PRECISION_FRACTION, map_quality_warning
@@ -322,22 +322,26 @@ def test_help_is_plain_text_with_profiles_and_adam_steps():
 
 
 def test_cache_list_and_clear_touch_only_this_packages_files(tmp_path, capsys, monkeypatch):
-    save_atomic({"state_dict": {"w.weight": torch.zeros(3, 2)}, "seconds": 1.0},
-                tmp_path / "study-flow-abc.pt")
-    save_atomic({"theta_map": torch.zeros(5), "prior_precision": 2.0,
-                 "refine_final": {"grad_norm_after": 1e-7}}, tmp_path / "posterior-def.pt")
-    (tmp_path / "notes.txt").write_text("not ours")
     monkeypatch.setenv("RBMEM_CACHE", str(tmp_path))
+    flow = entry_path("study-flow", "a")
+    save_entry({"state_dict": {"w.weight": torch.zeros(3, 2)}, "seconds": 1.0}, flow)
+    save_entry({"theta_map": torch.zeros(5), "prior_precision": 2.0,
+                "refine_final": {"grad_norm_after": 1e-7}}, entry_path("posterior", "b"))
+    users = ["notes.txt", "flow-myproject.pt", "posterior-final.pt"]
+    for name in users:
+        (tmp_path / name).write_text("not ours")
+    (tmp_path / "flow-dir.pt").mkdir()
     assert cli.main(["cache", "list"]) == 0
     listing = capsys.readouterr().out
     assert "study-flow" in listing and "6 weights (layers 3x2)" in listing
     assert "MAP of 5 weights, prior precision 2" in listing
-    assert "notes.txt" not in listing
+    assert not any(name in listing for name in users)
     assert cli.main(["cache", "clear", "--kind", "posterior"]) == 0
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt", "study-flow-abc.pt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([*users, "flow-dir.pt",
+                                                                 flow.name])
     assert cli.main(["cache", "clear"]) == 0
     assert "deleted 1 file(s)" in capsys.readouterr().out
-    assert [p.name for p in tmp_path.iterdir()] == ["notes.txt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([*users, "flow-dir.pt"])
 
 
 def test_point_arrays_load_as_rows_with_distance_ratios_kept(files):
