@@ -201,8 +201,7 @@ def test_damaged_cache_entry_is_named_and_retrained(base_study, tmp_path, capsys
 def test_cell_claims_exclude_other_processes_and_expire_with_them(tmp_path):
     assert store.claim(tmp_path, "a")
     assert not store.claim(tmp_path, "a")  # held by a live process (this one)
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
-                          capture_output=True, text=True).stdout.strip()
+    dead = _dead_pid()
     claim = tmp_path / "cells" / "b.claim"
     claim.write_text(json.dumps({"host": os.uname().nodename, "pid": int(dead)}))
     assert store.claim(tmp_path, "b")  # its process is gone
@@ -355,3 +354,80 @@ def test_point_arrays_load_as_rows_with_distance_ratios_kept(files):
     before = np.linalg.norm(points[1:] - points[0], axis=1)
     after = np.linalg.norm(rows[1:] - rows[0], axis=1)
     np.testing.assert_allclose(after / after[0], before / before[0], rtol=1e-12)
+
+
+def _points_study(files, out, *extra):
+    return cli.main(["tradeoff", *SMALL, "--scales", "0.5", "--data-file",
+                     str(files / "points.npy"), "--n-train", "20", "--out", str(out), *extra])
+
+
+def test_a_data_file_with_other_contents_at_the_same_path_is_refused(files, capsys):
+    out = files / "study"
+    assert _points_study(files, out) == 0
+    before = mtimes(out)
+    points = np.load(files / "points.npy")
+    np.save(files / "points.npy", points * 1.01)  # same path and shape, other numbers
+    assert _points_study(files, out) == 2
+    err = capsys.readouterr().err
+    assert "data_sha256" in err and "points.npy changed" in err and "--force" in err
+    assert cli.main(["merge", "--out", str(out)]) == 2
+    assert "computed on other data" in capsys.readouterr().err
+    np.save(files / "points.npy", points[:, :2])  # other dimensions: refused the same way
+    assert _points_study(files, out) == 2
+    assert "data_sha256" in capsys.readouterr().err
+    assert mtimes(out) == before
+    np.save(files / "points.npy", points)  # the study's data again: it resumes and merges
+    assert _points_study(files, out) == 0 and cli.main(["merge", "--out", str(out)]) == 0
+
+
+def test_force_recomputes_a_study_whose_cells_folder_is_a_link(base_study, tmp_path, capsys):
+    out = copy_of(base_study, tmp_path)
+    (out / "cells").rename(tmp_path / "elsewhere")
+    (out / "cells").symlink_to(tmp_path / "elsewhere")
+    assert tradeoff_main(out, "--n-x0", "10", "--force") == 0
+    assert "computed 2 cells" in capsys.readouterr().out
+    assert (out / "cells").is_symlink()
+    assert {row["n_generated"] for row in results_by_key(out).values()} == {20}
+
+
+def test_a_folder_with_files_but_no_study_is_refused_unless_allowed(tmp_path, capsys):
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    (folder / "results.csv").write_text("mine\n")
+    assert tradeoff_main(folder) == 2
+    err = capsys.readouterr().err
+    assert "holds files but no study (results.csv)" in err and "--allow-nonempty" in err
+    assert (folder / "results.csv").read_text() == "mine\n"
+    assert sorted(p.name for p in folder.iterdir()) == ["results.csv"]
+    assert tradeoff_main(folder, "--allow-nonempty") == 0
+    assert len(results_by_key(folder)) == 2
+
+
+def test_run_record_counts_each_invocations_own_cells_and_marks_killed_runs(base_study,
+                                                                            tmp_path):
+    out = tmp_path / "shared"
+    argv = ["tradeoff", *SMALL, "--scales", "0.5", "--sample-seeds", "0", "1", "2",
+            "--out", str(out)]
+    assert command(*argv[:-2], "--sample-seeds", "0", "--out", str(out)).returncode == 0
+    runs = json.loads((out / "run.json").read_text())["runs"]
+    runs.append({**runs[0], "id": "dead", "status": "running", "pid": _dead_pid()})
+    store.write_json(out / "run.json", {"runs": runs})
+    both = [subprocess.Popen([RBMEM, *argv], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+            for _ in range(2)]
+    printed = []
+    for process in both:
+        stdout, stderr = process.communicate(timeout=300)
+        assert process.returncode == 0, stderr[-2000:]
+        assert "skipped" not in stderr
+        printed.append(int(stdout.split("rank 0: computed ")[1].split()[0]))
+    runs = json.loads((out / "run.json").read_text())["runs"]
+    assert [run["status"] for run in runs] == ["finished", "killed", "finished", "finished"]
+    assert sorted(run["cells_computed"] for run in runs[2:]) == sorted(printed)
+    assert runs[0]["cells_computed"] == 2 and sum(printed) == 4  # 6 cells, 2 done before
+
+
+def _dead_pid():
+    done = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True)
+    return int(done.stdout)

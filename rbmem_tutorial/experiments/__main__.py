@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
 import textwrap
 from dataclasses import asdict
@@ -107,12 +108,15 @@ def _parser() -> argparse.ArgumentParser:
                              description="Run, resume or extend a trade-off study.",
                              epilog=_profiles_text() + "\n\n" + EXAMPLES.format(prog=prog),
                              formatter_class=raw)
-    run.add_argument("--out", required=True, type=Path,
+    run.add_argument("--out", required=True, type=_folder,
                      help="output folder; rerunning resumes it, and more seeds, scales or "
                           "methods extend it")
     run.add_argument("--force", action="store_true",
                      help="when --out holds a study with other options, delete its cells and "
                           "recompute with these options")
+    run.add_argument("--allow-nonempty", action="store_true",
+                     help="write the study into a folder that holds other files but no study "
+                          "(files named like the study's, e.g. results.csv, are replaced)")
     profile = run.add_mutually_exclusive_group()
     profile.add_argument("--profile", choices=sorted(PROFILES),
                          help="preset sizes (default cpu; see the list below): quick (a CPU "
@@ -162,9 +166,14 @@ def _parser() -> argparse.ArgumentParser:
     merge = studies.add_parser("merge", help="merge finished cells into results and figures",
                                description="Merge the finished cells of a study folder into "
                                            "results.csv, results.json and figures.")
-    merge.add_argument("--out", required=True, type=Path, help="the study folder")
+    merge.add_argument("--out", required=True, type=_folder, help="the study folder")
     cache_command.add_parser(studies)
     return parser
+
+
+def _folder(text: str) -> Path:
+    """A folder argument, with a leading ``~`` expanded also when the shell left it quoted."""
+    return Path(text).expanduser()
 
 
 def _config(args) -> TradeoffConfig:
@@ -237,44 +246,63 @@ def _finished(out: Path) -> int:
     return len(list((out / "cells").glob("*.json")))
 
 
+class TerminatedError(BaseException):
+    """SIGTERM arrived: stop like an interruption (claims released, run record updated)."""
+
+
+def _terminate(signum, frame):
+    raise TerminatedError
+
+
+def _checked_study(args):
+    """Every check before any work: the configuration, the folders, the saved study."""
+    config = _config(args)
+    out = store.check_writable(args.out)
+    check_cache_writable()
+    resume.check_study_folder(out, args.allow_nonempty)
+    return resume.study_config(config, out, args.force), out
+
+
 def _tradeoff(args, argv) -> int:
     import torch
 
-    try:  # every check before any work
-        config = _config(args)
-        out = store.check_writable(args.out)
-        check_cache_writable()
-        config = resume.study_config(config, out, args.force)
+    try:
+        config, out = _checked_study(args)
     except (ValueError, TypeError, FileNotFoundError) as err:
         return _error(err)
     rank, world = _distributed(config)
     torch.set_num_threads(1)
+    signal.signal(signal.SIGTERM, _terminate)
     if config.device == "cuda" and world > 1:
         config = TradeoffConfig(**{**asdict(config), "device": f"cuda:{_local_rank()}"})
-    record, before, status = None, _finished(out), "failed"
+    record, status, computed = None, "failed", []
     if rank == 0:
+        try:  # --force deletes the old cells before any rank starts
+            config = resume.prepare(config, out, force=args.force)
+        except (ValueError, OSError) as err:
+            return _error(err)
+        if args.profile is None:
+            print("note: no --profile given, so this runs the 'cpu' profile (about 30 minutes "
+                  "on a CPU); --quick runs in about a minute.", file=sys.stderr)
         print(json.dumps(asdict(config), indent=1))
-        if args.force and world > 1:  # delete the old cells before any rank starts
-            config = resume.prepare(config, out, force=True)
         command = [_prog(), *(sys.argv[1:] if argv is None else argv)]
         record = run_record.start_run(config, out, command, world)
-    if world > 1:
-        torch.distributed.barrier()
+    record = _shared(record, world)
     try:
-        computed = run_study(config, out, progress=not args.no_progress, rank=rank,
-                             world_size=world, force=args.force and world == 1)
+        run_study(config, out, progress=not args.no_progress, rank=rank, world_size=world,
+                  computed=computed)
         status = "finished"
-    except KeyboardInterrupt:
-        status = "interrupted"
-        print(f"\ninterrupted: {_finished(out)} of {len(cells(config))} cells of this study are "
+    except (KeyboardInterrupt, TerminatedError) as stop:
+        status = "interrupted" if isinstance(stop, KeyboardInterrupt) else "terminated"
+        print(f"\n{status}: {_finished(out)} of {len(cells(config))} cells of this study are "
               f"finished in {out}; run the same command again to resume.", file=sys.stderr)
-        return 130
+        return 130 if status == "interrupted" else 143
     except CellError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
     finally:
-        if record is not None:
-            run_record.end_run(out, record, status, max(_finished(out) - before, 0))
+        run_record.end_run(out, record, status if rank == 0 or status != "finished" else None,
+                           len(computed), rank)
     print(f"rank {rank}: computed {len(computed)} cells")
     if world > 1:
         torch.distributed.barrier()
@@ -284,6 +312,17 @@ def _tradeoff(args, argv) -> int:
     if world > 1:
         torch.distributed.destroy_process_group()
     return 0
+
+
+def _shared(record: dict | None, world: int) -> dict:
+    """Rank 0's run record on every rank (after rank 0 prepared the folder)."""
+    if world == 1:
+        return record
+    import torch.distributed as dist
+
+    shared = [record]
+    dist.broadcast_object_list(shared, src=0)
+    return shared[0]
 
 
 if __name__ == "__main__":

@@ -6,10 +6,12 @@ it was working on, and a rerun skips every finished one. Files are readable by t
 (the mode an ordinary ``open`` would give under the user's umask, not ``mkstemp``'s 0600).
 
 A damaged cell (a truncated or unreadable ``.json`` or ``.npz``, from a full disk or a copy
-that stopped half-way) is named on stderr and moved to ``damaged/``, so a rerun computes it
-again and a merge leaves it out. Several processes may write into one folder: each claims a
-cell with a ``cells/<key>.claim`` file created exclusively (``O_EXCL``) before computing it,
-so no cell is computed twice; a claim left by a process that died is taken over.
+that stopped half-way; a row that lacks a field or a sample array of the wrong shape, checked
+by the study's ``check`` and ``columns``) is named on stderr and moved to ``damaged/``, so a
+rerun computes it again and a merge leaves it out. Several processes may write into one
+folder: each claims a cell with a ``cells/<key>.claim`` file created exclusively
+(``O_EXCL``) before computing it, so no cell is computed twice; a claim left by a process
+that died is taken over.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import shutil
 import socket
 import sys
 import tempfile
@@ -83,9 +86,20 @@ def save_cell(out: Path, key: str, row: dict, **arrays) -> None:
     write_json(row_path, row)
 
 
-def read_cell(out: Path, key: str) -> dict | None:
+def _check_samples(samples: np.ndarray, columns: int | None) -> None:
+    if samples.ndim != 2 or (columns is not None and samples.shape[1] != columns):
+        want = f"N x {columns}" if columns is not None else "N x d"
+        raise ValueError(f"its samples are {' x '.join(map(str, samples.shape))}, not {want}")
+    samples.sum()  # reads the whole array: a damaged one fails its CRC
+
+
+def read_cell(out: Path, key: str, check=None, columns: int | None = None) -> dict | None:
     """The row of finished cell ``key`` after checking both its files; ``None`` when the cell
-    is unfinished or damaged (a damaged cell is named on stderr and moved to ``damaged/``)."""
+    is unfinished or damaged (a damaged cell is named on stderr and moved to ``damaged/``).
+
+    ``check(row)`` raises ``ValueError``, ``KeyError`` or ``TypeError`` for a row that lacks
+    what the study needs; ``columns`` is the width its ``samples`` array must have.
+    """
     row_path, array_path = cell_paths(out, key)
     if not row_path.exists():
         return None
@@ -93,9 +107,11 @@ def read_cell(out: Path, key: str) -> dict | None:
         row = json.loads(row_path.read_text())
         if not isinstance(row, dict) or row.get("key") != key:
             raise ValueError("it does not hold the row of this cell")
+        if check is not None:
+            check(row)
         with np.load(array_path, allow_pickle=False) as arrays:
-            arrays["samples"].sum()  # reads the whole array: a damaged one fails its CRC
-    except (OSError, UnicodeDecodeError, ValueError, KeyError, EOFError,
+            _check_samples(arrays["samples"], columns)
+    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError, EOFError,
             zipfile.BadZipFile) as err:
         moved = _move_aside(out, row_path, array_path)
         print(f"warning: cell {key} is damaged ({type(err).__name__}: {err}); moved "
@@ -106,21 +122,27 @@ def read_cell(out: Path, key: str) -> dict | None:
 
 def _move_aside(out: Path, *paths: Path) -> list[str]:
     folder = Path(out) / "damaged"
-    folder.mkdir(exist_ok=True)
-    stamp = time.strftime("%Y%m%dT%H%M%S")
+    stamp = time.strftime("%Y%m%dT%H%M%S") + f".{os.getpid()}"
     moved = []
     for path in paths:
-        if path.exists():
-            target = folder / f"{path.name}.{stamp}"
-            os.replace(path, target)
-            moved.append(f"{path.name} to {target.relative_to(out)}")
+        if not path.exists():
+            continue
+        target = folder / f"{path.name}.{stamp}"
+        try:
+            folder.mkdir(exist_ok=True)
+            shutil.move(path, target)  # also from a cells folder linked to another disk
+        except OSError as err:
+            moved.append(f"not {path.name} ({err.strerror})")
+            continue
+        moved.append(f"{path.name} to {target.relative_to(out)}")
     return moved
 
 
-def collect(out: Path) -> list[dict]:
-    """All finished rows under ``out/cells``, sorted by key; damaged cells are named, moved
-    aside and left out."""
-    rows = (read_cell(out, p.stem) for p in sorted((Path(out) / "cells").glob("*.json")))
+def collect(out: Path, check=None, columns: int | None = None) -> list[dict]:
+    """All finished rows under ``out/cells``, sorted by key; damaged cells (:func:`read_cell`
+    with ``check`` and ``columns``) are named, moved aside and left out."""
+    rows = (read_cell(out, p.stem, check, columns)
+            for p in sorted((Path(out) / "cells").glob("*.json")))
     return [row for row in rows if row is not None]
 
 
@@ -185,5 +207,10 @@ def write_table(out: Path, rows: list[dict], name: str = "results") -> None:
 
 
 def check_writable(out: Path) -> Path:
-    """Create ``out`` and check that files can be written there, before any work starts."""
-    return check_writable_folder(out, f"--out {out}", "choose another output folder.")
+    """Create ``out`` and check that files can be written there and in its ``cells`` folder
+    when it has one, before any work starts."""
+    out = check_writable_folder(out, f"--out {out}", "choose another output folder.")
+    if (out / "cells").exists():
+        check_writable_folder(out / "cells", f"the cells folder {out / 'cells'}",
+                              "make it writable or choose another --out.")
+    return out
