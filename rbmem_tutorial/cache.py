@@ -85,7 +85,8 @@ def digest(record) -> str:
 
 def save_atomic(record: dict, path: Path) -> None:
     """``torch.save`` to a temporary file beside ``path``, then rename it into place, so an
-    interrupted write never leaves a truncated file; creates the folder if needed.
+    interrupted write never leaves a truncated file; creates the folder if needed. A ``path``
+    that is a folder is a one-line ``ValueError``.
 
     Example
     -------
@@ -95,6 +96,8 @@ def save_atomic(record: dict, path: Path) -> None:
     >>> [p.name for p in path.parent.iterdir()], torch.load(path, weights_only=True)["x"]
     (['flow-x.pt'], tensor([1., 1.]))
     """
+    if path.is_dir():
+        raise ValueError(f"{path} is a folder; save to a file name, e.g. {path / 'model.pt'}.")
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=path.stem, suffix=".tmp")
     os.close(handle)

@@ -55,6 +55,7 @@ A :class:`FlowPosterior` can be saved with everything that made it and loaded wi
 from __future__ import annotations
 
 import copy
+import inspect
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -69,7 +70,7 @@ from .posterior_options import BASE_POINTS, PRIOR_MEANS, cache_key, check_option
 from .prior_tuning import refine_and_tune
 from .refinement import RefineRecord, refine_map
 from .regression_set import flow_matching_regression_set, noise_std_from_residuals
-from .saving import build_net, net_architecture, read_saved
+from .saving import build_net, net_architecture, read_saved, rebuilt, with_checksum
 from .subsets import ParameterSubset, parameter_subset, restrict_objective
 
 __all__ = ["BASE_POINTS", "PRIOR_MEANS", "FlowPosterior", "fit_flow_posterior"]
@@ -184,7 +185,7 @@ class FlowPosterior:
             "prior_precision": self.posterior.prior_precision, "noise_std": self.noise_std,
             "base_grad_norm": self.base_grad_norm,
         }
-        save_atomic(record, Path(path))
+        save_atomic(with_checksum(record), Path(path))
 
     @classmethod
     def load(cls, path, device=None) -> FlowPosterior:
@@ -195,6 +196,14 @@ class FlowPosterior:
         same generator (the example of :meth:`save` checks this).
         """
         record = read_saved(path, _KIND, _FORMAT)
+        return rebuilt(path, "posterior", lambda: cls._from_saved(path, record, device))
+
+    @classmethod
+    def _from_saved(cls, path, record: dict, device) -> FlowPosterior:
+        known = set(inspect.signature(fit_flow_posterior).parameters) - {"velocity_net", "train"}
+        unknown = sorted(set(record["options"]) - known)
+        if unknown:
+            raise KeyError(f"options {unknown} that fit_flow_posterior does not take")
         net = build_net(record["net"], record["net_state"])
         train = record["train"]
         if device is not None:

@@ -21,7 +21,7 @@ from rbmem_tutorial.cache import entry_path, save_atomic, save_entry, use_cached
 from rbmem_tutorial.data import DATASETS, dataset_dim, load_dataset
 from rbmem_tutorial.flow_matching import train_flow_matching
 from rbmem_tutorial.nets import ACTIVATIONS, VelocityMLP
-from rbmem_tutorial.saving import read_saved
+from rbmem_tutorial.saving import read_saved, rebuilt, with_checksum
 
 _KIND, _FORMAT = "rbmem_tutorial.TrainedFlow", 1
 
@@ -184,12 +184,17 @@ class TrainedFlow:
                   "state_dict": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
                   "train": self.train.cpu(), "test": self.test.cpu(),
                   "loss_history": self.loss_history.cpu(), "train_seconds": self.train_seconds}
-        save_atomic(record, Path(path))
+        save_atomic(with_checksum(record), Path(path))
 
     @classmethod
     def load(cls, path) -> TrainedFlow:
-        """Read a flow written by :meth:`save` (on the CPU, ``from_cache=True``)."""
+        """Read a flow written by :meth:`save` (on the CPU, ``from_cache=True``); a file that
+        is damaged, changed or of another kind is a one-line ``ValueError``."""
         record = read_saved(path, _KIND, _FORMAT)
+        return rebuilt(path, "flow", lambda: cls._from_saved(record))
+
+    @classmethod
+    def _from_saved(cls, record: dict) -> TrainedFlow:
         config = dict(record["config"])
         config["hidden"] = tuple(config["hidden"])
         config = FlowConfig(**config)
