@@ -37,9 +37,11 @@ from pathlib import Path
 
 import matplotlib
 
+from .. import __version__
 from ..cache import check_cache_writable
 from . import cache_command, resume, run_record, store
 from .geodesic_cells import parse_temperature
+from .glossary import glossary
 from .tradeoff import (
     METHODS,
     PROFILES,
@@ -59,6 +61,7 @@ Laplace / Riemannian Laplace posteriors of a flow-matching velocity net.
   tradeoff  run (or resume, or extend) a study into an output folder
   merge     combine the finished cells of a folder into results and figures
   cache     list or clear the trained models cached on disk
+  methods   what each method and term means, one line each
 """
 
 EXAMPLES = """\
@@ -103,10 +106,12 @@ def _parser() -> argparse.ArgumentParser:
     raw = argparse.RawDescriptionHelpFormatter
     parser = argparse.ArgumentParser(prog=prog, description=DESCRIPTION, formatter_class=raw,
                                      epilog=EXAMPLES.format(prog=prog))
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     studies = parser.add_subparsers(dest="study", required=True)
     run = studies.add_parser("tradeoff", help="memorisation against quality, per method/scale",
                              description="Run, resume or extend a trade-off study.",
-                             epilog=_profiles_text() + "\n\n" + EXAMPLES.format(prog=prog),
+                             epilog="\n\n".join((_profiles_text(), glossary(),
+                                                 EXAMPLES.format(prog=prog))),
                              formatter_class=raw)
     run.add_argument("--out", required=True, type=_folder,
                      help="output folder; rerunning resumes it, and more seeds, scales or "
@@ -119,9 +124,9 @@ def _parser() -> argparse.ArgumentParser:
                           "(files named like the study's, e.g. results.csv, are replaced)")
     profile = run.add_mutually_exclusive_group()
     profile.add_argument("--profile", choices=sorted(PROFILES),
-                         help="preset sizes (default cpu; see the list below): quick (a CPU "
-                              "minute), cpu (about 30 min), gpu (one GPU); cpu-digits (about "
-                              "10 min) and gpu-digits for the 8x8 digits")
+                         help="preset sizes (default cpu, said before it starts; see the list "
+                              "below): quick (a CPU minute), cpu (about 30 min), gpu (one GPU); "
+                              "cpu-digits (about 10 min) and gpu-digits for the 8x8 digits")
     profile.add_argument("--quick", action="store_const", const="quick", dest="profile",
                          help="same as --profile quick")
     run.add_argument("--dataset", help="moons, eight_gaussians, checkerboard, rings or digits")
@@ -163,12 +168,32 @@ def _parser() -> argparse.ArgumentParser:
                      "sum (T=1), mean (T=pairs), data-mean (the authors' metric)")
     run.add_argument("--device", help="cpu or cuda")
     run.add_argument("--no-progress", action="store_true", help="hide the progress lines")
+    _show_defaults(run)
+    studies.add_parser("methods", help="what each method and term means",
+                       description="What each method of the trade-off study and each term of "
+                                   "its options means.")
     merge = studies.add_parser("merge", help="merge finished cells into results and figures",
                                description="Merge the finished cells of a study folder into "
                                            "results.csv, results.json and figures.")
     merge.add_argument("--out", required=True, type=_folder, help="the study folder")
     cache_command.add_parser(studies)
     return parser
+
+
+def _show_defaults(run: argparse.ArgumentParser) -> None:
+    """Append its default to the help of every option that sets a field of the study: the
+    value without a profile, which a profile may change."""
+    defaults = {k: v for k, v in asdict(profile_config("cpu")).items()
+                if v is not None and k != "profile"}
+    for action in run._actions:
+        name = action.dest
+        if name not in defaults or action.help is None or "default" in action.help:
+            continue
+        value = defaults[name]
+        shown = " ".join(map(str, value)) if isinstance(value, tuple) else value
+        action.help += f" (default {shown}" + (", or as the profile sets it)"
+                                               if any(name in p for p in PROFILES.values())
+                                               else ")")
 
 
 def _folder(text: str) -> Path:
@@ -219,6 +244,9 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.study == "cache":
         return cache_command.run(args)
+    if args.study == "methods":
+        print(glossary())
+        return 0
     if args.study == "merge":
         return _merge(args.out)
     return _tradeoff(args, argv)

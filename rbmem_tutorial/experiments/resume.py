@@ -73,9 +73,21 @@ def differences(saved: dict, config) -> list[str]:
         new = _plain(getattr(config, field.name))
         if field.name == "device":  # a rank's own GPU (cuda:1) is not an option of the study
             old, new = str(old).split(":")[0], str(new).split(":")[0]
+        if field.name == "n_test" and old != new:  # the default's size, given, is the same
+            old, new = _held_out(config, old), _held_out(config, new)
         if old != new:
             found.append(f"{field.name} (saved {old}, now {new})")
     return found
+
+
+def _held_out(config, n_test: int | None) -> int:
+    """The held-out size that ``n_test`` gives in ``config`` (``None``: the default rule)."""
+    if n_test is not None:
+        return n_test
+    from .flows import study_images
+
+    images = study_images(config)
+    return replace(config, n_test=None).held_out_size(None if images is None else len(images))
 
 
 def study_config(config, out, force: bool = False):
