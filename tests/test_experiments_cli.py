@@ -8,8 +8,10 @@ import json
 import multiprocessing
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +19,8 @@ import pytest
 import torch
 from conftest import in_private_cache, results_by_key
 
-from rbmem_tutorial.cache import entry_path, save_atomic, save_entry
+import rbmem_tutorial
+from rbmem_tutorial.cache import entry_path, load_cached, save_atomic, save_entry
 from rbmem_tutorial.experiments import __main__ as cli
 from rbmem_tutorial.experiments import store, tradeoff
 from rbmem_tutorial.experiments.map_check import MIN_PRECISION_FRACTION, map_quality_warning
@@ -94,6 +97,13 @@ BAD = [  # (options, words of the one-line error)
     (["--net", "foo"], "unknown net 'foo'"),
     (["--draws-per-point", "0"], "draws_per_point must be at least 1"),
     (["--dataset", "digits", "--n-test", "5000"], "Lower n_test"),
+    (["--train-seeds", "-1"], "train_seeds must be at least 0, got -1"),
+    (["--sample-seeds", "0", "-2"], "sample_seeds must be at least 0, got -2"),
+    (["--temperature", "2.0", "2"], "temperatures [2.0, 2.0] repeat 2;"),
+    (["--temperature", "1", "sum"], "1 and 'sum' are the same temperature"),
+    (["--out", "{tmp}"], "holds files but no study"),
+    (["--out", "{tmp}/blocker"], "is not a writable folder"),
+    (["--out", "{tmp}/blocker/out"], "is not a writable folder"),
 ]
 
 
@@ -431,3 +441,142 @@ def _dead_pid():
     done = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
                           capture_output=True, text=True)
     return int(done.stdout)
+
+
+def test_a_saved_value_this_version_refuses_is_one_line_with_the_fix(base_study, tmp_path,
+                                                                    capsys):
+    out = copy_of(base_study, tmp_path)
+    record = json.loads((out / "config.json").read_text())
+    store.write_json(out / "config.json", {**record, "train_seeds": [-1]})
+    assert tradeoff_main(out) == 2
+    err = capsys.readouterr().err
+    assert "holds a value this version refuses (train_seeds must be at least 0" in err
+    assert "--force" in err and "Traceback" not in err
+    assert tradeoff_main(out, "--force") == 0
+
+
+def test_cells_that_parse_but_lack_a_field_or_a_column_are_moved_aside(base_study, tmp_path,
+                                                                      capsys):
+    out = copy_of(base_study, tmp_path)
+    row_path = out / "cells" / "map__a0__train0__sample0.json"
+    row = json.loads(row_path.read_text())
+    del row["method"]
+    row_path.write_text(json.dumps(row))
+    npz = next((out / "cells").glob("laplace*.npz"))
+    arrays = dict(np.load(npz))
+    np.savez(npz, **{**arrays, "samples": arrays["samples"][:, :1]})  # one column, not two
+    assert cli.main(["merge", "--out", str(out)]) == 0
+    err = capsys.readouterr().err
+    assert "map__a0__train0__sample0 is damaged (KeyError: 'the row has no field method')" in err
+    assert f"{npz.stem} is damaged (ValueError: its samples are 24 x 1, not N x 2)" in err
+    assert "Traceback" not in err and results_by_key(out) == {}
+    assert tradeoff_main(out) == 0
+    assert results_by_key(out).keys() == results_by_key(base_study).keys()
+
+
+def test_a_cells_path_that_takes_no_files_is_one_line(base_study, tmp_path, capsys):
+    out = copy_of(base_study, tmp_path)
+    shutil.rmtree(out / "cells")
+    (out / "cells").write_text("a file where the cells folder belongs")
+    assert tradeoff_main(out) == 2
+    assert f"the cells folder {out / 'cells'} is not a writable folder" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only folders")
+def test_a_read_only_cells_folder_is_one_line(base_study, tmp_path, capsys):
+    out = copy_of(base_study, tmp_path)
+    (out / "cells").chmod(0o500)
+    try:
+        assert tradeoff_main(out) == 2
+    finally:
+        (out / "cells").chmod(0o700)
+    assert "is not a writable folder (Permission denied)" in capsys.readouterr().err
+
+
+def test_junk_or_ill_fitting_cache_entries_are_set_aside_and_retrained(base_study, tmp_path,
+                                                                      capsys):
+    out = copy_of(base_study, tmp_path)
+    (out / "cells" / "map__a0__train0__sample0.json").unlink()
+    config = cli._config(cli._parser().parse_args(["tradeoff", *SMALL, "--out", str(out)]))
+    entry = cache_path(config.flow_config(0))
+    entry.write_bytes(np.random.default_rng(0).bytes(entry.stat().st_size))
+    assert cli.main(["cache", "list"]) == 0
+    assert tradeoff_main(out) == 0
+    assert f"cache entry {entry} is damaged (unreadable" in capsys.readouterr().err
+    (out / "cells" / "map__a0__train0__sample0.json").unlink()
+    record = load_cached(entry)
+    first = next(iter(record["state_dict"]))
+    record["state_dict"][first] = torch.zeros(3, 3)  # signed, but not this net's shapes
+    save_entry(record, entry)
+    assert tradeoff_main(out) == 0
+    assert "is damaged (unusable: RuntimeError" in capsys.readouterr().err
+    assert load_cached(entry)["state_dict"][first].shape != (3, 3)  # trained and cached again
+    again, before = (results_by_key(f)["map__a0__train0__sample0"] for f in (out, base_study))
+    for column in ("mem_strict", "mmd2", "precision", "loss_map"):  # retraining is seeded
+        assert again[column] == before[column], column
+
+
+def test_the_default_held_out_size_given_explicitly_is_no_change(base_study, tmp_path, capsys):
+    out = copy_of(base_study, tmp_path)
+    assert tradeoff_main(out, "--n-test", "2000") == 0  # max(2000, 24 generated samples)
+    assert "computed 0 cells" in capsys.readouterr().out
+    assert tradeoff_main(out, "--n-test", "1999") == 2
+    assert "n_test (saved 2000, now 1999)" in capsys.readouterr().err
+
+
+def test_a_quoted_tilde_is_the_home_folder(tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    for study in ("merge", "tradeoff"):
+        assert cli._parser().parse_args([study, "--out", "~/runs"]).out == tmp_path / "runs"
+
+
+def test_no_profile_is_announced_as_the_cpu_profile(base_study, tmp_path, capsys):
+    out = copy_of(base_study, tmp_path)
+    same = [o for o in SMALL if o != "--quick"] + ["--train-seeds", "0", "--scales", "0.5"]
+    assert cli.main(["tradeoff", *same, "--out", str(out)]) == 0
+    assert "no --profile given, so this runs the 'cpu' profile" in capsys.readouterr().err
+
+
+def test_help_shows_every_default_version_and_what_each_method_means(capsys):
+    run = cli._parser()._subparsers._group_actions[0].choices["tradeoff"]
+    fields = set(tradeoff.TradeoffConfig.__dataclass_fields__) - {"profile"}
+    options = [a for a in run._actions if a.dest in fields]
+    assert len(options) >= 28
+    assert all("default" in a.help for a in options), [
+        a.dest for a in options if "default" not in a.help]
+    lr = next(a.help for a in options if a.dest == "lr")
+    assert lr.endswith(f"(default {tradeoff.TradeoffConfig().lr}, or as the profile sets it)")
+    assert command("--version").stdout.strip() == f"rbmem {rbmem_tutorial.__version__}"
+    assert cli.main(["methods"]) == 0
+    text = capsys.readouterr().out
+    for name in (*tradeoff.METHODS, "MAP", "θ*", "HVP", "Monge metric", "frozen (x0, t) draws",
+                 "L-BFGS", "kfac"):
+        assert f"{name}" in text, name
+    assert text.count("\n  ") >= len(tradeoff.METHODS)
+
+
+def test_sigterm_stops_releases_claims_and_is_recorded(base_study, tmp_path):
+    out = copy_of(base_study, tmp_path)
+    argv = [RBMEM, "tradeoff", *SMALL[:-1], "--scales", "0.5", "--sample-seeds", "0", "1", "2",
+            "3", "--out", str(out)]
+    process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               env={**os.environ, "OMP_NUM_THREADS": "1"})
+    for line in process.stderr:  # stop it while it works on a claimed cell
+        if "seed 0:" in line:
+            break
+    process.send_signal(signal.SIGTERM)
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == 143, err
+    assert "terminated:" in err and "Traceback" not in err
+    assert not list((out / "cells").glob("*.claim"))
+    assert json.loads((out / "run.json").read_text())["runs"][-1]["status"] == "terminated"
+
+
+def test_ctrl_c_while_torch_imports_is_one_line(tmp_path):
+    process = subprocess.Popen([RBMEM, "cache", "list"], stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    time.sleep(1.0)  # the interpreter has started; torch is being imported
+    process.send_signal(signal.SIGINT)
+    _, err = process.communicate(timeout=120)
+    assert process.returncode in (0, 130)  # 0 only when it finished first
+    assert "Traceback" not in err

@@ -132,7 +132,7 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--dataset", help="moons, eight_gaussians, checkerboard, rings or digits")
     run.add_argument("--data-file", help="your own data: .npy or .npz holding images N x H x W "
                      "or N x C x H x W, or points N x d; uint8 0..255 or numbers "
-                     "(min/max) are scaled to [-1, 1]")
+                     "(min/max) are scaled to [-1, 1]; default none: a built-in --dataset")
     run.add_argument("--net", help="velocity net: mlp (vectors or flattened images) or conv "
                      "(a small U-Net for images)")
     run.add_argument("--channels", type=int, nargs="+", help="channels per level of --net conv")
@@ -154,7 +154,7 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--n-x0", type=int, help="shared starting points x0 per parameter sample")
     run.add_argument("--draws-per-point", type=int, help="frozen (x0, t) draws per training point")
     run.add_argument("--param-subset", help="weights under the posterior: all, first, last, "
-                     "lastK (e.g. last2) or comma-separated name patterns")
+                     "lastK (e.g. last2) or comma-separated name patterns (default all)")
     run.add_argument("--geodesic-batch", type=int, help="frozen pairs per geodesic gradient/HVP "
                      "(a fixed random mini-batch, scaled to be unbiased; default all)")
     run.add_argument("--geodesic-rtol", type=float, help="geodesic solver rtol = atol")
