@@ -6,7 +6,8 @@ it was working on, and a rerun skips every finished one. Files are readable by t
 (the mode an ordinary ``open`` would give under the user's umask, not ``mkstemp``'s 0600).
 
 A damaged cell (a truncated or unreadable ``.json`` or ``.npz``, from a full disk or a copy
-that stopped half-way; a row that lacks a field or a sample array of the wrong shape, checked
+that stopped half-way; a row changed after it was stored, caught by the SHA-256 of the row
+kept in the ``.npz``; a row that lacks a field or a sample array of the wrong shape, checked
 by the study's ``check`` and ``columns``) is named on stderr and moved to ``damaged/``, so a
 rerun computes it again and a merge leaves it out. Several processes may write into one
 folder: each claims a cell with a ``cells/<key>.claim`` file created exclusively
@@ -17,19 +18,26 @@ that died is taken over.
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import os
 import shutil
 import socket
+import struct
 import sys
 import tempfile
 import time
 import zipfile
+import zlib
 from pathlib import Path
 
 import numpy as np
 
 from .._checks import check_writable_folder
+
+#: What reading a damaged ``.json`` or ``.npz`` raises (found by tests/test_readers_fuzz.py).
+UNREADABLE = (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError, EOFError,
+              zipfile.BadZipFile, zlib.error, struct.error, NotImplementedError)
 
 #: A claim file that stays empty this long (its writer died between create and write) is stale.
 EMPTY_CLAIM_SECONDS = 60.0
@@ -79,10 +87,16 @@ def is_done(out: Path, key: str) -> bool:
     return cell_paths(out, key)[0].exists()
 
 
+def _row_digest(row: dict) -> str:
+    text = json.dumps(json.loads(json.dumps(row)), sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
 def save_cell(out: Path, key: str, row: dict, **arrays) -> None:
-    """Store a finished cell: arrays first, the row last (the row marks it finished)."""
+    """Store a finished cell: arrays first, with the SHA-256 of the row (``row_sha256``), the
+    row last (the row marks it finished)."""
     row_path, array_path = cell_paths(out, key)
-    write_npz(array_path, **arrays)
+    write_npz(array_path, **arrays, row_sha256=np.array(_row_digest(row)))
     write_json(row_path, row)
 
 
@@ -111,8 +125,9 @@ def read_cell(out: Path, key: str, check=None, columns: int | None = None) -> di
             check(row)
         with np.load(array_path, allow_pickle=False) as arrays:
             _check_samples(arrays["samples"], columns)
-    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError, EOFError,
-            zipfile.BadZipFile) as err:
+            if "row_sha256" in arrays.files and str(arrays["row_sha256"]) != _row_digest(row):
+                raise ValueError("its row differs from the one stored with its samples")
+    except UNREADABLE as err:
         moved = _move_aside(out, row_path, array_path)
         print(f"warning: cell {key} is damaged ({type(err).__name__}: {err}); moved "
               f"{', '.join(moved)} aside; rerunning the study recomputes it.", file=sys.stderr)
@@ -179,16 +194,27 @@ def _stale(path: Path) -> bool:
     except FileNotFoundError:
         return True
     except (OSError, ValueError):  # still being written, or its writer died mid-write
-        return time.time() - path.stat().st_mtime > EMPTY_CLAIM_SECONDS
+        return _old(path)
+    pid = owner.get("pid") if isinstance(owner, dict) else None
+    if isinstance(pid, bool) or not isinstance(pid, int) or pid <= 0:
+        return _old(path)  # not a claim as this package writes them
     if owner.get("host") != socket.gethostname():
         return False  # another machine's process: cannot tell, so respect it
     try:
-        os.kill(int(owner["pid"]), 0)
+        os.kill(pid, 0)
     except ProcessLookupError:
         return True
     except PermissionError:  # alive, another user's
         return False
     return False
+
+
+def _old(path: Path) -> bool:
+    """Whether the claim ``path`` was last written more than ``EMPTY_CLAIM_SECONDS`` ago."""
+    try:
+        return time.time() - path.stat().st_mtime > EMPTY_CLAIM_SECONDS
+    except FileNotFoundError:
+        return True
 
 
 def write_table(out: Path, rows: list[dict], name: str = "results") -> None:
