@@ -11,6 +11,8 @@ merge
     multi-process run, or to look at a partial one).
 cache
     List or clear the trained models and posteriors this package cached on disk.
+methods
+    What each method and each term of the options means, one line each.
 
 Several processes: ``torchrun --nproc_per_node N -m rbmem_tutorial.experiments tradeoff ...``
 shards the cells over the ranks (gloo on CPU, NCCL on GPU, one GPU per process); each rank
@@ -21,7 +23,9 @@ dealt round-robin. See ``tradeoff.shard``.
 
 Every user mistake is one line ``error: ...`` on stderr and exit status 2, before any work;
 a cell that fails while computing names itself (exit status 1); Ctrl-C says how many cells
-are finished (exit status 130), and the same command resumes.
+are finished (exit status 130), SIGTERM the same (exit status 143), both release the cells'
+claims, and the same command resumes. The ``rbmem`` entry point (the top-level ``rbmem_cli``
+module) also turns a Ctrl-C during the first imports into one line.
 """
 
 from __future__ import annotations

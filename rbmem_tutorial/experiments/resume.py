@@ -258,8 +258,9 @@ def load_study_config(out):
 
 def config_from_record(record: dict, **overrides):
     """The :class:`~.tradeoff.TradeoffConfig` of a ``config.json`` record (JSON lists become
-    tuples), with ``overrides`` replacing fields."""
+    tuples; the data hash is not a field), with ``overrides`` replacing fields."""
     from .tradeoff import TradeoffConfig
 
-    record = {k: tuple(v) if isinstance(v, list) else v for k, v in record.items()}
+    record = {k: tuple(v) if isinstance(v, list) else v for k, v in record.items()
+              if k != DATA_HASH}
     return TradeoffConfig(**{**record, **overrides})
