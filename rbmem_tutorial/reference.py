@@ -2,8 +2,9 @@
 
 Chapters 1-5 share the velocity net described by ``REFERENCE``. ``load_or_train`` trains it on
 first use and stores the result under a file name derived from a hash of the full
-configuration and the package version, so changing any setting (or the training code's
-version) trains a new model instead of loading a stale one. The cache lives in the folder
+configuration, the version of the flow entries' computation and the package version
+(:func:`rbmem_tutorial.cache.entry_path`), so changing any setting, or how a net is trained,
+trains a new model instead of loading a stale one. The cache lives in the folder
 named by the environment variable ``RBMEM_CACHE`` (default ``~/.cache/rbmem_tutorial``).
 """
 
