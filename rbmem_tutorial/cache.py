@@ -4,10 +4,26 @@ Everything cached is deterministic given its key, so a chapter that is rerun, or
 build after the tests, reuses the work instead of repeating it. The folder is
 ``$RBMEM_CACHE``, else ``~/.cache/rbmem_tutorial``; it is never inside the repository.
 
-Entries hold tensors and plain values only and load with ``torch.load(weights_only=True)``
-(:func:`load_cached`), which runs no code from the file. A damaged entry (a truncated write
-from another tool, a full disk) is named, renamed to ``*.damaged`` and computed again.
-:func:`entries` and :func:`clear` list and delete this package's files (``rbmem cache``).
+**Which files are entries.** An entry is written by :func:`save_entry` under a name made by
+:func:`entry_path`: a kind prefix, an optional label and 20 hex digits of its key, ``.pt``.
+Inside it carries a signature: its own file name and a SHA-256 of its contents. An entry whose
+signature does not verify (a truncated write, a flipped bit, a file of another program, a
+pickled object, a record that lacks a required key) is named on stderr, renamed to
+``<name>.damaged`` and computed again by :func:`load_cached`; a caller that finds a verified
+record unusable (wrong shapes) sets it aside with :func:`set_aside`. :func:`entries` and
+:func:`clear` (``rbmem cache list|clear``) touch only files with an entry's exact name form
+whose signature verifies, and the ``.damaged`` files set aside from them: a user's
+``flow-myproject.pt`` or a folder named ``flow-dir.pt`` is never listed, renamed or deleted.
+
+**When the computation changes.** Every key includes :data:`ENTRY_VERSIONS`, one version per
+kind of entry (besides the package version). The design is *a version per kind, bumped by a
+test*: ``tests/test_cache_versions.py`` computes a small entry of each kind and compares its
+fingerprint with the one recorded beside that kind's version; when training, refining or
+fitting computes something else, that test fails and asks for the kind's version to be bumped
+and the new fingerprint recorded, so entries of the old code are never reused.
+
+Entries hold tensors and plain values only and load with ``torch.load(weights_only=True)``,
+which runs no code from the file.
 """
 
 from __future__ import annotations
@@ -16,11 +32,10 @@ import contextlib
 import hashlib
 import json
 import os
-import pickle
+import re
 import sys
 import tempfile
 import time
-import zipfile
 from pathlib import Path
 from typing import NamedTuple
 
@@ -70,16 +85,19 @@ def digest(record) -> str:
 
 def save_atomic(record: dict, path: Path) -> None:
     """``torch.save`` to a temporary file beside ``path``, then rename it into place, so an
-    interrupted write never leaves a truncated file; creates the folder if needed.
+    interrupted write never leaves a truncated file; creates the folder if needed. A ``path``
+    that is a folder is a one-line ``ValueError``.
 
     Example
     -------
     >>> import tempfile
     >>> path = Path(tempfile.mkdtemp()) / "new" / "flow-x.pt"
     >>> save_atomic({"x": torch.ones(2)}, path)
-    >>> [p.name for p in path.parent.iterdir()], load_cached(path)["x"]
+    >>> [p.name for p in path.parent.iterdir()], torch.load(path, weights_only=True)["x"]
     (['flow-x.pt'], tensor([1., 1.]))
     """
+    if path.is_dir():
+        raise ValueError(f"{path} is a folder; save to a file name, e.g. {path / 'model.pt'}.")
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=path.stem, suffix=".tmp")
     os.close(handle)
@@ -93,46 +111,154 @@ def save_atomic(record: dict, path: Path) -> None:
         Path(temporary).unlink(missing_ok=True)
 
 
-def load_cached(path: Path, required: tuple[str, ...] = ()) -> dict | None:
-    """The record cached at ``path`` (tensors on the CPU), or ``None`` when there is none.
+#: Kinds of entry, by name prefix: reference flows of the book, flows of a study's own data or
+#: conv net, refined posteriors (MAP and prior precision).
+KINDS = {"flow": "flow-", "study-flow": "study-flow-", "posterior": "posterior-"}
 
-    Loads with ``torch.load(weights_only=True)``, which runs no code from the file. A file that
-    cannot be read (a truncated write, a full disk, a pickled object), or a record that lacks
-    one of the ``required`` keys, is named on stderr and renamed to ``<name>.damaged``, so that
-    the caller computes the entry again and :func:`entries` lists what was set aside.
+#: The version of each kind's computation, part of every key of that kind (module notes).
+ENTRY_VERSIONS = {"flow": 2, "study-flow": 2, "posterior": 2}
+
+#: The key of an entry's signature: ``{"name": file name, "checksum": SHA-256 of the rest}``.
+SIGNATURE = "rbmem_cache_entry"
+
+_NAME = re.compile(r"(?P<prefix>study-flow-|flow-(?:[a-z0-9_]+-)?|posterior-)[0-9a-f]{20}"
+                   r"\.pt(?P<damaged>\.damaged)?")
+
+
+def entry_path(kind: str, key, label: str | None = None) -> Path:
+    """The cache file of an entry of ``kind`` whose computation is determined by ``key`` (a
+    record for :func:`digest`), with :data:`ENTRY_VERSIONS` and the package version in the key;
+    ``label`` (lower-case letters, digits, ``_``) is shown in the name.
+
+    Example
+    -------
+    >>> entry_path("posterior", {"a": 1}).name[:10], len(entry_path("flow", {}, "moons").name)
+    ('posterior-', 34)
+    """
+    from . import __version__
+
+    if kind not in KINDS:
+        raise ValueError(f"unknown cache kind {kind!r}; choose one of {', '.join(KINDS)}.")
+    if label is not None and not re.fullmatch(r"[a-z0-9_]+", label):
+        raise ValueError(f"cache label {label!r} must be lower-case letters, digits or _.")
+    stamp = digest({"key": key, "kind": kind, "entry_version": ENTRY_VERSIONS[kind],
+                    "version": __version__})[:20]
+    return cache_dir() / f"{KINDS[kind]}{label + '-' if label else ''}{stamp}.pt"
+
+
+def _checksum(record: dict) -> str:
+    return digest({k: v for k, v in record.items() if k != SIGNATURE})
+
+
+def save_entry(record: dict, path: Path) -> None:
+    """Write cache entry ``record`` to ``path`` (:func:`entry_path`) atomically, signed with
+    its file name and a checksum of its contents (module notes).
 
     Example
     -------
     >>> import tempfile
-    >>> path = Path(tempfile.mkdtemp()) / "posterior-x.pt"
-    >>> load_cached(path) is None
-    True
-    >>> save_atomic({"theta_map": torch.zeros(2)}, path)
-    >>> load_cached(path, required=("theta_map",))["theta_map"]
-    tensor([0., 0.])
-    >>> load_cached(path, required=("theta_map", "prior_precision")) is None  # named on stderr
-    True
-    >>> sorted(p.name for p in path.parent.iterdir())
-    ['posterior-x.pt.damaged']
+    >>> path = Path(tempfile.mkdtemp()) / "posterior-0123456789abcdef0123.pt"
+    >>> save_entry({"theta_map": torch.ones(2)}, path)
+    >>> load_cached(path)["theta_map"]
+    tensor([1., 1.])
     """
     path = Path(path)
-    if not path.exists():
-        return None
+    signed = {**record, SIGNATURE: {"name": path.name, "checksum": _checksum(record)}}
+    save_atomic(signed, path)
+
+
+def _verify(path: Path, required: tuple[str, ...] = ()) -> tuple[dict | None, str | None]:
+    """``(record, None)`` for an entry whose signature verifies, else ``(None, problem)``."""
     try:
         record = torch.load(path, weights_only=True, map_location="cpu")
-    except (RuntimeError, EOFError, OSError, pickle.UnpicklingError, zipfile.BadZipFile) as err:
-        record, problem = None, type(err).__name__
-    else:
-        missing = [key for key in required if not isinstance(record, dict) or key not in record]
-        problem = f"lacks {', '.join(missing)}" if missing else None
-    if problem is None:
-        return record
+    except Exception as err:  # noqa: BLE001 - any unreadable bytes are the same problem
+        return None, f"unreadable: {type(err).__name__}"
+    if not isinstance(record, dict) or not isinstance(record.get(SIGNATURE), dict):
+        return None, "no signature of this package"
+    signature = record.pop(SIGNATURE)
+    if signature.get("name") != path.name:
+        return None, f"signed as {signature.get('name')!r}, not as this file"
+    try:
+        checksum = _checksum(record)
+    except (TypeError, ValueError, RuntimeError):  # contents no entry of ours holds
+        checksum = None
+    if checksum is None or signature.get("checksum") != checksum:
+        return None, "checksum mismatch"
+    missing = [key for key in required if key not in record]
+    return (None, f"lacks {', '.join(missing)}") if missing else (record, None)
+
+
+def set_aside(path: Path, problem: str) -> None:
+    """Rename the damaged entry ``path`` to ``<name>.damaged`` and say so on stderr, so that
+    the caller computes it again (also for a verified record that turned out unusable)."""
+    path = Path(path)
     damaged = path.with_name(path.name + ".damaged")
     with contextlib.suppress(FileNotFoundError):  # another process renamed it first
         os.replace(path, damaged)
     print(f"warning: cache entry {path} is damaged ({problem}); renamed it to "
           f"{damaged.name} and computing it again.", file=sys.stderr)
+
+
+def load_cached(path: Path, required: tuple[str, ...] = ()) -> dict | None:
+    """The entry cached at ``path`` (tensors on the CPU, without its signature), or ``None``
+    when there is none.
+
+    Loads with ``torch.load(weights_only=True)``, which runs no code from the file. A file
+    whose signature does not verify, or that lacks one of the ``required`` keys, is named on
+    stderr and set aside (:func:`set_aside`), so that the caller computes the entry again and
+    :func:`entries` lists what was set aside.
+
+    Example
+    -------
+    >>> import tempfile
+    >>> path = Path(tempfile.mkdtemp()) / "posterior-0123456789abcdef0123.pt"
+    >>> load_cached(path) is None
+    True
+    >>> save_entry({"theta_map": torch.zeros(2)}, path)
+    >>> load_cached(path, required=("theta_map",))["theta_map"]
+    tensor([0., 0.])
+    >>> load_cached(path, required=("theta_map", "prior_precision")) is None  # named on stderr
+    True
+    >>> sorted(p.name for p in path.parent.iterdir())
+    ['posterior-0123456789abcdef0123.pt.damaged']
+    """
+    path = Path(path)
+    if not path.exists():
+        return None
+    if not path.is_file():
+        raise ValueError(f"the cache entry {path} is not a file; move it out of the cache "
+                         "folder.")
+    record, problem = _verify(path, required)
+    if problem is None:
+        return record
+    set_aside(path, problem)
     return None
+
+
+def use_cached(path: Path, required: tuple[str, ...], use):
+    """``use(record)`` for the entry at ``path`` (:func:`load_cached`); ``None`` when there is
+    none, or when ``use`` fails on it (wrong shapes): then the entry is set aside.
+
+    Example
+    -------
+    >>> import tempfile
+    >>> path = Path(tempfile.mkdtemp()) / "flow-0123456789abcdef0123.pt"
+    >>> save_entry({"state_dict": {"weight": torch.ones(3)}}, path)
+    >>> net = torch.nn.Linear(2, 1)
+    >>> use_cached(path, ("state_dict",), lambda r: net.load_state_dict(r["state_dict"])) is None
+    True
+    >>> path.exists()  # a record of the wrong shapes: set aside and named on stderr
+    False
+    """
+    record = load_cached(path, required)
+    if record is None:
+        return None
+    try:
+        return use(record)
+    except (RuntimeError, KeyError, TypeError, ValueError, AttributeError) as err:
+        first = (str(err).strip().splitlines() or [""])[0][:160]
+        set_aside(path, f"unusable: {type(err).__name__}: {first}")
+        return None
 
 
 def check_cache_writable() -> Path:
@@ -153,10 +279,6 @@ def check_cache_writable() -> Path:
                                  f"set {CACHE_ENV} to a writable folder.")
 
 
-#: Kinds of cached file, by name prefix: reference flows of the book, flows of a study's own
-#: data or conv net, refined posteriors (MAP and prior precision).
-KINDS = {"flow": "flow-", "study-flow": "study-flow-", "posterior": "posterior-"}
-
 
 class CacheEntry(NamedTuple):
     """One file of the cache: its kind, a summary of what it holds, size and modification."""
@@ -169,57 +291,71 @@ class CacheEntry(NamedTuple):
 
 
 def _kind(path: Path) -> str | None:
-    name = path.name
-    if not name.endswith((".pt", ".pt.damaged")):
+    """The kind of an entry's name (``None`` for any other name or anything not a file)."""
+    match = _NAME.fullmatch(path.name)
+    if match is None or path.is_symlink() or not path.is_file():
         return None
-    for kind in sorted(KINDS, key=lambda k: -len(KINDS[k])):  # study-flow- before flow-
-        if name.startswith(KINDS[kind]):
-            return kind
-    return None
+    prefix = match["prefix"]
+    return next(kind for kind, start in KINDS.items() if prefix.startswith(start))
 
 
-def _summary(path: Path, kind: str) -> str:
-    if not path.name.endswith(".pt"):
-        return "damaged"
-    record = load_cached(path)
-    if record is None:
-        return "damaged (renamed)"
+def _summary(record: dict, kind: str) -> str:
     if kind == "posterior":
-        final = record["refine_final"]["grad_norm_after"]
+        final = (record.get("refine_final") or {}).get("grad_norm_after", float("nan"))
         return (f"MAP of {record['theta_map'].numel()} weights, prior precision "
                 f"{float(record['prior_precision']):.3g}, final |grad| {final:.2e}")
     state = record["state_dict"]
     weights = [v for k, v in state.items() if k.endswith("weight")]
     count = sum(v.numel() for v in state.values())
     shapes = ", ".join("x".join(map(str, v.shape)) for v in weights[:6])
-    seconds = record.get("train_seconds", record.get("seconds", 0.0))
+    seconds = float(record.get("train_seconds", record.get("seconds", 0.0)))
     text = f"{count} weights (layers {shapes}), trained in {seconds:.0f} s"
-    if kind == "flow":
-        text = f"{path.name.split('-')[1]}, " + text
     config = record.get("config")
-    if config:
+    if isinstance(config, dict):
         text += ", " + ", ".join(f"{k}={v}" for k, v in config.items() if k != "train")
     return text
 
 
+def _describe(path: Path, kind: str, summarise: bool) -> str | None:
+    """The summary of an entry, ``"damaged"`` for one set aside, ``None`` when ``path`` is not
+    a verified entry (then it is not this package's to touch)."""
+    if path.name.endswith(".damaged"):
+        return "damaged"
+    record, problem = _verify(path)
+    if problem is not None:
+        return None
+    if not summarise:
+        return ""
+    try:
+        return _summary(record, kind)
+    except (KeyError, TypeError, AttributeError, ValueError) as err:
+        return f"unexpected contents ({type(err).__name__})"
+
+
 def entries(kind: str | None = None, summarise: bool = True) -> list[CacheEntry]:
-    """This package's files in the cache folder (others are never listed), oldest first;
-    only those of ``kind`` when given; ``summarise`` reads each file for its summary.
+    """This package's entries in the cache folder, oldest first: files of an entry's name
+    whose signature verifies, and entries set aside as ``.damaged`` (module notes); only those
+    of ``kind`` when given; ``summarise`` describes what each holds.
 
     Example
     -------
     >>> import tempfile
     >>> previous = os.environ.get(CACHE_ENV)
     >>> os.environ[CACHE_ENV] = tempfile.mkdtemp()
-    >>> save_atomic({"theta_map": torch.zeros(3), "prior_precision": 2.0,
-    ...              "refine_final": {"grad_norm_after": 1e-6}}, cache_dir() / "posterior-ab.pt")
+    >>> path = entry_path("posterior", {"net": "a"})
+    >>> save_entry({"theta_map": torch.zeros(3), "prior_precision": 2.0,
+    ...             "refine_final": {"grad_norm_after": 1e-6}}, path)
+    >>> (cache_dir() / "posterior-final.pt").write_text("a user's file")
+    13
     >>> [(e.kind, e.summary) for e in entries()]
     [('posterior', 'MAP of 3 weights, prior precision 2, final |grad| 1.00e-06')]
-    >>> [e.path.name for e in clear(kind="posterior")], entries()
-    (['posterior-ab.pt'], [])
+    >>> [e.path == path for e in clear(kind="posterior")], [e.path for e in entries()]
+    ([True], [])
     >>> _ = os.environ.pop(CACHE_ENV)
     >>> os.environ.update({} if previous is None else {CACHE_ENV: previous})
     """
+    if kind is not None and kind not in KINDS:
+        raise ValueError(f"unknown cache kind {kind!r}; choose one of {', '.join(KINDS)}.")
     folder = cache_dir()
     if not folder.is_dir():
         return []
@@ -228,30 +364,34 @@ def entries(kind: str | None = None, summarise: bool = True) -> list[CacheEntry]
         found_kind = _kind(path)
         if found_kind is None or (kind is not None and found_kind != kind):
             continue
-        stat = path.stat()
-        summary = _summary(path, found_kind) if summarise else ""
-        found.append(CacheEntry(path, found_kind, summary, stat.st_size, stat.st_mtime))
+        summary = _describe(path, found_kind, summarise)
+        if summary is None:
+            continue
+        with contextlib.suppress(FileNotFoundError):  # deleted by another process meanwhile
+            stat = path.stat()
+            found.append(CacheEntry(path, found_kind, summary, stat.st_size, stat.st_mtime))
     return sorted(found, key=lambda entry: entry.modified)
 
 
 def clear(kind: str | None = None, older_than_days: float | None = None) -> list[CacheEntry]:
-    """Delete this package's cache files (of ``kind``, and older than ``older_than_days``
-    when given); returns what was deleted. Files of other programs are never touched.
+    """Delete this package's entries (:func:`entries`; of ``kind``, and older than
+    ``older_than_days`` when given); returns what was deleted. Nothing else is touched.
 
     Example
     -------
     >>> import tempfile
     >>> previous = os.environ.get(CACHE_ENV)
     >>> os.environ[CACHE_ENV] = tempfile.mkdtemp()
-    >>> save_atomic({"state_dict": {}}, cache_dir() / "flow-old.pt")
-    >>> os.utime(cache_dir() / "flow-old.pt", (0, 0))  # last modified in 1970
-    >>> save_atomic({"state_dict": {}}, cache_dir() / "flow-new.pt")
-    >>> (cache_dir() / "notes.txt").write_text("not ours")
+    >>> old, new = entry_path("flow", "old"), entry_path("flow", "new")
+    >>> save_entry({"state_dict": {}}, old)
+    >>> os.utime(old, (0, 0))  # last modified in 1970
+    >>> save_entry({"state_dict": {}}, new)
+    >>> (cache_dir() / "flow-myproject.pt").write_text("not ours")
     8
-    >>> [e.path.name for e in clear(older_than_days=30)]
-    ['flow-old.pt']
-    >>> sorted(p.name for p in cache_dir().iterdir())
-    ['flow-new.pt', 'notes.txt']
+    >>> [e.path == old for e in clear(older_than_days=30)]
+    [True]
+    >>> sorted(p.name for p in cache_dir().iterdir()) == sorted([new.name, "flow-myproject.pt"])
+    True
     >>> _ = os.environ.pop(CACHE_ENV)
     >>> os.environ.update({} if previous is None else {CACHE_ENV: previous})
     """

@@ -55,13 +55,14 @@ A :class:`FlowPosterior` can be saved with everything that made it and loaded wi
 from __future__ import annotations
 
 import copy
+import inspect
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
 
 from ._checks import check_tensor
-from .cache import cache_dir, digest, load_cached, save_atomic
+from .cache import entry_path, save_atomic, save_entry, use_cached
 from .laplace import LaplacePosterior, fit_laplace
 from .nets import RegressionAdapter
 from .objective import RegressionObjective, parameters_vector
@@ -69,7 +70,7 @@ from .posterior_options import BASE_POINTS, PRIOR_MEANS, cache_key, check_option
 from .prior_tuning import refine_and_tune
 from .refinement import RefineRecord, refine_map
 from .regression_set import flow_matching_regression_set, noise_std_from_residuals
-from .saving import build_net, net_architecture, read_saved
+from .saving import build_net, net_architecture, read_saved, rebuilt, with_checksum
 from .subsets import ParameterSubset, parameter_subset, restrict_objective
 
 __all__ = ["BASE_POINTS", "PRIOR_MEANS", "FlowPosterior", "fit_flow_posterior"]
@@ -184,7 +185,7 @@ class FlowPosterior:
             "prior_precision": self.posterior.prior_precision, "noise_std": self.noise_std,
             "base_grad_norm": self.base_grad_norm,
         }
-        save_atomic(record, Path(path))
+        save_atomic(with_checksum(record), Path(path))
 
     @classmethod
     def load(cls, path, device=None) -> FlowPosterior:
@@ -195,6 +196,14 @@ class FlowPosterior:
         same generator (the example of :meth:`save` checks this).
         """
         record = read_saved(path, _KIND, _FORMAT)
+        return rebuilt(path, "posterior", lambda: cls._from_saved(path, record, device))
+
+    @classmethod
+    def _from_saved(cls, path, record: dict, device) -> FlowPosterior:
+        known = set(inspect.signature(fit_flow_posterior).parameters) - {"velocity_net", "train"}
+        unknown = sorted(set(record["options"]) - known)
+        if unknown:
+            raise KeyError(f"options {unknown} that fit_flow_posterior does not take")
         net = build_net(record["net"], record["net_state"])
         train = record["train"]
         if device is not None:
@@ -296,13 +305,13 @@ def fit_flow_posterior(
         "max_tune_rounds": max_tune_rounds,
     })
     setup = _Setup(velocity_net, train, options)
-    path = cache_dir() / f"posterior-{digest(cache_key(setup, options))[:20]}.pt"
+    path = entry_path("posterior", cache_key(setup, options))
     required = ("theta_map", "prior_precision", "refine_first", "refine_final")
-    fitted = load_cached(path, required) if use_cache else None
+    fitted = use_cached(path, required, lambda r: _checked(r, setup)) if use_cache else None
     if fitted is None:
         fitted = _refine_and_tune(setup, options)
         if use_cache and fitted["theta_map"] is not None:
-            save_atomic(fitted, path)
+            save_entry(fitted, path)
     fitted["theta_map"] = _to(fitted["theta_map"], setup.theta_sgd.device)
     return _assemble(setup, options, fitted)
 
@@ -386,6 +395,17 @@ def _fitted_record(fp: FlowPosterior) -> dict:
             "refine_first": None if fp.refine_first is None else asdict(fp.refine_first),
             "refine_final": None if fp.refine_final is None else asdict(fp.refine_final),
             "tune_history": list(fp.tune_history)}
+
+
+def _checked(fitted: dict, setup: _Setup) -> dict:
+    """A cached fit, checked to match the net of ``setup`` (else a ``ValueError``)."""
+    theta = fitted["theta_map"]
+    if theta is not None and tuple(theta.shape) != tuple(setup.theta_sgd.shape):
+        raise ValueError(f"θ* of shape {tuple(theta.shape)} for a net of "
+                         f"{setup.theta_sgd.numel()} weights")
+    if not float(fitted["prior_precision"]) > 0:
+        raise ValueError(f"prior precision {fitted['prior_precision']}, not a positive number")
+    return fitted
 
 
 def _to(theta, device):

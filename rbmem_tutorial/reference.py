@@ -2,8 +2,9 @@
 
 Chapters 1-5 share the velocity net described by ``REFERENCE``. ``load_or_train`` trains it on
 first use and stores the result under a file name derived from a hash of the full
-configuration and the package version, so changing any setting (or the training code's
-version) trains a new model instead of loading a stale one. The cache lives in the folder
+configuration, the version of the flow entries' computation and the package version
+(:func:`rbmem_tutorial.cache.entry_path`), so changing any setting, or how a net is trained,
+trains a new model instead of loading a stale one. The cache lives in the folder
 named by the environment variable ``RBMEM_CACHE`` (default ``~/.cache/rbmem_tutorial``).
 """
 
@@ -17,11 +18,11 @@ from pathlib import Path
 import torch
 
 from rbmem_tutorial._checks import check_choice, check_positive, check_positive_int
-from rbmem_tutorial.cache import cache_dir, digest, load_cached, save_atomic
+from rbmem_tutorial.cache import entry_path, save_atomic, save_entry, use_cached
 from rbmem_tutorial.data import DATASETS, dataset_dim, load_dataset
 from rbmem_tutorial.flow_matching import train_flow_matching
 from rbmem_tutorial.nets import ACTIVATIONS, VelocityMLP
-from rbmem_tutorial.saving import read_saved
+from rbmem_tutorial.saving import read_saved, rebuilt, with_checksum
 
 _KIND, _FORMAT = "rbmem_tutorial.TrainedFlow", 1
 
@@ -184,12 +185,17 @@ class TrainedFlow:
                   "state_dict": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
                   "train": self.train.cpu(), "test": self.test.cpu(),
                   "loss_history": self.loss_history.cpu(), "train_seconds": self.train_seconds}
-        save_atomic(record, Path(path))
+        save_atomic(with_checksum(record), Path(path))
 
     @classmethod
     def load(cls, path) -> TrainedFlow:
-        """Read a flow written by :meth:`save` (on the CPU, ``from_cache=True``)."""
+        """Read a flow written by :meth:`save` (on the CPU, ``from_cache=True``); a file that
+        is damaged, changed or of another kind is a one-line ``ValueError``."""
         record = read_saved(path, _KIND, _FORMAT)
+        return rebuilt(path, "flow", lambda: cls._from_saved(record))
+
+    @classmethod
+    def _from_saved(cls, record: dict) -> TrainedFlow:
         config = dict(record["config"])
         config["hidden"] = tuple(config["hidden"])
         config = FlowConfig(**config)
@@ -200,17 +206,15 @@ class TrainedFlow:
 
 
 def cache_path(config: FlowConfig) -> Path:
-    """Cache file of ``config``: a SHA-256 of the configuration and the package version.
+    """Cache file of ``config``: a SHA-256 of the configuration, the version of the flow
+    entries' computation and the package version (:func:`rbmem_tutorial.cache.entry_path`).
 
     Example
     -------
-    >>> cache_path(REFERENCE).suffix
-    '.pt'
+    >>> cache_path(REFERENCE).name.startswith("flow-moons-"), cache_path(REFERENCE).suffix
+    (True, '.pt')
     """
-    from rbmem_tutorial import __version__
-
-    key = digest({"config": dataclasses.asdict(config), "version": __version__})
-    return cache_dir() / f"flow-{config.dataset}-{key[:20]}.pt"
+    return entry_path("flow", {"config": dataclasses.asdict(config)}, config.dataset)
 
 
 def build_model(config: FlowConfig) -> VelocityMLP:
@@ -259,15 +263,13 @@ def load_or_train(config: FlowConfig = REFERENCE, progress: bool = True) -> Trai
     if not isinstance(config, FlowConfig):
         raise TypeError(f"config must be a FlowConfig, got {type(config).__name__}.")
     train, test = load_dataset(config.dataset, config.n_train, config.n_test, config.data_seed)
-    model = build_model(config)
     path = cache_path(config)
-    record = load_cached(path, ("state_dict", "loss_history", "train_seconds"))
-    if record is not None:
-        model.load_state_dict(record["state_dict"])
-        return TrainedFlow(
-            model.eval(), train, test, record["loss_history"], record["train_seconds"], config,
-            from_cache=True,
-        )
+    cached = use_cached(path, ("state_dict", "loss_history", "train_seconds"),
+                        lambda record: _from_record(config, record))
+    if cached is not None:
+        model, history, seconds = cached
+        return TrainedFlow(model.eval(), train, test, history, seconds, config, from_cache=True)
+    model = build_model(config)
     start = time.perf_counter()
     history = train_flow_matching(
         model, train, config.steps, config.batch_size, config.lr, config.seed,
@@ -275,5 +277,12 @@ def load_or_train(config: FlowConfig = REFERENCE, progress: bool = True) -> Trai
     )
     seconds = time.perf_counter() - start
     record = {"state_dict": model.state_dict(), "loss_history": history, "train_seconds": seconds}
-    save_atomic(record, path)
+    save_entry(record, path)
     return TrainedFlow(model.eval(), train, test, history, seconds, config, from_cache=False)
+
+
+def _from_record(config: FlowConfig, record: dict) -> tuple[VelocityMLP, torch.Tensor, float]:
+    """The net of ``config`` with a cache entry's weights, its loss history and time."""
+    model = build_model(config)
+    model.load_state_dict(record["state_dict"])
+    return model, torch.as_tensor(record["loss_history"]), float(record["train_seconds"])

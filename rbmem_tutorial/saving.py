@@ -2,8 +2,11 @@
 
 A saved file is a ``torch.save`` dictionary of plain tensors, numbers, strings, lists and dicts
 (no pickled classes), so ``torch.load(path, weights_only=True)`` reads it without running
-code from the file. Each file names its ``kind`` and ``format`` version; reading a file of
-another kind or version is a one-line ``ValueError``.
+code from the file. Each file names its ``kind`` and ``format`` version and holds a SHA-256
+``checksum`` of the rest (:func:`with_checksum`); reading a file of another kind or version,
+one whose checksum fails (a flipped bit, a changed value), or one whose contents do not
+rebuild (:func:`rebuilt`: a missing or extra key, wrong shapes) is a one-line ``ValueError``.
+Files written before checksums were stored are read without that check.
 
 Velocity nets are stored as their architecture (a small dict, :func:`net_architecture`) and
 their ``state_dict``; :func:`build_net` rebuilds them. The book's
@@ -21,10 +24,11 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from rbmem_tutorial.cache import digest
 from rbmem_tutorial.image_nets import VelocityConvNet
 from rbmem_tutorial.nets import ACTIVATIONS, VelocityMLP
 
-__all__ = ["build_net", "net_architecture", "read_saved"]
+__all__ = ["build_net", "net_architecture", "read_saved", "rebuilt", "with_checksum"]
 
 
 def _activation_name(module: nn.Module) -> str:
@@ -119,4 +123,47 @@ def read_saved(path, kind: str, version: int) -> dict:
     if record.get("format") != version:
         raise ValueError(f"{path} is a {kind} file of format {record.get('format')}; this version "
                          f"of the package reads format {version}.")
+    if "checksum" in record and record.pop("checksum") != _checksum(record):
+        raise ValueError(f"{path} fails its checksum: the file is damaged or was changed "
+                         "after it was saved; save it again from the original.")
     return record
+
+
+def _checksum(record: dict) -> str | None:
+    try:
+        return digest({k: v for k, v in record.items() if k != "checksum"})
+    except (TypeError, ValueError):  # contents no saved file holds
+        return None
+
+
+def with_checksum(record: dict) -> dict:
+    """``record`` with a ``checksum`` of its contents, which :func:`read_saved` verifies.
+
+    Example
+    -------
+    >>> import tempfile
+    >>> path = Path(tempfile.mkdtemp()) / "net.pt"
+    >>> torch.save(with_checksum({"kind": "net", "format": 1, "w": torch.ones(2)}), path)
+    >>> read_saved(path, "net", 1)["w"]
+    tensor([1., 1.])
+    """
+    return {**record, "checksum": _checksum(record)}
+
+
+def rebuilt(path, kind: str, build):
+    """``build()``, with any error of a record that does not fit (a missing or extra key,
+    wrong shapes or types) turned into one ``ValueError`` naming ``path``.
+
+    Example
+    -------
+    >>> rebuilt("net.pt", "net", lambda: {}["state_dict"])
+    Traceback (most recent call last):
+    ...
+    ValueError: net.pt is not a usable net file (KeyError: 'state_dict'); save it again.
+    """
+    try:
+        return build()
+    except (KeyError, TypeError, ValueError, RuntimeError, AttributeError, IndexError) as err:
+        first = (str(err).strip().splitlines() or [""])[0][:160]
+        raise ValueError(f"{path} is not a usable {kind} file ({type(err).__name__}: "
+                         f"{first}); save it again.") from None

@@ -121,6 +121,11 @@ def test_two_gloo_processes_equal_one(reference_run, tmp_path):
     done = run_study_in_two_processes(["tradeoff", *TINY], tmp_path, port=29517)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "rank 1: computed" in done.stdout
+    run = json.loads((tmp_path / "run.json").read_text())["runs"][-1]
+    by_rank = {rank: int(done.stdout.split(f"rank {rank}: computed ")[1].split()[0])
+               for rank in ("0", "1")}
+    assert run["cells_by_rank"] == by_rank and run["cells_computed"] == len(tradeoff.cells(
+        cli._config(cli._parser().parse_args(["tradeoff", *TINY, "--out", str(tmp_path)]))))
     expected, got = results_by_key(reference_run), results_by_key(tmp_path)
     assert expected.keys() == got.keys()
     for key in expected:

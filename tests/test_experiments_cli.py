@@ -8,8 +8,10 @@ import json
 import multiprocessing
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +19,8 @@ import pytest
 import torch
 from conftest import in_private_cache, results_by_key
 
-from rbmem_tutorial.cache import save_atomic
+import rbmem_tutorial
+from rbmem_tutorial.cache import entry_path, load_cached, save_atomic, save_entry
 from rbmem_tutorial.experiments import __main__ as cli
 from rbmem_tutorial.experiments import store, tradeoff
 from rbmem_tutorial.experiments.map_check import MIN_PRECISION_FRACTION, map_quality_warning
@@ -94,6 +97,13 @@ BAD = [  # (options, words of the one-line error)
     (["--net", "foo"], "unknown net 'foo'"),
     (["--draws-per-point", "0"], "draws_per_point must be at least 1"),
     (["--dataset", "digits", "--n-test", "5000"], "Lower n_test"),
+    (["--train-seeds", "-1"], "train_seeds must be at least 0, got -1"),
+    (["--sample-seeds", "0", "-2"], "sample_seeds must be at least 0, got -2"),
+    (["--temperature", "2.0", "2"], "temperatures [2.0, 2.0] repeat 2;"),
+    (["--temperature", "1", "sum"], "1 and 'sum' are the same temperature"),
+    (["--out", "{tmp}"], "holds files but no study"),
+    (["--out", "{tmp}/blocker"], "is not a writable folder"),
+    (["--out", "{tmp}/blocker/out"], "is not a writable folder"),
 ]
 
 
@@ -201,8 +211,7 @@ def test_damaged_cache_entry_is_named_and_retrained(base_study, tmp_path, capsys
 def test_cell_claims_exclude_other_processes_and_expire_with_them(tmp_path):
     assert store.claim(tmp_path, "a")
     assert not store.claim(tmp_path, "a")  # held by a live process (this one)
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
-                          capture_output=True, text=True).stdout.strip()
+    dead = _dead_pid()
     claim = tmp_path / "cells" / "b.claim"
     claim.write_text(json.dumps({"host": os.uname().nodename, "pid": int(dead)}))
     assert store.claim(tmp_path, "b")  # its process is gone
@@ -322,22 +331,26 @@ def test_help_is_plain_text_with_profiles_and_adam_steps():
 
 
 def test_cache_list_and_clear_touch_only_this_packages_files(tmp_path, capsys, monkeypatch):
-    save_atomic({"state_dict": {"w.weight": torch.zeros(3, 2)}, "seconds": 1.0},
-                tmp_path / "study-flow-abc.pt")
-    save_atomic({"theta_map": torch.zeros(5), "prior_precision": 2.0,
-                 "refine_final": {"grad_norm_after": 1e-7}}, tmp_path / "posterior-def.pt")
-    (tmp_path / "notes.txt").write_text("not ours")
     monkeypatch.setenv("RBMEM_CACHE", str(tmp_path))
+    flow = entry_path("study-flow", "a")
+    save_entry({"state_dict": {"w.weight": torch.zeros(3, 2)}, "seconds": 1.0}, flow)
+    save_entry({"theta_map": torch.zeros(5), "prior_precision": 2.0,
+                "refine_final": {"grad_norm_after": 1e-7}}, entry_path("posterior", "b"))
+    users = ["notes.txt", "flow-myproject.pt", "posterior-final.pt"]
+    for name in users:
+        (tmp_path / name).write_text("not ours")
+    (tmp_path / "flow-dir.pt").mkdir()
     assert cli.main(["cache", "list"]) == 0
     listing = capsys.readouterr().out
     assert "study-flow" in listing and "6 weights (layers 3x2)" in listing
     assert "MAP of 5 weights, prior precision 2" in listing
-    assert "notes.txt" not in listing
+    assert not any(name in listing for name in users)
     assert cli.main(["cache", "clear", "--kind", "posterior"]) == 0
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt", "study-flow-abc.pt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([*users, "flow-dir.pt",
+                                                                 flow.name])
     assert cli.main(["cache", "clear"]) == 0
     assert "deleted 1 file(s)" in capsys.readouterr().out
-    assert [p.name for p in tmp_path.iterdir()] == ["notes.txt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([*users, "flow-dir.pt"])
 
 
 def test_point_arrays_load_as_rows_with_distance_ratios_kept(files):
@@ -351,3 +364,219 @@ def test_point_arrays_load_as_rows_with_distance_ratios_kept(files):
     before = np.linalg.norm(points[1:] - points[0], axis=1)
     after = np.linalg.norm(rows[1:] - rows[0], axis=1)
     np.testing.assert_allclose(after / after[0], before / before[0], rtol=1e-12)
+
+
+def _points_study(files, out, *extra):
+    return cli.main(["tradeoff", *SMALL, "--scales", "0.5", "--data-file",
+                     str(files / "points.npy"), "--n-train", "20", "--out", str(out), *extra])
+
+
+def test_a_data_file_with_other_contents_at_the_same_path_is_refused(files, capsys):
+    out = files / "study"
+    assert _points_study(files, out) == 0
+    before = mtimes(out)
+    points = np.load(files / "points.npy")
+    np.save(files / "points.npy", points * 1.01)  # same path and shape, other numbers
+    assert _points_study(files, out) == 2
+    err = capsys.readouterr().err
+    assert "data_sha256" in err and "points.npy changed" in err and "--force" in err
+    assert cli.main(["merge", "--out", str(out)]) == 2
+    assert "computed on other data" in capsys.readouterr().err
+    np.save(files / "points.npy", points[:, :2])  # other dimensions: refused the same way
+    assert _points_study(files, out) == 2
+    assert "data_sha256" in capsys.readouterr().err
+    assert mtimes(out) == before
+    np.save(files / "points.npy", points)  # the study's data again: it resumes and merges
+    assert _points_study(files, out) == 0 and cli.main(["merge", "--out", str(out)]) == 0
+
+
+def test_force_recomputes_a_study_whose_cells_folder_is_a_link(base_study, tmp_path, capsys):
+    out = copy_of(base_study, tmp_path)
+    (out / "cells").rename(tmp_path / "elsewhere")
+    (out / "cells").symlink_to(tmp_path / "elsewhere")
+    assert tradeoff_main(out, "--n-x0", "10", "--force") == 0
+    assert "computed 2 cells" in capsys.readouterr().out
+    assert (out / "cells").is_symlink()
+    assert {row["n_generated"] for row in results_by_key(out).values()} == {20}
+
+
+def test_a_folder_with_files_but_no_study_is_refused_unless_allowed(tmp_path, capsys):
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    (folder / "results.csv").write_text("mine\n")
+    assert tradeoff_main(folder) == 2
+    err = capsys.readouterr().err
+    assert "holds files but no study (results.csv)" in err and "--allow-nonempty" in err
+    assert (folder / "results.csv").read_text() == "mine\n"
+    assert sorted(p.name for p in folder.iterdir()) == ["results.csv"]
+    assert tradeoff_main(folder, "--allow-nonempty") == 0
+    assert len(results_by_key(folder)) == 2
+
+
+def test_run_record_counts_each_invocations_own_cells_and_marks_killed_runs(base_study,
+                                                                            tmp_path):
+    out = tmp_path / "shared"
+    argv = ["tradeoff", *SMALL, "--scales", "0.5", "--sample-seeds", "0", "1", "2",
+            "--out", str(out)]
+    assert command(*argv[:-2], "--sample-seeds", "0", "--out", str(out)).returncode == 0
+    runs = json.loads((out / "run.json").read_text())["runs"]
+    runs.append({**runs[0], "id": "dead", "status": "running", "pid": _dead_pid()})
+    store.write_json(out / "run.json", {"runs": runs})
+    both = [subprocess.Popen([RBMEM, *argv], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+            for _ in range(2)]
+    printed = []
+    for process in both:
+        stdout, stderr = process.communicate(timeout=300)
+        assert process.returncode == 0, stderr[-2000:]
+        assert "skipped" not in stderr
+        printed.append(int(stdout.split("rank 0: computed ")[1].split()[0]))
+    runs = json.loads((out / "run.json").read_text())["runs"]
+    assert [run["status"] for run in runs] == ["finished", "killed", "finished", "finished"]
+    assert sorted(run["cells_computed"] for run in runs[2:]) == sorted(printed)
+    assert runs[0]["cells_computed"] == 2 and sum(printed) == 4  # 6 cells, 2 done before
+
+
+def _dead_pid():
+    done = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True)
+    return int(done.stdout)
+
+
+def test_a_saved_value_this_version_refuses_is_one_line_with_the_fix(base_study, tmp_path,
+                                                                    capsys):
+    out = copy_of(base_study, tmp_path)
+    record = json.loads((out / "config.json").read_text())
+    store.write_json(out / "config.json", {**record, "train_seeds": [-1]})
+    assert tradeoff_main(out) == 2
+    err = capsys.readouterr().err
+    assert "holds a value this version refuses (train_seeds must be at least 0" in err
+    assert "--force" in err and "Traceback" not in err
+    assert tradeoff_main(out, "--force") == 0
+
+
+def test_cells_that_parse_but_lack_a_field_or_a_column_are_moved_aside(base_study, tmp_path,
+                                                                      capsys):
+    out = copy_of(base_study, tmp_path)
+    row_path = out / "cells" / "map__a0__train0__sample0.json"
+    row = json.loads(row_path.read_text())
+    del row["method"]
+    row_path.write_text(json.dumps(row))
+    npz = next((out / "cells").glob("laplace*.npz"))
+    arrays = dict(np.load(npz))
+    np.savez(npz, **{**arrays, "samples": arrays["samples"][:, :1]})  # one column, not two
+    assert cli.main(["merge", "--out", str(out)]) == 0
+    err = capsys.readouterr().err
+    assert "map__a0__train0__sample0 is damaged (KeyError: 'the row has no field method')" in err
+    assert f"{npz.stem} is damaged (ValueError: its samples are 24 x 1, not N x 2)" in err
+    assert "Traceback" not in err and results_by_key(out) == {}
+    assert tradeoff_main(out) == 0
+    assert results_by_key(out).keys() == results_by_key(base_study).keys()
+
+
+def test_a_cells_path_that_takes_no_files_is_one_line(base_study, tmp_path, capsys):
+    out = copy_of(base_study, tmp_path)
+    shutil.rmtree(out / "cells")
+    (out / "cells").write_text("a file where the cells folder belongs")
+    assert tradeoff_main(out) == 2
+    assert f"the cells folder {out / 'cells'} is not a writable folder" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only folders")
+def test_a_read_only_cells_folder_is_one_line(base_study, tmp_path, capsys):
+    out = copy_of(base_study, tmp_path)
+    (out / "cells").chmod(0o500)
+    try:
+        assert tradeoff_main(out) == 2
+    finally:
+        (out / "cells").chmod(0o700)
+    assert "is not a writable folder (Permission denied)" in capsys.readouterr().err
+
+
+def test_junk_or_ill_fitting_cache_entries_are_set_aside_and_retrained(base_study, tmp_path,
+                                                                      capsys):
+    out = copy_of(base_study, tmp_path)
+    (out / "cells" / "map__a0__train0__sample0.json").unlink()
+    config = cli._config(cli._parser().parse_args(["tradeoff", *SMALL, "--out", str(out)]))
+    entry = cache_path(config.flow_config(0))
+    entry.write_bytes(np.random.default_rng(0).bytes(entry.stat().st_size))
+    assert cli.main(["cache", "list"]) == 0
+    assert tradeoff_main(out) == 0
+    assert f"cache entry {entry} is damaged (unreadable" in capsys.readouterr().err
+    (out / "cells" / "map__a0__train0__sample0.json").unlink()
+    record = load_cached(entry)
+    first = next(iter(record["state_dict"]))
+    record["state_dict"][first] = torch.zeros(3, 3)  # signed, but not this net's shapes
+    save_entry(record, entry)
+    assert tradeoff_main(out) == 0
+    assert "is damaged (unusable: RuntimeError" in capsys.readouterr().err
+    assert load_cached(entry)["state_dict"][first].shape != (3, 3)  # trained and cached again
+    again, before = (results_by_key(f)["map__a0__train0__sample0"] for f in (out, base_study))
+    for column in ("mem_strict", "mmd2", "precision", "loss_map"):  # retraining is seeded
+        assert again[column] == before[column], column
+
+
+def test_the_default_held_out_size_given_explicitly_is_no_change(base_study, tmp_path, capsys):
+    out = copy_of(base_study, tmp_path)
+    assert tradeoff_main(out, "--n-test", "2000") == 0  # max(2000, 24 generated samples)
+    assert "computed 0 cells" in capsys.readouterr().out
+    assert tradeoff_main(out, "--n-test", "1999") == 2
+    assert "n_test (saved 2000, now 1999)" in capsys.readouterr().err
+
+
+def test_a_quoted_tilde_is_the_home_folder(tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    for study in ("merge", "tradeoff"):
+        assert cli._parser().parse_args([study, "--out", "~/runs"]).out == tmp_path / "runs"
+
+
+def test_no_profile_is_announced_as_the_cpu_profile(base_study, tmp_path, capsys):
+    out = copy_of(base_study, tmp_path)
+    same = [o for o in SMALL if o != "--quick"] + ["--train-seeds", "0", "--scales", "0.5"]
+    assert cli.main(["tradeoff", *same, "--out", str(out)]) == 0
+    assert "no --profile given, so this runs the 'cpu' profile" in capsys.readouterr().err
+
+
+def test_help_shows_every_default_version_and_what_each_method_means(capsys):
+    run = cli._parser()._subparsers._group_actions[0].choices["tradeoff"]
+    fields = set(tradeoff.TradeoffConfig.__dataclass_fields__) - {"profile"}
+    options = [a for a in run._actions if a.dest in fields]
+    assert len(options) >= 28
+    assert all("default" in a.help for a in options), [
+        a.dest for a in options if "default" not in a.help]
+    lr = next(a.help for a in options if a.dest == "lr")
+    assert lr.endswith(f"(default {tradeoff.TradeoffConfig().lr}, or as the profile sets it)")
+    assert command("--version").stdout.strip() == f"rbmem {rbmem_tutorial.__version__}"
+    assert cli.main(["methods"]) == 0
+    text = capsys.readouterr().out
+    for name in (*tradeoff.METHODS, "MAP", "θ*", "HVP", "Monge metric", "frozen (x0, t) draws",
+                 "L-BFGS", "kfac"):
+        assert f"{name}" in text, name
+    assert text.count("\n  ") >= len(tradeoff.METHODS)
+
+
+def test_sigterm_stops_releases_claims_and_is_recorded(base_study, tmp_path):
+    out = copy_of(base_study, tmp_path)
+    argv = [RBMEM, "tradeoff", *SMALL[:-1], "--scales", "0.5", "--sample-seeds", "0", "1", "2",
+            "3", "--out", str(out)]
+    process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               env={**os.environ, "OMP_NUM_THREADS": "1"})
+    for line in process.stderr:  # stop it while it works on a claimed cell
+        if "seed 0:" in line:
+            break
+    process.send_signal(signal.SIGTERM)
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == 143, err
+    assert "terminated:" in err and "Traceback" not in err
+    assert not list((out / "cells").glob("*.claim"))
+    assert json.loads((out / "run.json").read_text())["runs"][-1]["status"] == "terminated"
+
+
+def test_ctrl_c_while_torch_imports_is_one_line(tmp_path):
+    process = subprocess.Popen([RBMEM, "cache", "list"], stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    time.sleep(1.0)  # the interpreter has started; torch is being imported
+    process.send_signal(signal.SIGINT)
+    _, err = process.communicate(timeout=120)
+    assert process.returncode in (0, 130)  # 0 only when it finished first
+    assert "Traceback" not in err

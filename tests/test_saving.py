@@ -39,3 +39,80 @@ def test_read_saved_checks_kind_and_format(tmp_path):
     torch.save([1, 2], tmp_path / "list.pt")
     with pytest.raises(ValueError, match="no known kind"):
         read_saved(tmp_path / "list.pt", "a", 1)
+
+
+def _flow():
+    from rbmem_tutorial.reference import FlowConfig, TrainedFlow, build_model
+
+    config = FlowConfig(n_train=3, n_test=2, hidden=(4,), steps=1)
+    return TrainedFlow(build_model(config), torch.zeros(3, 2), torch.ones(2, 2),
+                       torch.arange(3.0), 1.5, config, from_cache=False)
+
+
+def _posterior():
+    from rbmem_tutorial.pipeline import fit_flow_posterior
+
+    torch.manual_seed(0)
+    return fit_flow_posterior(VelocityMLP(2, hidden=(3,)), torch.linspace(-1, 1, 6).reshape(3, 2),
+                              draws_per_point=2, use_cache=False)
+
+
+def _rewrite(path, change):
+    """Load a saved record, change it and save it back with its old checksum."""
+    record = torch.load(path, weights_only=True)
+    change(record)
+    torch.save(record, path)
+
+
+def _pop_first_weight(record):
+    state = record.get("state_dict", record.get("net_state"))
+    state.pop(next(iter(state)))
+
+
+def _widen_first_weight(record):
+    state = record.get("state_dict", record.get("net_state"))
+    name = next(iter(state))
+    state[name] = torch.zeros(state[name].shape[0] + 1, *state[name].shape[1:])
+
+
+CHANGES = {  # what a damaged or edited file may look like
+    "a changed value": lambda r: r["train"].add_(1.0),
+    "an extra option": lambda r: r.get("config", r.get("options")).update(extra=1),
+    "a missing key": lambda r: r.pop("train"),
+    "a missing weight": _pop_first_weight,
+    "a weight of the wrong shape": _widen_first_weight,
+}
+
+
+@pytest.mark.parametrize("change", sorted(CHANGES))
+@pytest.mark.parametrize("kind", ["flow", "posterior"])
+def test_a_changed_saved_file_is_one_error_line(kind, change, tmp_path):
+    from rbmem_tutorial.pipeline import FlowPosterior
+    from rbmem_tutorial.reference import TrainedFlow
+
+    saved, cls = (_flow(), TrainedFlow) if kind == "flow" else (_posterior(), FlowPosterior)
+    path = tmp_path / f"{kind}.pt"
+    saved.save(path)
+    cls.load(path)  # unchanged: loads
+    _rewrite(path, CHANGES[change])
+    with pytest.raises(ValueError, match="checksum") as caught:
+        cls.load(path)
+    assert "\n" not in str(caught.value)
+    _rewrite(path, lambda r: r.update(checksum=_checksum_of(r)))  # changed and re-signed
+    if change == "a changed value":
+        cls.load(path)  # a consistent record: it loads what it holds
+        return
+    with pytest.raises(ValueError, match=f"{path} is not a usable {kind} file") as caught:
+        cls.load(path)
+    assert "\n" not in str(caught.value)
+
+
+def _checksum_of(record):
+    from rbmem_tutorial.cache import digest
+
+    return digest({k: v for k, v in record.items() if k != "checksum"})
+
+
+def test_saving_to_a_folder_is_one_error_line(tmp_path):
+    with pytest.raises(ValueError, match="is a folder; save to a file name"):
+        _flow().save(tmp_path)

@@ -114,7 +114,7 @@ def test_stored_study_keys_stay_valid():
     ({"temperatures": (-1.0,)}, "temperature must be"),
     ({"temperatures": ("median",)}, "unknown temperature"),
     ({"temperatures": ()}, "temperatures is empty"),
-    ({"temperatures": (1.0, "sum")}, "repeat a value"),
+    ({"temperatures": (1.0, "sum")}, "repeat sum .1 and .sum. are the same temperature"),
     ({"prior_mean": "one"}, "unknown prior_mean"),
     ({"base_point": "map"}, "unknown base_point"),
     ({"methods": ("riemannian-fisher",), "geodesic_batch": 64}, "all frozen pairs"),

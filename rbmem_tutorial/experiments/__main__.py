@@ -11,6 +11,8 @@ merge
     multi-process run, or to look at a partial one).
 cache
     List or clear the trained models and posteriors this package cached on disk.
+methods
+    What each method and each term of the options means, one line each.
 
 Several processes: ``torchrun --nproc_per_node N -m rbmem_tutorial.experiments tradeoff ...``
 shards the cells over the ranks (gloo on CPU, NCCL on GPU, one GPU per process); each rank
@@ -21,7 +23,9 @@ dealt round-robin. See ``tradeoff.shard``.
 
 Every user mistake is one line ``error: ...`` on stderr and exit status 2, before any work;
 a cell that fails while computing names itself (exit status 1); Ctrl-C says how many cells
-are finished (exit status 130), and the same command resumes.
+are finished (exit status 130), SIGTERM the same (exit status 143), both release the cells'
+claims, and the same command resumes. The ``rbmem`` entry point (the top-level ``rbmem_cli``
+module) also turns a Ctrl-C during the first imports into one line.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
 import textwrap
 from dataclasses import asdict
@@ -36,9 +41,11 @@ from pathlib import Path
 
 import matplotlib
 
+from .. import __version__
 from ..cache import check_cache_writable
 from . import cache_command, resume, run_record, store
 from .geodesic_cells import parse_temperature
+from .glossary import glossary
 from .tradeoff import (
     METHODS,
     PROFILES,
@@ -58,6 +65,7 @@ Laplace / Riemannian Laplace posteriors of a flow-matching velocity net.
   tradeoff  run (or resume, or extend) a study into an output folder
   merge     combine the finished cells of a folder into results and figures
   cache     list or clear the trained models cached on disk
+  methods   what each method and term means, one line each
 """
 
 EXAMPLES = """\
@@ -102,28 +110,33 @@ def _parser() -> argparse.ArgumentParser:
     raw = argparse.RawDescriptionHelpFormatter
     parser = argparse.ArgumentParser(prog=prog, description=DESCRIPTION, formatter_class=raw,
                                      epilog=EXAMPLES.format(prog=prog))
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     studies = parser.add_subparsers(dest="study", required=True)
     run = studies.add_parser("tradeoff", help="memorisation against quality, per method/scale",
                              description="Run, resume or extend a trade-off study.",
-                             epilog=_profiles_text() + "\n\n" + EXAMPLES.format(prog=prog),
+                             epilog="\n\n".join((_profiles_text(), glossary(),
+                                                 EXAMPLES.format(prog=prog))),
                              formatter_class=raw)
-    run.add_argument("--out", required=True, type=Path,
+    run.add_argument("--out", required=True, type=_folder,
                      help="output folder; rerunning resumes it, and more seeds, scales or "
                           "methods extend it")
     run.add_argument("--force", action="store_true",
                      help="when --out holds a study with other options, delete its cells and "
                           "recompute with these options")
+    run.add_argument("--allow-nonempty", action="store_true",
+                     help="write the study into a folder that holds other files but no study "
+                          "(files named like the study's, e.g. results.csv, are replaced)")
     profile = run.add_mutually_exclusive_group()
     profile.add_argument("--profile", choices=sorted(PROFILES),
-                         help="preset sizes (default cpu; see the list below): quick (a CPU "
-                              "minute), cpu (about 30 min), gpu (one GPU); cpu-digits (about "
-                              "10 min) and gpu-digits for the 8x8 digits")
+                         help="preset sizes (default cpu, said before it starts; see the list "
+                              "below): quick (a CPU minute), cpu (about 30 min), gpu (one GPU); "
+                              "cpu-digits (about 10 min) and gpu-digits for the 8x8 digits")
     profile.add_argument("--quick", action="store_const", const="quick", dest="profile",
                          help="same as --profile quick")
     run.add_argument("--dataset", help="moons, eight_gaussians, checkerboard, rings or digits")
     run.add_argument("--data-file", help="your own data: .npy or .npz holding images N x H x W "
                      "or N x C x H x W, or points N x d; uint8 0..255 or numbers "
-                     "(min/max) are scaled to [-1, 1]")
+                     "(min/max) are scaled to [-1, 1]; default none: a built-in --dataset")
     run.add_argument("--net", help="velocity net: mlp (vectors or flattened images) or conv "
                      "(a small U-Net for images)")
     run.add_argument("--channels", type=int, nargs="+", help="channels per level of --net conv")
@@ -145,7 +158,7 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--n-x0", type=int, help="shared starting points x0 per parameter sample")
     run.add_argument("--draws-per-point", type=int, help="frozen (x0, t) draws per training point")
     run.add_argument("--param-subset", help="weights under the posterior: all, first, last, "
-                     "lastK (e.g. last2) or comma-separated name patterns")
+                     "lastK (e.g. last2) or comma-separated name patterns (default all)")
     run.add_argument("--geodesic-batch", type=int, help="frozen pairs per geodesic gradient/HVP "
                      "(a fixed random mini-batch, scaled to be unbiased; default all)")
     run.add_argument("--geodesic-rtol", type=float, help="geodesic solver rtol = atol")
@@ -159,12 +172,37 @@ def _parser() -> argparse.ArgumentParser:
                      "sum (T=1), mean (T=pairs), data-mean (the authors' metric)")
     run.add_argument("--device", help="cpu or cuda")
     run.add_argument("--no-progress", action="store_true", help="hide the progress lines")
+    _show_defaults(run)
+    studies.add_parser("methods", help="what each method and term means",
+                       description="What each method of the trade-off study and each term of "
+                                   "its options means.")
     merge = studies.add_parser("merge", help="merge finished cells into results and figures",
                                description="Merge the finished cells of a study folder into "
                                            "results.csv, results.json and figures.")
-    merge.add_argument("--out", required=True, type=Path, help="the study folder")
+    merge.add_argument("--out", required=True, type=_folder, help="the study folder")
     cache_command.add_parser(studies)
     return parser
+
+
+def _show_defaults(run: argparse.ArgumentParser) -> None:
+    """Append its default to the help of every option that sets a field of the study: the
+    value without a profile, which a profile may change."""
+    defaults = {k: v for k, v in asdict(profile_config("cpu")).items()
+                if v is not None and k != "profile"}
+    for action in run._actions:
+        name = action.dest
+        if name not in defaults or action.help is None or "default" in action.help:
+            continue
+        value = defaults[name]
+        shown = " ".join(map(str, value)) if isinstance(value, tuple) else value
+        action.help += f" (default {shown}" + (", or as the profile sets it)"
+                                               if any(name in p for p in PROFILES.values())
+                                               else ")")
+
+
+def _folder(text: str) -> Path:
+    """A folder argument, with a leading ``~`` expanded also when the shell left it quoted."""
+    return Path(text).expanduser()
 
 
 def _config(args) -> TradeoffConfig:
@@ -210,6 +248,9 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.study == "cache":
         return cache_command.run(args)
+    if args.study == "methods":
+        print(glossary())
+        return 0
     if args.study == "merge":
         return _merge(args.out)
     return _tradeoff(args, argv)
@@ -237,44 +278,63 @@ def _finished(out: Path) -> int:
     return len(list((out / "cells").glob("*.json")))
 
 
+class TerminatedError(BaseException):
+    """SIGTERM arrived: stop like an interruption (claims released, run record updated)."""
+
+
+def _terminate(signum, frame):
+    raise TerminatedError
+
+
+def _checked_study(args):
+    """Every check before any work: the configuration, the folders, the saved study."""
+    config = _config(args)
+    out = store.check_writable(args.out)
+    check_cache_writable()
+    resume.check_study_folder(out, args.allow_nonempty)
+    return resume.study_config(config, out, args.force), out
+
+
 def _tradeoff(args, argv) -> int:
     import torch
 
-    try:  # every check before any work
-        config = _config(args)
-        out = store.check_writable(args.out)
-        check_cache_writable()
-        config = resume.study_config(config, out, args.force)
+    try:
+        config, out = _checked_study(args)
     except (ValueError, TypeError, FileNotFoundError) as err:
         return _error(err)
     rank, world = _distributed(config)
     torch.set_num_threads(1)
+    signal.signal(signal.SIGTERM, _terminate)
     if config.device == "cuda" and world > 1:
         config = TradeoffConfig(**{**asdict(config), "device": f"cuda:{_local_rank()}"})
-    record, before, status = None, _finished(out), "failed"
+    record, status, computed = None, "failed", []
     if rank == 0:
+        try:  # --force deletes the old cells before any rank starts
+            config = resume.prepare(config, out, force=args.force)
+        except (ValueError, OSError) as err:
+            return _error(err)
+        if args.profile is None:
+            print("note: no --profile given, so this runs the 'cpu' profile (about 30 minutes "
+                  "on a CPU); --quick runs in about a minute.", file=sys.stderr)
         print(json.dumps(asdict(config), indent=1))
-        if args.force and world > 1:  # delete the old cells before any rank starts
-            config = resume.prepare(config, out, force=True)
         command = [_prog(), *(sys.argv[1:] if argv is None else argv)]
         record = run_record.start_run(config, out, command, world)
-    if world > 1:
-        torch.distributed.barrier()
+    record = _shared(record, world)
     try:
-        computed = run_study(config, out, progress=not args.no_progress, rank=rank,
-                             world_size=world, force=args.force and world == 1)
+        run_study(config, out, progress=not args.no_progress, rank=rank, world_size=world,
+                  computed=computed)
         status = "finished"
-    except KeyboardInterrupt:
-        status = "interrupted"
-        print(f"\ninterrupted: {_finished(out)} of {len(cells(config))} cells of this study are "
+    except (KeyboardInterrupt, TerminatedError) as stop:
+        status = "interrupted" if isinstance(stop, KeyboardInterrupt) else "terminated"
+        print(f"\n{status}: {_finished(out)} of {len(cells(config))} cells of this study are "
               f"finished in {out}; run the same command again to resume.", file=sys.stderr)
-        return 130
+        return 130 if status == "interrupted" else 143
     except CellError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
     finally:
-        if record is not None:
-            run_record.end_run(out, record, status, max(_finished(out) - before, 0))
+        run_record.end_run(out, record, status if rank == 0 or status != "finished" else None,
+                           len(computed), rank)
     print(f"rank {rank}: computed {len(computed)} cells")
     if world > 1:
         torch.distributed.barrier()
@@ -284,6 +344,17 @@ def _tradeoff(args, argv) -> int:
     if world > 1:
         torch.distributed.destroy_process_group()
     return 0
+
+
+def _shared(record: dict | None, world: int) -> dict:
+    """Rank 0's run record on every rank (after rank 0 prepared the folder)."""
+    if world == 1:
+        return record
+    import torch.distributed as dist
+
+    shared = [record]
+    dist.broadcast_object_list(shared, src=0)
+    return shared[0]
 
 
 if __name__ == "__main__":

@@ -14,12 +14,11 @@ from typing import NamedTuple
 
 import torch
 
-from .. import __version__
-from ..cache import cache_dir, digest, load_cached, save_atomic
+from ..cache import entry_path, save_entry, use_cached
 from ..data import DataSplit, image_shape, load_dataset, load_image_file, split_images
 from ..flow_matching import train_flow_matching
 from ..image_nets import build_velocity_net
-from ..reference import cache_path, load_or_train
+from ..reference import load_or_train
 
 
 class StudyFlow(NamedTuple):
@@ -66,21 +65,20 @@ def trained_flow(config, train_seed: int, steps: int, progress: bool = False) ->
     """The velocity net of one training seed after ``steps`` Adam steps (cached)."""
     if config.net == "mlp" and config.data_file is None:
         flow = config.flow_config(train_seed, steps)
-        load_cached(cache_path(flow))  # a damaged entry is named and set aside, so it retrains
         trained = load_or_train(flow, progress=progress)
         return StudyFlow(trained.model, trained.train, trained.test, trained.train_seconds)
     images = study_images(config)
     train, test = study_data(config, images)
+    path = entry_path("study-flow", {
+        "net": config.net, "widths": list(config.net_widths), "steps": steps,
+        "batch_size": config.batch_size, "lr": config.lr, "seed": train_seed, "train": train,
+        "device": config.device.split(":")[0]})
+    cached = use_cached(path, ("state_dict", "seconds"),
+                        lambda record: _load(study_net(config, train.shape[1], images,
+                                                       seed=train_seed), record))
+    if cached is not None:
+        return StudyFlow(cached[0].eval(), train, test, cached[1])
     model = study_net(config, train.shape[1], images, seed=train_seed)
-    key = digest({"net": config.net, "widths": list(config.net_widths), "steps": steps,
-                  "batch_size": config.batch_size, "lr": config.lr, "seed": train_seed,
-                  "train": train, "device": config.device.split(":")[0],
-                  "version": __version__})
-    path = cache_dir() / f"study-flow-{key[:20]}.pt"
-    record = load_cached(path)
-    if record is not None:
-        model.load_state_dict(record["state_dict"])
-        return StudyFlow(model.eval(), train, test, record["seconds"])
     device = torch.device(config.device)
     model.to(device)
     start = time.perf_counter()
@@ -90,5 +88,11 @@ def trained_flow(config, train_seed: int, steps: int, progress: bool = False) ->
     model.cpu()
     summary = {"net": config.net, "widths": list(config.net_widths), "steps": steps,
                "seed": train_seed, "n_train": len(train)}
-    save_atomic({"state_dict": model.state_dict(), "seconds": seconds, "config": summary}, path)
+    save_entry({"state_dict": model.state_dict(), "seconds": seconds, "config": summary}, path)
     return StudyFlow(model.eval(), train, test, seconds)
+
+
+def _load(model: torch.nn.Module, record: dict) -> tuple[torch.nn.Module, float]:
+    """``model`` with a cache entry's weights, and the entry's training time."""
+    model.load_state_dict(record["state_dict"])
+    return model, float(record["seconds"])

@@ -100,8 +100,10 @@ def check_temperatures(temperatures, *, methods, geodesic_batch) -> tuple:
         raise ValueError("temperatures is empty; pass at least one, e.g. --temperature sum.")
     values = tuple(check_temperature(t) for t in temperatures)
     texts = ["sum" if t == 1.0 else temperature_text(t) for t in values]
-    if len(set(texts)) < len(texts):
-        raise ValueError(f"temperatures {list(temperatures)} repeat a value (1 is 'sum'); "
+    repeated = sorted({text for text in texts if texts.count(text) > 1})
+    if repeated:
+        same = " (1 and 'sum' are the same temperature)" if "sum" in repeated else ""
+        raise ValueError(f"temperatures {list(temperatures)} repeat {', '.join(repeated)}{same}; "
                          "pass distinct temperatures.")
     if geodesic_batch is not None:
         needs_all = [t for t in values if t in PRESETS_NEEDING_ALL_PAIRS and

@@ -6,6 +6,11 @@ added later are compared too): options in :data:`CELL_FIELDS` only add cells, an
 is extended to the union of the saved and the new values; any other difference would change
 the numbers of the cells already there, so the rerun is refused with the differing fields
 named, unless ``force`` asks to recompute the study from scratch in that folder.
+
+A study on a user's data file is identified by the file's contents, not its path: the
+SHA-256 of the file is saved as ``data_sha256`` in ``config.json`` and compared on every
+rerun and merge. A folder that holds files but no study is refused as ``--out`` unless asked
+for (:func:`check_study_folder`), so that no user file is overwritten.
 """
 
 from __future__ import annotations
@@ -15,12 +20,16 @@ import shutil
 from dataclasses import MISSING, asdict, fields, replace
 from pathlib import Path
 
-from . import store
+from . import run_record, store
 
 #: Fields whose values index cells: new values add cells, the finished ones stay valid.
 CELL_FIELDS = ("train_seeds", "sample_seeds", "scales", "methods", "temperatures")
 #: Fields that label a study without changing any number.
 LABEL_FIELDS = ("profile",)
+#: The key of ``config.json`` that holds the SHA-256 of the data file.
+DATA_HASH = "data_sha256"
+#: The files a study writes beside its cells (``--force`` deletes the results among them).
+RESULT_FILES = ("results.csv", "results.json", "preview.npz", "frontier.png", "samples.png")
 
 
 class StudyMismatchError(ValueError):
@@ -64,9 +73,21 @@ def differences(saved: dict, config) -> list[str]:
         new = _plain(getattr(config, field.name))
         if field.name == "device":  # a rank's own GPU (cuda:1) is not an option of the study
             old, new = str(old).split(":")[0], str(new).split(":")[0]
+        if field.name == "n_test" and old != new:  # the default's size, given, is the same
+            old, new = _held_out(config, old), _held_out(config, new)
         if old != new:
             found.append(f"{field.name} (saved {old}, now {new})")
     return found
+
+
+def _held_out(config, n_test: int | None) -> int:
+    """The held-out size that ``n_test`` gives in ``config`` (``None``: the default rule)."""
+    if n_test is not None:
+        return n_test
+    from .flows import study_images
+
+    images = study_images(config)
+    return replace(config, n_test=None).held_out_size(None if images is None else len(images))
 
 
 def study_config(config, out, force: bool = False):
@@ -94,7 +115,7 @@ def study_config(config, out, force: bool = False):
     saved = None if force else saved_record(out)
     if saved is None:
         return config
-    changed = differences(saved, config)
+    changed = differences(saved, config) + data_change(saved, config, out)
     if changed:
         raise StudyMismatchError(
             f"--out {out} holds a study made with other options: {'; '.join(changed)}. "
@@ -106,13 +127,71 @@ def study_config(config, out, force: bool = False):
         if name in names and name in saved:
             new = tuple(getattr(config, name))
             extended[name] = tuple(saved[name]) + tuple(v for v in new if v not in saved[name])
-    return replace(config, **extended)
+    try:
+        return replace(config, **extended)
+    except (ValueError, TypeError) as err:
+        raise ValueError(f"{Path(out) / 'config.json'} holds a value this version refuses "
+                         f"({err}); add --force to recompute the study with the options "
+                         "given, or choose a new --out.") from None
+
+
+def data_hash(config) -> str | None:
+    """SHA-256 of the study's data file (``None`` for a built-in data set)."""
+    return None if config.data_file is None else run_record.sha256(config.data_file)
+
+
+def _saved_hash(saved: dict, out) -> str | None:
+    """The data hash of a study: its ``config.json``, else (folders of older versions) the
+    first run record that holds one."""
+    if saved.get(DATA_HASH):
+        return saved[DATA_HASH]
+    return next((run[DATA_HASH] for run in run_record.read_runs(out)
+                 if isinstance(run, dict) and run.get(DATA_HASH)), None)
+
+
+def data_change(saved: dict, config, out) -> list[str]:
+    """``["data_sha256 (saved A, now B)"]`` when the data file's contents differ from those
+    the study in ``out`` was computed on (the same path with other contents), else ``[]``."""
+    before = _saved_hash(saved, out) if config.data_file is not None else None
+    now = data_hash(config) if before is not None else None
+    if before == now:
+        return []
+    return [f"{DATA_HASH} (the contents of --data-file {config.data_file} changed: saved "
+            f"{before[:12]}..., now {now[:12]}...)"]
 
 
 def config_record(config) -> dict:
     """The ``config.json`` record: every field, the device without a rank's own GPU suffix
-    (``cuda:1``), so that any machine can resume or merge the study."""
-    return asdict(replace(config, device=config.device.split(":")[0]))
+    (``cuda:1``), so that any machine can resume or merge the study, and the SHA-256 of the
+    data file (``data_sha256``) when there is one."""
+    record = asdict(replace(config, device=config.device.split(":")[0]))
+    return record | ({DATA_HASH: data_hash(config)} if config.data_file is not None else {})
+
+
+def check_study_folder(out, allow_nonempty: bool = False) -> None:
+    """Refuse ``out`` when it holds files but no study (no ``config.json``): the study would
+    overwrite files of the same names. Hidden files do not count; ``allow_nonempty`` allows it.
+
+    Example
+    -------
+    >>> import tempfile
+    >>> out = Path(tempfile.mkdtemp())
+    >>> check_study_folder(out)  # empty: fine
+    >>> _ = (out / "results.csv").write_text("mine")
+    >>> check_study_folder(out)  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    ValueError: --out ... holds files but no study (results.csv); ...
+    """
+    out = Path(out)
+    if allow_nonempty or (out / "config.json").exists() or not out.is_dir():
+        return
+    names = sorted(p.name for p in out.iterdir() if not p.name.startswith("."))
+    if names:
+        shown = ", ".join(names[:3]) + (", ..." if len(names) > 3 else "")
+        raise ValueError(f"--out {out} holds files but no study ({shown}); the study would "
+                         "write over files of the same names: choose a new or empty folder, "
+                         "or add --allow-nonempty to write the study there.")
 
 
 def prepare(config, out, force: bool = False):
@@ -126,11 +205,24 @@ def prepare(config, out, force: bool = False):
 
 
 def clear_study(out) -> None:
-    """Delete the cells and merged results of folder ``out`` (``--force``)."""
+    """Delete the cells and merged results of folder ``out`` (``--force``). A ``cells`` folder
+    that is a link keeps its link and loses its cells; anything that cannot be deleted is one
+    ``ValueError`` naming it, so no old cell is mistaken for a new one."""
     out = Path(out)
-    shutil.rmtree(out / "cells", ignore_errors=True)
-    for name in ("results.csv", "results.json", "preview.npz", "frontier.png", "samples.png"):
-        (out / name).unlink(missing_ok=True)
+    cells = out / "cells"
+    try:
+        if cells.is_symlink():
+            for path in cells.iterdir():
+                if path.suffix in (".json", ".npz", ".claim", ".tmp") and not path.is_dir():
+                    path.unlink()
+        elif cells.exists():
+            shutil.rmtree(cells)
+        for name in RESULT_FILES:
+            (out / name).unlink(missing_ok=True)
+    except OSError as err:
+        raise ValueError(f"--force could not delete the old study in {out} ({err.strerror}: "
+                         f"{err.filename}); delete its cells yourself or choose a new "
+                         "--out.") from None
 
 
 def load_study_config(out):
@@ -146,6 +238,7 @@ def load_study_config(out):
     if record is None:
         raise FileNotFoundError(f"{out} holds no config.json, so it is not a study folder; "
                                 "pass the --out folder of a tradeoff run.")
+    saved_hash = record.pop(DATA_HASH, None)
     known = {field.name for field in fields(TradeoffConfig)}
     unknown = sorted(set(record) - known)
     if unknown:
@@ -154,13 +247,20 @@ def load_study_config(out):
     data_file = record.get("data_file")  # folders of older versions kept relative paths
     if data_file is not None and not Path(data_file).exists() and (out / data_file).exists():
         record["data_file"] = str((out / data_file).resolve())
-    return config_from_record(record, device="cpu")  # merging needs no GPU
+    config = config_from_record(record, device="cpu")  # merging needs no GPU
+    if config.data_file is not None and Path(config.data_file).is_file():
+        changed = data_change({DATA_HASH: saved_hash}, config, out)
+        if changed:
+            raise ValueError(f"the study in {out} was computed on other data: {changed[0]}; "
+                             "restore that file to merge.")
+    return config
 
 
 def config_from_record(record: dict, **overrides):
     """The :class:`~.tradeoff.TradeoffConfig` of a ``config.json`` record (JSON lists become
-    tuples), with ``overrides`` replacing fields."""
+    tuples; the data hash is not a field), with ``overrides`` replacing fields."""
     from .tradeoff import TradeoffConfig
 
-    record = {k: tuple(v) if isinstance(v, list) else v for k, v in record.items()}
+    record = {k: tuple(v) if isinstance(v, list) else v for k, v in record.items()
+              if k != DATA_HASH}
     return TradeoffConfig(**{**record, **overrides})

@@ -6,27 +6,38 @@ it was working on, and a rerun skips every finished one. Files are readable by t
 (the mode an ordinary ``open`` would give under the user's umask, not ``mkstemp``'s 0600).
 
 A damaged cell (a truncated or unreadable ``.json`` or ``.npz``, from a full disk or a copy
-that stopped half-way) is named on stderr and moved to ``damaged/``, so a rerun computes it
-again and a merge leaves it out. Several processes may write into one folder: each claims a
-cell with a ``cells/<key>.claim`` file created exclusively (``O_EXCL``) before computing it,
-so no cell is computed twice; a claim left by a process that died is taken over.
+that stopped half-way; a row changed after it was stored, caught by the SHA-256 of the row
+kept in the ``.npz``; a row that lacks a field or a sample array of the wrong shape, checked
+by the study's ``check`` and ``columns``) is named on stderr and moved to ``damaged/``, so a
+rerun computes it again and a merge leaves it out. Several processes may write into one
+folder: each claims a cell with a ``cells/<key>.claim`` file created exclusively
+(``O_EXCL``) before computing it, so no cell is computed twice; a claim left by a process
+that died is taken over.
 """
 
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import os
+import shutil
 import socket
+import struct
 import sys
 import tempfile
 import time
 import zipfile
+import zlib
 from pathlib import Path
 
 import numpy as np
 
 from .._checks import check_writable_folder
+
+#: What reading a damaged ``.json`` or ``.npz`` raises (found by tests/test_readers_fuzz.py).
+UNREADABLE = (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError, EOFError,
+              zipfile.BadZipFile, zlib.error, struct.error, NotImplementedError)
 
 #: A claim file that stays empty this long (its writer died between create and write) is stale.
 EMPTY_CLAIM_SECONDS = 60.0
@@ -76,16 +87,33 @@ def is_done(out: Path, key: str) -> bool:
     return cell_paths(out, key)[0].exists()
 
 
+def _row_digest(row: dict) -> str:
+    text = json.dumps(json.loads(json.dumps(row)), sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
 def save_cell(out: Path, key: str, row: dict, **arrays) -> None:
-    """Store a finished cell: arrays first, the row last (the row marks it finished)."""
+    """Store a finished cell: arrays first, with the SHA-256 of the row (``row_sha256``), the
+    row last (the row marks it finished)."""
     row_path, array_path = cell_paths(out, key)
-    write_npz(array_path, **arrays)
+    write_npz(array_path, **arrays, row_sha256=np.array(_row_digest(row)))
     write_json(row_path, row)
 
 
-def read_cell(out: Path, key: str) -> dict | None:
+def _check_samples(samples: np.ndarray, columns: int | None) -> None:
+    if samples.ndim != 2 or (columns is not None and samples.shape[1] != columns):
+        want = f"N x {columns}" if columns is not None else "N x d"
+        raise ValueError(f"its samples are {' x '.join(map(str, samples.shape))}, not {want}")
+    samples.sum()  # reads the whole array: a damaged one fails its CRC
+
+
+def read_cell(out: Path, key: str, check=None, columns: int | None = None) -> dict | None:
     """The row of finished cell ``key`` after checking both its files; ``None`` when the cell
-    is unfinished or damaged (a damaged cell is named on stderr and moved to ``damaged/``)."""
+    is unfinished or damaged (a damaged cell is named on stderr and moved to ``damaged/``).
+
+    ``check(row)`` raises ``ValueError``, ``KeyError`` or ``TypeError`` for a row that lacks
+    what the study needs; ``columns`` is the width its ``samples`` array must have.
+    """
     row_path, array_path = cell_paths(out, key)
     if not row_path.exists():
         return None
@@ -93,10 +121,13 @@ def read_cell(out: Path, key: str) -> dict | None:
         row = json.loads(row_path.read_text())
         if not isinstance(row, dict) or row.get("key") != key:
             raise ValueError("it does not hold the row of this cell")
+        if check is not None:
+            check(row)
         with np.load(array_path, allow_pickle=False) as arrays:
-            arrays["samples"].sum()  # reads the whole array: a damaged one fails its CRC
-    except (OSError, UnicodeDecodeError, ValueError, KeyError, EOFError,
-            zipfile.BadZipFile) as err:
+            _check_samples(arrays["samples"], columns)
+            if "row_sha256" in arrays.files and str(arrays["row_sha256"]) != _row_digest(row):
+                raise ValueError("its row differs from the one stored with its samples")
+    except UNREADABLE as err:
         moved = _move_aside(out, row_path, array_path)
         print(f"warning: cell {key} is damaged ({type(err).__name__}: {err}); moved "
               f"{', '.join(moved)} aside; rerunning the study recomputes it.", file=sys.stderr)
@@ -106,21 +137,27 @@ def read_cell(out: Path, key: str) -> dict | None:
 
 def _move_aside(out: Path, *paths: Path) -> list[str]:
     folder = Path(out) / "damaged"
-    folder.mkdir(exist_ok=True)
-    stamp = time.strftime("%Y%m%dT%H%M%S")
+    stamp = time.strftime("%Y%m%dT%H%M%S") + f".{os.getpid()}"
     moved = []
     for path in paths:
-        if path.exists():
-            target = folder / f"{path.name}.{stamp}"
-            os.replace(path, target)
-            moved.append(f"{path.name} to {target.relative_to(out)}")
+        if not path.exists():
+            continue
+        target = folder / f"{path.name}.{stamp}"
+        try:
+            folder.mkdir(exist_ok=True)
+            shutil.move(path, target)  # also from a cells folder linked to another disk
+        except OSError as err:
+            moved.append(f"not {path.name} ({err.strerror})")
+            continue
+        moved.append(f"{path.name} to {target.relative_to(out)}")
     return moved
 
 
-def collect(out: Path) -> list[dict]:
-    """All finished rows under ``out/cells``, sorted by key; damaged cells are named, moved
-    aside and left out."""
-    rows = (read_cell(out, p.stem) for p in sorted((Path(out) / "cells").glob("*.json")))
+def collect(out: Path, check=None, columns: int | None = None) -> list[dict]:
+    """All finished rows under ``out/cells``, sorted by key; damaged cells (:func:`read_cell`
+    with ``check`` and ``columns``) are named, moved aside and left out."""
+    rows = (read_cell(out, p.stem, check, columns)
+            for p in sorted((Path(out) / "cells").glob("*.json")))
     return [row for row in rows if row is not None]
 
 
@@ -157,16 +194,27 @@ def _stale(path: Path) -> bool:
     except FileNotFoundError:
         return True
     except (OSError, ValueError):  # still being written, or its writer died mid-write
-        return time.time() - path.stat().st_mtime > EMPTY_CLAIM_SECONDS
+        return _old(path)
+    pid = owner.get("pid") if isinstance(owner, dict) else None
+    if isinstance(pid, bool) or not isinstance(pid, int) or pid <= 0:
+        return _old(path)  # not a claim as this package writes them
     if owner.get("host") != socket.gethostname():
         return False  # another machine's process: cannot tell, so respect it
     try:
-        os.kill(int(owner["pid"]), 0)
+        os.kill(pid, 0)
     except ProcessLookupError:
         return True
     except PermissionError:  # alive, another user's
         return False
     return False
+
+
+def _old(path: Path) -> bool:
+    """Whether the claim ``path`` was last written more than ``EMPTY_CLAIM_SECONDS`` ago."""
+    try:
+        return time.time() - path.stat().st_mtime > EMPTY_CLAIM_SECONDS
+    except FileNotFoundError:
+        return True
 
 
 def write_table(out: Path, rows: list[dict], name: str = "results") -> None:
@@ -185,5 +233,10 @@ def write_table(out: Path, rows: list[dict], name: str = "results") -> None:
 
 
 def check_writable(out: Path) -> Path:
-    """Create ``out`` and check that files can be written there, before any work starts."""
-    return check_writable_folder(out, f"--out {out}", "choose another output folder.")
+    """Create ``out`` and check that files can be written there and in its ``cells`` folder
+    when it has one, before any work starts."""
+    out = check_writable_folder(out, f"--out {out}", "choose another output folder.")
+    if (out / "cells").exists():
+        check_writable_folder(out / "cells", f"the cells folder {out / 'cells'}",
+                              "make it writable or choose another --out.")
+    return out

@@ -164,6 +164,8 @@ class TradeoffConfig:
         for name in ("train_seeds", "sample_seeds"):
             if not getattr(self, name):
                 raise ValueError(f"{name} is empty; pass at least one seed.")
+            for seed in getattr(self, name):
+                check_positive_int(name, seed, minimum=0)
         check_choice("prior_mean", self.prior_mean, PRIOR_MEANS)
         check_choice("base_point", self.base_point, BASE_POINTS)
         check_temperatures(self.temperatures, methods=self.methods,
@@ -315,8 +317,40 @@ def _setup(config: TradeoffConfig, seed: int, report: StudyProgress, progress: b
     return context
 
 
+#: Fields of a cell's row that merging reads, with their types (see :func:`check_row`).
+ROW_FIELDS = {"key": str, "method": str, "scale": (int, float), "train_seed": int,
+              "sample_seed": int, "mem_strict": (int, float), "true_mem_strict": (int, float),
+              "precision": (int, float), "baseline_precision": (int, float)}
+
+
+def check_row(row: dict) -> None:
+    """Raise ``KeyError`` or ``TypeError`` for a stored row that lacks a field merging reads
+    (:data:`ROW_FIELDS`) or holds a value of another type there, or names no known method.
+
+    Example
+    -------
+    >>> check_row({"key": "map", "method": "map"})
+    Traceback (most recent call last):
+    ...
+    KeyError: 'the row has no field scale'
+    """
+    for name, kind in ROW_FIELDS.items():
+        if name not in row:
+            raise KeyError(f"the row has no field {name}")
+        if isinstance(row[name], bool) or not isinstance(row[name], kind):
+            raise TypeError(f"the row's {name} is {row[name]!r}")
+    if row["method"] not in METHODS:
+        raise TypeError(f"the row's method {row['method']!r} is not one of this study's")
+
+
+def sample_columns(config: TradeoffConfig, images: torch.Tensor | None = None) -> int:
+    """The width of a cell's sample array: the data's row size."""
+    return study_data(config, images).train.shape[1]
+
+
 def run_study(config: TradeoffConfig, out, *, progress: bool = True, rank: int = 0,
-              world_size: int = 1, force: bool = False) -> list[Cell]:
+              world_size: int = 1, force: bool = False,
+              computed: list | None = None) -> list[Cell]:
     """Run this rank's share of the unfinished cells (:func:`shard`), writing each one as it
     finishes. Returns the cells computed by this call (finished ones are skipped).
 
@@ -325,22 +359,24 @@ def run_study(config: TradeoffConfig, out, *, progress: bool = True, rank: int =
     cells first (on rank 0: other ranks must wait for it). Each cell is claimed
     (:func:`.store.claim`) before it is computed, so processes sharing ``out`` never compute a
     cell twice, and a damaged finished cell is moved aside and computed again. A failing cell
-    raises :class:`CellError` naming it.
+    raises :class:`CellError` naming it. ``computed``, when given, receives each cell as it
+    is stored (so a caller knows them also after an interruption).
     """
     out = store.check_writable(out)
     if rank == 0:
         config = resume.prepare(config, out, force)
     else:
         config = resume.study_config(config, out, force)
-    mine = [c for c in shard(config, rank, world_size) if store.read_cell(out, c.key) is None]
+    columns = sample_columns(config)
+    mine = [c for c in shard(config, rank, world_size)
+            if store.read_cell(out, c.key, check_row, columns) is None]
     report = StudyProgress(mine, rank, progress)
     contexts: dict[int, SeedContext] = {}
-    computed = []
+    computed = [] if computed is None else computed
+    start_count, taken = len(computed), []
     for cell in mine:
         if not store.claim(out, cell.key):
-            print(f"[rank {rank}] cell {cell.key} is being computed by another process "
-                  f"(cells/{cell.key}.claim); skipped. If no such process is running any more "
-                  "(another machine's), delete that file and rerun.", file=sys.stderr)
+            taken.append(cell.key)
             report.remaining.remove(cell)
             continue
         try:
@@ -361,22 +397,26 @@ def run_study(config: TradeoffConfig, out, *, progress: bool = True, rank: int =
         report.cell_done(cell, time.perf_counter() - start)
         if cell.method == "map" and map_quality_warning(row):
             print(f"WARNING: {map_quality_warning(row)}", file=sys.stderr)
-    return computed
+    if taken:
+        print(f"[rank {rank}] {len(taken)} cell(s) were being computed by other processes and "
+              "were left to them (a claim of a dead process on this machine is taken over; "
+              "one of another machine's is kept in cells/*.claim).", file=sys.stderr)
+    return computed[start_count:]
 
 
 def finish(config: TradeoffConfig, out) -> list[dict]:
     """Merge every finished cell into ``results.csv``/``results.json`` and draw the figures."""
     from .figures import frontier_figure, image_samples_figure, samples_figure
 
-    rows = store.collect(out)
+    images = study_images(config)
+    train = study_data(config, images).train
+    rows = store.collect(out, check_row, train.shape[1])
     for warning in annotate_map_quality(rows):
         print(f"WARNING: {warning}", file=sys.stderr)
     store.write_table(out, rows)
     if not rows:
         return rows
     _save(frontier_figure(rows), Path(out) / "frontier.png")
-    images = study_images(config)
-    train = study_data(config, images).train
     shape = study_image_shape(config, images)
     write_preview(out, rows, train, min(PREVIEW_SAMPLES, config.n_x0))
     if shape is None:
