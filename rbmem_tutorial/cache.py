@@ -113,15 +113,17 @@ def save_atomic(record: dict, path: Path) -> None:
 
 #: Kinds of entry, by name prefix: reference flows of the book, flows of a study's own data or
 #: conv net, refined posteriors (MAP and prior precision).
-KINDS = {"flow": "flow-", "study-flow": "study-flow-", "posterior": "posterior-"}
+KINDS = {"flow": "flow-", "study-flow": "study-flow-", "posterior": "posterior-",
+         "checkpoints": "checkpoints-"}
 
 #: The version of each kind's computation, part of every key of that kind (module notes).
-ENTRY_VERSIONS = {"flow": 2, "study-flow": 2, "posterior": 2}
+ENTRY_VERSIONS = {"flow": 2, "study-flow": 2, "posterior": 2, "checkpoints": 1}
 
 #: The key of an entry's signature: ``{"name": file name, "checksum": SHA-256 of the rest}``.
 SIGNATURE = "rbmem_cache_entry"
 
-_NAME = re.compile(r"(?P<prefix>study-flow-|flow-(?:[a-z0-9_]+-)?|posterior-)[0-9a-f]{20}"
+_NAME = re.compile(r"(?P<prefix>study-flow-|flow-(?:[a-z0-9_]+-)?|posterior-|checkpoints-)"
+                   r"[0-9a-f]{20}"
                    r"\.pt(?P<damaged>\.damaged)?")
 
 
@@ -300,6 +302,10 @@ def _kind(path: Path) -> str | None:
 
 
 def _summary(record: dict, kind: str) -> str:
+    if kind == "checkpoints":
+        steps = record["steps"]
+        return (f"{len(steps)} checkpoints of {record['weights'].shape[1]} weights, "
+                f"{int(steps[0])} to {int(steps[-1])} Adam steps")
     if kind == "posterior":
         final = (record.get("refine_final") or {}).get("grad_norm_after", float("nan"))
         return (f"MAP of {record['theta_map'].numel()} weights, prior precision "

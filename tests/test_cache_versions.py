@@ -10,6 +10,7 @@ import torch
 
 from rbmem_tutorial.cache import ENTRY_VERSIONS
 from rbmem_tutorial.experiments.flows import trained_flow
+from rbmem_tutorial.experiments.replicates import checkpoints
 from rbmem_tutorial.experiments.tradeoff import TradeoffConfig
 from rbmem_tutorial.nets import VelocityMLP
 from rbmem_tutorial.pipeline import fit_flow_posterior
@@ -20,6 +21,7 @@ RECORDED = {
     "flow": (2, [7.769177436828613, 12.559432730078697]),
     "study-flow": (2, [-0.8996850848197937, 14.815001402515918]),
     "posterior": (2, [7.385394288226484, 1.8054831863052192]),
+    "checkpoints": (1, [12.320381147786975, 12.559432730078697]),
 }
 
 
@@ -41,6 +43,11 @@ def _study_flow(folder) -> list[float]:
     return [float(flow.train.sum()), _weights(flow.model)]
 
 
+def _checkpoints() -> list[float]:
+    config = FlowConfig(n_train=8, n_test=10, hidden=(8,), steps=20)
+    return [float(w.double().abs().sum()) for w in checkpoints(config, steps=(10, 20))]
+
+
 def _posterior() -> list[float]:
     torch.manual_seed(0)
     net, train = VelocityMLP(2, hidden=(4,)), torch.linspace(-1.0, 1.0, 6).reshape(3, 2)
@@ -53,7 +60,7 @@ def _posterior() -> list[float]:
 def test_each_kind_computes_what_its_version_recorded(kind, tmp_path, monkeypatch):
     monkeypatch.setenv("RBMEM_CACHE", str(tmp_path / "cache"))  # computed, never loaded
     version, recorded = RECORDED[kind]
-    found = {"flow": _flow, "posterior": _posterior,
+    found = {"flow": _flow, "posterior": _posterior, "checkpoints": _checkpoints,
              "study-flow": lambda: _study_flow(tmp_path)}[kind]()
     assert ENTRY_VERSIONS[kind] == version, (
         f"ENTRY_VERSIONS[{kind!r}] is {ENTRY_VERSIONS[kind]}; record its fingerprint {found} "

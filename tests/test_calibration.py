@@ -110,3 +110,15 @@ def test_calibrate_scale_gives_each_sample_its_own_noise(monkeypatch):
     start = seen[0].reshape(-1, 2)
     assert len(torch.unique(start, dim=0)) == 64  # no x0 shared between weight samples
     assert all(torch.equal(x0, seen[0]) for x0 in seen)  # the same draws at every scale
+
+
+@pytest.mark.usefixtures("private_cache")
+def test_docstring_examples_run():
+    import doctest
+
+    from rbmem_tutorial import calibration, metrics
+    from rbmem_tutorial.experiments import matched_stats, replicates
+
+    for module in (calibration, matched_stats, replicates, metrics):
+        result = doctest.testmod(module, optionflags=doctest.ELLIPSIS)
+        assert result.attempted > 0 and result.failed == 0, module.__name__

@@ -143,3 +143,25 @@ def test_geodesic_path_gives_the_end_points_of_direct_solves(replicate_zero):
     moved = (direct.endpoints - rep.flow_posterior.posterior.mean).norm(dim=1)
     gap = (path.path[:, 2] - direct.endpoints).norm(dim=1) / moved
     assert bool((gap < 0.02).all())  # within the solver's promised end-point error
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--replicates", "-1"], "must be 0 or more"),
+    (["--methods", "laplace", "--finish"], "holds no matched study"),
+])
+def test_cli_refuses_bad_input_in_one_line(tmp_path, capsys, args, message):
+    from rbmem_tutorial.experiments.__main__ import main
+
+    assert main(["matched", "--out", str(tmp_path / "run"), *args]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error:") and message in err and "\n" not in err
+
+
+def test_cli_refuses_a_folder_of_another_design(tmp_path, capsys):
+    from rbmem_tutorial.experiments.matched_run import prepare
+
+    prepare(MatchedConfig(replicates=(0, 1)), tmp_path)
+    from rbmem_tutorial.experiments.__main__ import main
+
+    assert main(["matched", "--out", str(tmp_path), "--replicates", "0"]) == 2
+    assert "replicates" in capsys.readouterr().err

@@ -13,6 +13,10 @@ cache
     List or clear the trained models and posteriors this package cached on disk.
 methods
     What each method and each term of the options means, one line each.
+matched
+    Every method calibrated to the same memorised fractions on replicates with their own data,
+    scored on fresh draws, with the declared primary comparisons (chapter 5). See
+    :mod:`.matched_run`.
 
 Several processes: ``torchrun --nproc_per_node N -m rbmem_tutorial.experiments tradeoff ...``
 shards the cells over the ranks (gloo on CPU, NCCL on GPU, one GPU per process); each rank
@@ -181,6 +185,9 @@ def _parser() -> argparse.ArgumentParser:
                                            "results.csv, results.json and figures.")
     merge.add_argument("--out", required=True, type=_folder, help="the study folder")
     cache_command.add_parser(studies)
+    studies.add_parser("matched", add_help=False,
+                       help="every method calibrated to the same memorised fraction "
+                            "(rbmem matched --help)")
     return parser
 
 
@@ -245,6 +252,11 @@ def _local_rank() -> int:
 def main(argv: list[str] | None = None) -> int:
     """Run the command line ``argv`` (default ``sys.argv[1:]``); returns the exit status."""
     matplotlib.use("Agg")
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["matched"]:
+        from .matched_run import main as matched
+
+        return matched(argv[1:])
     args = _parser().parse_args(argv)
     if args.study == "cache":
         return cache_command.run(args)

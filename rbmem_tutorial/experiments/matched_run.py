@@ -1,6 +1,7 @@
 """Running the matched study (:mod:`.matched_study`): resumable cells, several processes.
 
-``python -m rbmem_tutorial.experiments.matched_run --out DIR`` computes every unfinished cell;
+``rbmem matched --out DIR`` (or ``python -m rbmem_tutorial.experiments.matched_run``) computes
+every unfinished cell;
 a second process started with ``--reverse`` on the same folder works from the other end, and
 the two share the cells through claim files (:mod:`.store`). A finished cell is never
 recomputed, an interrupted one is recomputed from the start, and ``--finish`` writes the
@@ -26,13 +27,14 @@ from .replicates import replicate
 
 
 def prepare(config: MatchedConfig, out: Path) -> None:
-    """Save ``config`` in ``out``, or check that it equals the saved one."""
+    """Save ``config`` in ``out``, or check that it equals the saved one (``ValueError``
+    naming the differing options otherwise)."""
     path = out / "config.json"
     saved = json.loads(path.read_text()) if path.exists() else None
     mine = json.loads(json.dumps(asdict(config)))
     if saved is not None and saved != mine:
         changed = sorted(k for k in mine if saved.get(k) != mine[k])
-        raise SystemExit(f"error: {out} holds a matched study with other options "
+        raise ValueError(f"{out} holds a matched study with other options "
                          f"({', '.join(changed)}); use another --out, or the saved options.")
     if saved is None:
         store.write_json(path, mine)
@@ -71,8 +73,7 @@ def run(config: MatchedConfig, out, *, reverse: bool = False, log=print) -> list
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m rbmem_tutorial.experiments.matched_run",
-                                     description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="rbmem matched", description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", required=True, help="study folder (created)")
     parser.add_argument("--replicates", type=int, nargs="+", default=list(range(10)),
                         help="replicate indices, each its own data and seed (default 0-9)")
@@ -88,9 +89,22 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     out = Path(args.out).expanduser()
+    if args.finish and not (out / "config.json").exists():
+        print(f"error: {out} holds no matched study; run rbmem matched --out {out} first.",
+              file=sys.stderr)
+        return 2
     if not args.finish:
-        config = MatchedConfig(replicates=tuple(args.replicates), methods=tuple(args.methods),
-                               costly_replicates=tuple(args.costly_replicates))
+        try:
+            if min(args.replicates + args.costly_replicates) < 0:
+                raise ValueError("replicate indices are data and training seeds and must be "
+                                 "0 or more; pass e.g. --replicates 0 1 2.")
+            config = MatchedConfig(replicates=tuple(args.replicates),
+                                   methods=tuple(args.methods),
+                                   costly_replicates=tuple(args.costly_replicates))
+            prepare(config, store.check_writable(out))
+        except (ValueError, OSError) as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
         run(config, out, reverse=args.reverse,
             log=lambda text: print(text, file=sys.stderr, flush=True))
     from .matched_stats import write_tables

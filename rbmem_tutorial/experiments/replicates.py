@@ -18,8 +18,7 @@ from functools import cached_property
 
 import torch
 
-from .. import __version__
-from ..cache import cache_dir, digest, load_cached, save_atomic
+from ..cache import entry_path, load_cached, save_entry
 from ..data import load_dataset, sample_dataset
 from ..flow_matching import train_flow_matching
 from ..memorisation import memorised_fraction
@@ -61,11 +60,10 @@ def checkpoints(config: FlowConfig, steps=STEP_GRID) -> torch.Tensor:
     if steps[-1] != config.steps or list(steps) != sorted(set(steps)):
         raise ValueError(f"steps must be increasing and end at config.steps ({config.steps}), "
                          f"got {steps[:3]}...{steps[-1:]}.")
-    key = digest({"config": dataclasses.asdict(config), "steps": list(steps),
-                  "version": __version__})
-    path = cache_dir() / f"checkpoints-{key[:20]}.pt"
-    record = load_cached(path, ("weights",))
-    if record is not None:
+    path = entry_path("checkpoints", {"config": dataclasses.asdict(config),
+                                      "steps": list(steps)})
+    record = load_cached(path, ("weights", "steps"))
+    if record is not None and record["weights"].shape[0] == len(steps):
         return record["weights"]
     train, _ = load_dataset(config.dataset, config.n_train, config.n_test, config.data_seed)
     model = build_model(config)
@@ -81,10 +79,10 @@ def checkpoints(config: FlowConfig, steps=STEP_GRID) -> torch.Tensor:
                                   on_step=keep)
     seconds = time.perf_counter() - start
     weights = torch.stack(kept)
-    save_atomic({"weights": weights, "steps": torch.tensor(steps)}, path)
-    if not cache_path(config).exists():
-        save_atomic({"state_dict": model.state_dict(), "loss_history": history,
-                     "train_seconds": seconds}, cache_path(config))
+    save_entry({"weights": weights, "steps": torch.tensor(steps)}, path)
+    if not cache_path(config).exists():  # the same run as load_or_train's: share its entry
+        save_entry({"state_dict": model.state_dict(), "loss_history": history,
+                    "train_seconds": seconds}, cache_path(config))
     return weights
 
 
