@@ -1,12 +1,12 @@
 """A JupyterLab server for the browser tests, started as a student starts it and always stopped.
 
 :func:`running_lab` runs the README's ``jupyter lab`` from the repository root, on the loopback
-address with a random token. Its configuration, data, runtime and settings folders are private
-(neither the user's Jupyter settings nor announcement pop-ups reach the test), autosave is off
-(a run never writes its outputs into the repository's notebooks), and the app object is exposed
-to the page (``window.jupyterapp``) so a test can read the notebook's state. Whatever happens
-inside the ``with`` block, the server is asked to shut down (kernels included) through its REST
-API, then terminated, then killed.
+address with a random token. Its configuration, data, runtime, settings and checkpoint folders
+are private and autosave is off, so neither the user's Jupyter settings nor announcement pop-ups
+reach the test and a run leaves the repository as it was. The app object is exposed to the page
+(``window.jupyterapp``) so a test can read the notebook's state. Whatever happens inside the
+``with`` block, the server is asked to shut down (kernels included) through its REST API, then
+terminated, then killed.
 
 Example
 -------
@@ -154,8 +154,8 @@ def running_lab(root: Path, *, env: dict | None = None, timeout: float = 120.0) 
                    "--ServerApp.ip=127.0.0.1", f"--ServerApp.port={port}",
                    "--ServerApp.port_retries=0", f"--IdentityProvider.token={token}",
                    f"--ServerApp.root_dir={root}", "--ServerApp.allow_root=True",
-                   "--LabApp.expose_app_in_browser=True",
-                   "--LabApp.news_url=None",
+                   f"--FileCheckpoints.checkpoint_dir={private / 'checkpoints'}",
+                   "--LabApp.expose_app_in_browser=True", "--LabApp.news_url=None",
                    "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate"]
         log = private / "server.log"
         with log.open("w") as out:

@@ -180,7 +180,7 @@ def test_launch_and_download_buttons_open_this_notebook(browser, page):
     repo = book_repository_url().removeprefix("https://github.com/").strip("/")  # owner/name
     expected = {
         "Colab": f"https://colab.research.google.com/github/{repo}/blob/main/{notebook}",
-        "Binder": f"https://mybinder.org/v2/gh/{repo}/main?urlpath=tree/{notebook}",
+        "Binder": f"https://mybinder.org/v2/gh/{repo}/main?urlpath=lab/tree/{notebook}",
     }
     for button, url in expected.items():
         assert url in links, f"no {button} button for {notebook}; links: {links[:40]}"

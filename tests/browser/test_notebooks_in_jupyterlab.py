@@ -103,6 +103,24 @@ def browser():
     driver.quit()
 
 
+@pytest.fixture
+def opened(lab, browser, request):
+    """Open ``book/<chapter>.ipynb`` in JupyterLab; afterwards close it unsaved, its kernel
+    shut down, and check that ``book/`` holds the same files, the notebook unchanged."""
+    notebook = ROOT / "book" / f"{request.param}.ipynb"
+    assert notebook.is_file(), f"no notebook {notebook}"
+    stored, files = notebook.read_bytes(), sorted(notebook.parent.rglob("*"))
+    browser.get(lab.url(f"lab/tree/book/{notebook.name}"))
+    yield request.param
+    browser.execute_script(f"const panel = {PANEL}; if (panel?.context) "
+                           "{ panel.context.model.dirty = false; }")
+    browser.get("about:blank")
+    for session in lab.api("sessions"):
+        lab.api(f"sessions/{session['id']}", method="DELETE")
+    assert notebook.read_bytes() == stored, f"running {notebook.name} in JupyterLab changed it"
+    assert sorted(notebook.parent.rglob("*")) == files, "the run added or removed files in book/"
+
+
 def _wait(what: str, timeout: float, check):
     """Poll ``check()`` until it returns something true; fail naming ``what`` after ``timeout``."""
     deadline = time.monotonic() + timeout
