@@ -145,6 +145,8 @@ def _click_menu(browser, menu: str, command: str) -> None:
 
 def _run_all(browser) -> dict:
     """Run every cell from the Run menu; the run's final state (see ``RUN_STATE``)."""
+    opened = browser.execute_script(RUN_STATE)
+    assert opened["ran"] == 0, "the notebook was stored with execution counts; strip its outputs"
     _click_menu(browser, "Run", "runmenu:run-all")
     _wait("the first cell to start", 60, lambda: browser.execute_script(
         f"return {PANEL}.content.widgets.some(c => c.model.type === 'code' "
