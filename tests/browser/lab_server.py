@@ -119,7 +119,9 @@ def jupyter_command() -> str:
 
 
 @contextlib.contextmanager
-def running_lab(root: Path, *, env: dict | None = None, timeout: float = 120.0) -> Iterator[Lab]:
+def running_lab(
+    root: Path, *, env: dict | None = None, timeout: float = 120.0, keep_log: Path | None = None
+) -> Iterator[Lab]:
     """Run ``jupyter lab`` from ``root`` for the ``with`` block and stop it in every outcome.
 
     Parameters
@@ -130,6 +132,8 @@ def running_lab(root: Path, *, env: dict | None = None, timeout: float = 120.0) 
         The server's environment (its kernels inherit it); default ``os.environ``.
     timeout : float
         Seconds to wait for the server to answer.
+    keep_log : Path, optional
+        Where to copy the server's log once it has stopped.
 
     Yields
     ------
@@ -167,3 +171,6 @@ def running_lab(root: Path, *, env: dict | None = None, timeout: float = 120.0) 
             yield lab
         finally:
             _stop(lab)
+            if keep_log is not None:
+                keep_log.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(log, keep_log)

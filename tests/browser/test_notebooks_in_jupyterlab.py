@@ -13,7 +13,8 @@ until every code cell has run and the kernel is idle. Then:
   image's bytes) and readout change.
 
 Screenshots go to ``artifacts/screenshots/``: the notebook after the run, and each explorer
-before and after the drag (``jupyterlab__<chapter>*.png``). The chapters need the model cache
+before and after the drag (``jupyterlab__<chapter>*.png``); the server's log to
+``artifacts/jupyterlab-server.log``. The chapters need the model cache
 that the README's test command fills (without it they train their models first: slower, same
 result) and Chromium; without Chromium the browser test is skipped with a one-line reason, and
 with ``RBMEM_BROWSER_TEST=1`` that is an error instead.
@@ -91,7 +92,7 @@ return cell.node.querySelector('.jp-OutputArea');
 @pytest.fixture(scope="module")
 def lab():
     env = {k: v for k, v in os.environ.items() if k != "MPLBACKEND"}  # Agg would hide figures
-    with running_lab(ROOT, env=env) as server:
+    with running_lab(ROOT, env=env, keep_log=SHOTS.parent / "jupyterlab-server.log") as server:
         yield server
 
 
@@ -187,6 +188,7 @@ def _move_explorer(browser, index: int, name: str) -> None:
     """Drag the slider of the explorer in cell ``index``; its figure and readout must change."""
     output = browser.execute_script(SHOW_CELL, index)
     before = _wait("the explorer's first figure", 60, lambda: _explorer_frame(browser, output))
+    assert before[0].startswith("data:image/"), f"{name}: the figure is not an inline image"
     output.screenshot(str(SHOTS / f"{name}_before.png"))
     _drag_to_end(browser, output)
     after = _wait("the explorer's figure to change", 120, lambda: (
