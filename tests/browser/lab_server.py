@@ -71,7 +71,7 @@ class Lab:
         request = urllib.request.Request(
             f"{self.base}api/{path}", method=method,
             headers={"Authorization": f"token {self.token}"})
-        with urllib.request.urlopen(request, timeout=10) as answer:
+        with urllib.request.urlopen(request, timeout=60) as answer:
             body = answer.read()
         return json.loads(body) if body else None
 
@@ -120,7 +120,7 @@ def jupyter_command() -> str:
 
 @contextlib.contextmanager
 def running_lab(
-    root: Path, *, env: dict | None = None, timeout: float = 120.0, keep_log: Path | None = None
+    root: Path, *, env: dict | None = None, timeout: float = 600.0, keep_log: Path | None = None
 ) -> Iterator[Lab]:
     """Run ``jupyter lab`` from ``root`` for the ``with`` block and stop it in every outcome.
 

@@ -10,7 +10,8 @@ until every code cell has run and the kernel is idle. Then:
   chapter finds ``data/...`` and the trained models;
 - every explorer (an output whose ipywidgets slider drives a figure), found by its shape and not
   by a cell index or label, is dragged by the mouse to its last position, and its figure (the
-  image's bytes) and readout change.
+  image's bytes) and readout change;
+- the browser console shows no error.
 
 Screenshots go to ``artifacts/screenshots/``: the notebook after the run, and each explorer
 before and after the drag (``jupyterlab__<chapter>*.png``); the server's log to
@@ -34,6 +35,7 @@ ROOT = Path(__file__).resolve().parents[2]
 SHOTS = ROOT / "artifacts" / "screenshots"
 CHAPTERS = ["01_flow_matching", "05_reducing_memorisation"]
 RUN_TIMEOUT_S = 1200  # a chapter that has to train its models first, on a loaded 2-core CPU
+STEP_TIMEOUT_S = 600  # any other step: a guard against hanging on a loaded machine, no target
 browser_check = requirements_mark([])
 
 PANEL = "window.jupyterapp && jupyterapp.shell.currentWidget"
@@ -99,7 +101,7 @@ def lab():
 @pytest.fixture(scope="module")
 def browser():
     driver = start_chrome(window="1400,1000")
-    driver.set_script_timeout(60)
+    driver.set_script_timeout(STEP_TIMEOUT_S)
     yield driver
     driver.quit()
 
@@ -111,6 +113,7 @@ def opened(lab, browser, request):
     notebook = ROOT / "book" / f"{request.param}.ipynb"
     assert notebook.is_file(), f"no notebook {notebook}"
     stored, files = notebook.read_bytes(), sorted(notebook.parent.rglob("*"))
+    browser.get_log("browser")  # drop messages from earlier chapters
     browser.get(lab.url(f"lab/tree/book/{notebook.name}"))
     yield request.param
     browser.execute_script(f"const panel = {PANEL}; if (panel?.context) "
@@ -139,7 +142,7 @@ def _click_menu(browser, menu: str, command: str) -> None:
 
     titles = browser.find_elements(By.CSS_SELECTOR, "#jp-MainMenu .lm-MenuBar-item")
     next(t for t in titles if t.text.strip() == menu).click()
-    item = _wait(f"the {menu} menu", 10, lambda: browser.find_elements(
+    item = _wait(f"the {menu} menu", STEP_TIMEOUT_S, lambda: browser.find_elements(
         By.CSS_SELECTOR, f'.lm-Menu-item[data-command="{command}"]'))
     item[0].click()
 
@@ -149,7 +152,7 @@ def _run_all(browser) -> dict:
     opened = browser.execute_script(RUN_STATE)
     assert opened["ran"] == 0, "the notebook was stored with execution counts; strip its outputs"
     _click_menu(browser, "Run", "runmenu:run-all")
-    _wait("the first cell to start", 60, lambda: browser.execute_script(
+    _wait("the first cell to start", STEP_TIMEOUT_S, lambda: browser.execute_script(
         f"return {PANEL}.content.widgets.some(c => c.model.type === 'code' "
         "&& c.model.executionCount !== null || c.promptNode?.textContent.includes('*'));"))
 
@@ -187,11 +190,12 @@ def _drag_to_end(browser, output) -> None:
 def _move_explorer(browser, index: int, name: str) -> None:
     """Drag the slider of the explorer in cell ``index``; its figure and readout must change."""
     output = browser.execute_script(SHOW_CELL, index)
-    before = _wait("the explorer's first figure", 60, lambda: _explorer_frame(browser, output))
+    before = _wait("the explorer's first figure", STEP_TIMEOUT_S,
+                   lambda: _explorer_frame(browser, output))
     assert before[0].startswith("data:image/"), f"{name}: the figure is not an inline image"
     output.screenshot(str(SHOTS / f"{name}_before.png"))
     _drag_to_end(browser, output)
-    after = _wait("the explorer's figure to change", 120, lambda: (
+    after = _wait("the explorer's figure to change", STEP_TIMEOUT_S, lambda: (
         (frame := _explorer_frame(browser, output)) and frame[0] != before[0] and frame))
     output.screenshot(str(SHOTS / f"{name}_after.png"))
     assert after[1] != before[1], f"{name}: the figure changed but the readout stayed {before[1]}"
@@ -202,7 +206,7 @@ def test_readme_command_finds_jupyterlab():
     pins = dict(line.split("==") for line in (ROOT / "requirements.txt").read_text().split("\n")
                 if "==" in line and not line.startswith("#"))
     shown = subprocess.run([jupyter_command(), "lab", "--version"], capture_output=True,
-                           text=True, timeout=60, check=True).stdout.strip()
+                           text=True, timeout=STEP_TIMEOUT_S, check=True).stdout.strip()
     assert shown == pins["jupyterlab"]
 
 
@@ -221,7 +225,7 @@ def test_server_is_stopped_when_the_block_fails():
 @pytest.mark.parametrize("opened", CHAPTERS, indirect=True)
 def test_chapter_runs_and_its_explorers_move(browser, opened):
     chapter = opened
-    _wait(f"{chapter} to open with an idle kernel", 120,
+    _wait(f"{chapter} to open with an idle kernel", STEP_TIMEOUT_S,
           lambda: browser.execute_script(NOTEBOOK_READY))
     state = _run_all(browser)
     SHOTS.mkdir(parents=True, exist_ok=True)
@@ -237,3 +241,5 @@ def test_chapter_runs_and_its_explorers_move(browser, opened):
     assert explorers, f"{chapter}: no explorer (slider driving a figure) in any output"
     for number, index in enumerate(explorers):
         _move_explorer(browser, index, f"jupyterlab__{chapter}__explorer{number}")
+    errors = [e["message"] for e in browser.get_log("browser") if e["level"] == "SEVERE"]
+    assert not errors, f"{chapter}: errors in the browser console: {errors}"
