@@ -102,6 +102,7 @@ def lab():
 def browser():
     driver = start_chrome(window="1400,1000")
     driver.set_script_timeout(STEP_TIMEOUT_S)
+    driver.set_page_load_timeout(STEP_TIMEOUT_S)
     yield driver
     driver.quit()
 
