@@ -13,29 +13,17 @@ step after the build with ``RBMEM_BROWSER_TEST=1``; then a missing build or brow
 Without that variable the module is skipped when either is missing.
 """
 
-import os
-import shutil
 from pathlib import Path
 
 import pytest
+from chrome import requirements_mark, start_chrome
 from conftest import book_repository_url
 
 ROOT = Path(__file__).resolve().parents[2]
 HTML = ROOT / "_build" / "html"
 SHOTS = ROOT / "artifacts" / "screenshots"
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-CHROMEDRIVER = shutil.which("chromedriver")
-REQUIRED = os.environ.get("RBMEM_BROWSER_TEST") == "1"
-
-missing = [
-    what for what, ok in [
-        ("the built book (_build/html)", (HTML / "index.html").is_file()),
-        ("chromium", CHROMIUM), ("chromedriver", CHROMEDRIVER),
-    ] if not ok
-]
-if missing and REQUIRED:
-    raise RuntimeError(f"browser test required but missing: {', '.join(missing)}")
-pytestmark = pytest.mark.skipif(bool(missing), reason=f"missing: {', '.join(missing)}")
+pytestmark = requirements_mark(
+    [] if (HTML / "index.html").is_file() else ["the built book (_build/html)"])
 
 WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
 SKIP_PAGES = {"genindex.html", "search.html"}
@@ -96,18 +84,7 @@ return true;
 
 @pytest.fixture(scope="module")
 def browser():
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic",
-                 "--no-first-run", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--window-size=1280,1600"):
-        options.add_argument(flag)
-    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    driver = webdriver.Chrome(service=Service(executable_path=CHROMEDRIVER), options=options)
-    driver.set_script_timeout(30)
+    driver = start_chrome()
     yield driver
     driver.quit()
 
@@ -203,7 +180,7 @@ def test_launch_and_download_buttons_open_this_notebook(browser, page):
     repo = book_repository_url().removeprefix("https://github.com/").strip("/")  # owner/name
     expected = {
         "Colab": f"https://colab.research.google.com/github/{repo}/blob/main/{notebook}",
-        "Binder": f"https://mybinder.org/v2/gh/{repo}/main?urlpath=tree/{notebook}",
+        "Binder": f"https://mybinder.org/v2/gh/{repo}/main?urlpath=lab/tree/{notebook}",
     }
     for button, url in expected.items():
         assert url in links, f"no {button} button for {notebook}; links: {links[:40]}"
