@@ -79,7 +79,8 @@ def slider(
 
     control = ipywidgets.SelectionSlider(
         options=[(f"{v:g}", v) for v in values], value=values[0], description=label,
-        continuous_update=False,
+        continuous_update=False, style={"description_width": "initial"},  # the whole label
+        layout=ipywidgets.Layout(width="auto"),
     )
     # The first frame is drawn at construction. Outside IPython (a script, a doctest) the
     # widget's clear_output would print terminal escape codes; there is nothing to clear.

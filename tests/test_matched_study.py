@@ -165,3 +165,16 @@ def test_cli_refuses_a_folder_of_another_design(tmp_path, capsys):
 
     assert main(["matched", "--out", str(tmp_path), "--replicates", "0"]) == 2
     assert "replicates" in capsys.readouterr().err
+
+
+def test_stored_cells_read_as_matched_cells_and_not_as_tradeoff_ones(tmp_path):
+    import shutil
+
+    from rbmem_tutorial.experiments import store
+
+    (tmp_path / "cells").mkdir()
+    for suffix in (".json", ".npz"):
+        shutil.copy(STUDY / "cells" / f"r00__laplace{suffix}", tmp_path / "cells")
+    assert store.read_cell(tmp_path, "r00__laplace", dims=3)["method"] == "laplace"
+    assert store.read_cell(tmp_path, "r00__laplace") is None  # [levels, N, d] is no tradeoff cell
+    assert not (tmp_path / "cells" / "r00__laplace.json").exists()  # set aside, as damaged

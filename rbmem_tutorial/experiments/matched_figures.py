@@ -27,6 +27,7 @@ COLOURS = {"map": "k", "early-stop": "tab:orange", "ensemble": "tab:olive",
            "isotropic": "tab:green", "laplace": "tab:blue", "riemannian-mean": "darkred",
            "riemannian-sum": "tab:red", "riemannian-data-mean": "tab:pink",
            "riemannian-fisher": "tab:purple"}
+SPACING = 11.0  # the moons span about 10 units in x: one panel each, side by side
 LABELS = {"mem": "memorised fraction (d₁/d₂ < 1/3)", "energy": "energy distance",
           "mmd2": "MMD²", "precision": "k-NN precision", "recall": "k-NN recall",
           "outliers": "outlier rate"}
@@ -64,7 +65,7 @@ def load_matched(folder) -> MatchedStudy:
     if not (folder / "comparisons.json").exists():
         raise FileNotFoundError(f"{folder} holds no matched study (comparisons.json); run "
                                 "python -m rbmem_tutorial.experiments.matched_run --out it.")
-    cells = store.collect(folder)
+    cells = store.collect(folder, dims=3)
     return MatchedStudy(folder, cells, matched_rows(cells),
                         json.loads((folder / "comparisons.json").read_text()),
                         json.loads((folder / "config.json").read_text()),
@@ -145,7 +146,7 @@ def draw_level(ax, study: MatchedStudy, level_index: int, methods, train: np.nda
     rows = {r["method"]: r for r in study.flat
             if r["replicate"] == replicate and r["level"] == level}
     for offset, method in enumerate(methods):
-        shift = np.array([7.0 * offset, 0.0])
+        shift = np.array([SPACING * offset, 0.0])
         samples = study.samples(replicate, method)[level_index][:points]
         row = rows[method]
         if np.isfinite(samples).all():
@@ -154,8 +155,8 @@ def draw_level(ax, study: MatchedStudy, level_index: int, methods, train: np.nda
         else:
             text = "cannot reach\nthis level"
         ax.scatter(*(train + shift).T, s=8, marker="x", color="k")
-        ax.text(7.0 * offset, 3.3, f"{method}\n{text}", ha="center", fontsize=7)
-    ax.set_xlim(-3.5, 7.0 * len(methods) - 3.5)
-    ax.set_ylim(-3, 4.6)
+        ax.text(SPACING * offset, 3.2, f"{method}\n{text}", ha="center", fontsize=7)
+    ax.set_xlim(-SPACING / 2, SPACING * (len(methods) - 0.5))
+    ax.set_ylim(-3, 5.0)
     ax.set_xticks([])
     ax.set_yticks([])

@@ -49,7 +49,7 @@ def run(config: MatchedConfig, out, *, reverse: bool = False, log=print) -> list
     current, done = None, []
     for index, method in todo:
         key = cell_key(index, method)
-        if store.read_cell(out, key) is not None or not store.claim(out, key):
+        if store.read_cell(out, key, dims=3) is not None or not store.claim(out, key):
             continue
         try:
             if store.is_done(out, key):
@@ -63,7 +63,7 @@ def run(config: MatchedConfig, out, *, reverse: bool = False, log=print) -> list
             try:
                 row, samples = run_cell(config, current, method)
             except (GeodesicSolveError, RuntimeError, ValueError) as err:  # named in the row
-                row, samples = failed_cell(config, current, method, err), np.zeros((0, 2))
+                row, samples = failed_cell(config, current, method, err), np.zeros((0, 0, 2))
             store.save_cell(out, key, row, samples=samples)
         finally:
             store.release(out, key)

@@ -155,7 +155,7 @@ def _write_csv(path: Path, rows: list[dict]) -> None:
 def write_tables(out) -> dict:
     """``matched.csv``, ``curves.csv`` and ``comparisons.json`` from the finished cells."""
     out = Path(out)
-    rows = store.collect(out)
+    rows = store.collect(out, dims=3)
     flat = matched_rows(rows)
     tables = {"summary": summary(flat), "primary": primary(flat),
               "secondary": secondary(flat),

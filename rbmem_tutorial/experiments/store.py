@@ -100,19 +100,24 @@ def save_cell(out: Path, key: str, row: dict, **arrays) -> None:
     write_json(row_path, row)
 
 
-def _check_samples(samples: np.ndarray, columns: int | None) -> None:
-    if samples.ndim != 2 or (columns is not None and samples.shape[1] != columns):
-        want = f"N x {columns}" if columns is not None else "N x d"
+def _check_samples(samples: np.ndarray, columns: int | None, dims: int = 2) -> None:
+    """Samples are ``[N, d]`` (``dims`` 2), or ``[sets, N, d]`` (``dims`` 3) for a study that
+    keeps several sets per cell (the matched study: one per level); ``columns`` is d."""
+    if samples.ndim != dims or (columns is not None and samples.shape[-1] != columns):
+        want = ("sets x " if dims == 3 else "") + (f"N x {columns}" if columns is not None
+                                                  else "N x d")
         raise ValueError(f"its samples are {' x '.join(map(str, samples.shape))}, not {want}")
     samples.sum()  # reads the whole array: a damaged one fails its CRC
 
 
-def read_cell(out: Path, key: str, check=None, columns: int | None = None) -> dict | None:
+def read_cell(out: Path, key: str, check=None, columns: int | None = None,
+              dims: int = 2) -> dict | None:
     """The row of finished cell ``key`` after checking both its files; ``None`` when the cell
     is unfinished or damaged (a damaged cell is named on stderr and moved to ``damaged/``).
 
     ``check(row)`` raises ``ValueError``, ``KeyError`` or ``TypeError`` for a row that lacks
-    what the study needs; ``columns`` is the width its ``samples`` array must have.
+    what the study needs; ``columns`` is the width its ``samples`` array must have and
+    ``dims`` its number of dimensions (:func:`_check_samples`).
     """
     row_path, array_path = cell_paths(out, key)
     if not row_path.exists():
@@ -124,7 +129,7 @@ def read_cell(out: Path, key: str, check=None, columns: int | None = None) -> di
         if check is not None:
             check(row)
         with np.load(array_path, allow_pickle=False) as arrays:
-            _check_samples(arrays["samples"], columns)
+            _check_samples(arrays["samples"], columns, dims)
             if "row_sha256" in arrays.files and str(arrays["row_sha256"]) != _row_digest(row):
                 raise ValueError("its row differs from the one stored with its samples")
     except UNREADABLE as err:
@@ -153,10 +158,10 @@ def _move_aside(out: Path, *paths: Path) -> list[str]:
     return moved
 
 
-def collect(out: Path, check=None, columns: int | None = None) -> list[dict]:
+def collect(out: Path, check=None, columns: int | None = None, dims: int = 2) -> list[dict]:
     """All finished rows under ``out/cells``, sorted by key; damaged cells (:func:`read_cell`
-    with ``check`` and ``columns``) are named, moved aside and left out."""
-    rows = (read_cell(out, p.stem, check, columns)
+    with ``check``, ``columns`` and ``dims``) are named, moved aside and left out."""
+    rows = (read_cell(out, p.stem, check, columns, dims)
             for p in sorted((Path(out) / "cells").glob("*.json")))
     return [row for row in rows if row is not None]
 
