@@ -82,6 +82,21 @@ not. The mechanism, in short: if −log p(θ) = ½‖h(θ) − h(θ*)‖² for a
 Fisher metric is J_hᵀJ_h, its geodesics are the preimages of straight lines in φ = h(θ), and
 v ~ N(0, G(θ*)⁻¹) makes J_h(θ*) v, hence h(Exp_θ*(v)) − h(θ*), exactly N(0, I).
 
+**When those samples are exact.** That makes h(θ) − h(θ*) standard normal, so the samples
+θ = h⁻¹(h(θ*) + z) have the density N(h(θ) − h(θ*); 0, I) · |det J_h(θ)|, while the posterior
+is ∝ N(h(θ) − h(θ*); 0, I). The two agree exactly when |det J_h| is constant, which is the
+condition the exactness needs. The banana of :mod:`rbmem_tutorial.toys` meets it (det J_u =
+1/(σ₁σ₂)); the 1-D target −log p(θ) = ½(θ + θ³/3)² does not (h' = 1 + θ²): RLA-F gives
+E θ² = 0.531 against the exact 0.387 (both by quadrature; a Monte Carlo run gave
+0.527 ± 0.008; ``tests/test_riemannian_fisher.py`` checks it through :func:`exp_map`). In the
+infinite-data limit the posterior concentrates where J_h is nearly constant, so the error
+vanishes there. The book's use does not meet the condition: the net has fewer outputs than
+weights (M < D), so −log p = ½‖F(θ) − F_y‖² is not ½‖h(θ) − h(θ*)‖² for a diffeomorphism
+h of R^D, and α ≠ 1 or a diagonal tangent covariance changes the tangent Gaussian. Only a
+linear model (constant J) meets it: there RLA-F is the Euclidean Laplace and exact (below). The
+book therefore reads Fisher samples as an approximation, judged like the others by
+memorisation and quality, not as exact posterior samples.
+
 This package draws v ~ N(0, α² (GGN + λI)⁻¹), the tangent Gaussian of the Euclidean Laplace
 posterior (:meth:`~rbmem_tutorial.laplace.LaplacePosterior.sample_tangent`), and solves the
 geodesic with this class. For a linear model (f = Zθ) G is constant, geodesics are straight,
