@@ -13,11 +13,12 @@ from rbmem_tutorial.riemannian import (
     monge,
     sampler,
     temperature,
+    tolerances,
 )
 
 
 @pytest.mark.parametrize(
-    "module", [diagnostics, geodesic, linearised, monge, sampler, temperature]
+    "module", [diagnostics, geodesic, linearised, monge, sampler, temperature, tolerances]
 )
 def test_docstring_examples_run(module):
     assert doctest.testmod(module, raise_on_error=True).attempted > 0
