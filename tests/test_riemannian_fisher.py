@@ -54,7 +54,9 @@ def christoffel_acceleration(objective, theta, velocity):
         (4, 0.4, "auto", "mlp", True),  # M = 8 < D = 32: Woodbury, hand-written MLP passes
         (4, torch.tensor([0.3, 0.7]), "mlp", "mlp", False),  # a layer without bias
         (4, torch.tensor([0.3, 0.7]), "jacobian", "jacobian", True),  # Woodbury, explicit J
-        (24, torch.tensor([0.3, 0.7]), "auto", "jacobian", True),  # M = 48 > D: D × D system
+        (24, torch.tensor([0.3, 0.7]), "auto", "mlp", True),  # M = 48 > D: D × D system
+        (24, 0.4, "mlp", "mlp", False),  # D × D through the MLP passes, a layer without bias
+        (24, torch.tensor([0.3, 0.7]), "jacobian", "jacobian", True),  # D × D, explicit J
     ],
 )
 def test_acceleration_equals_christoffel_formula(num_inputs, noise_std, gram, used, bias):
