@@ -16,7 +16,10 @@ Measures, side by side in one run, on the chapter's velocity net (3 -> 64 -> 64 
    (T = 1), of the mean loss (T = N pairs) and the poster authors' data-mean loss, and the
    Fisher (pull-back) metric when :mod:`rbmem_tutorial.riemannian.fisher` is installed:
    seconds per sample, NFE, end-point error against a tight solve of the same metric, travel
-   ‖c(1) − θ*‖/‖v‖ and the loss rise ΔL against its bound T‖v‖.
+   ‖c(1) − θ*‖/‖v‖ and the loss rise ΔL against its bound T‖v‖;
+6. every path of the solver (fused MLP, generic MLP, generic conv, Banana, Fisher small and
+   book-sized): CPU seconds per sample, one by one and batched, against the design it replaced
+   (``geodesic_paths.py``).
 
 The end-point error of a sample is ‖θ − θ_ref‖ / ‖θ_ref − θ*‖, with θ_ref from dopri5 at
 rtol = atol = 1e-8. The net is the chapter-1 reference model (``rbmem_tutorial.reference``)
@@ -29,6 +32,7 @@ Run from the repository root::
     python benchmarks/bench_geodesic.py --source synthetic  # 512 pairs, λ = 2: about 20 min
     python benchmarks/bench_geodesic.py --compile           # also time torch.compile
     python benchmarks/bench_geodesic.py --metrics-only      # section 5 alone: about 4 min
+    python benchmarks/bench_geodesic.py --paths-only        # section 6 alone: about 3 min
 
 Wall times suffer when other processes share the cores; the CPU seconds of this process are
 printed beside them.
@@ -45,6 +49,7 @@ from functools import partial
 
 import numpy as np
 import torch
+from geodesic_paths import compare_paths  # this folder's section 6
 from scipy.integrate import solve_ivp
 from torch import nn
 from torch.func import functional_call, jvp
@@ -344,15 +349,16 @@ def fisher_available() -> bool:
 
 
 def compare_metrics(objective, posterior, alphas, samples):
-    """Section 5: each metric at each α, bosh3 1e-4 one by one against dopri5 1e-8 of the same
-    metric; returns {(label, α): (wall, CPU, worst error)} per sample."""
+    """Section 5: each metric at each α, bosh3 at its default tolerance one by one against
+    dopri5 1e-8 of the same metric; returns {(label, α): (wall, CPU, worst error)} per sample."""
     theta_star = posterior.mean
     designs = [row for row in METRIC_DESIGNS if row[1] != "fisher" or fisher_available()]
     if len(designs) < len(METRIC_DESIGNS):
         print("\n(the Fisher metric is not installed here: its rows are left out)")
     tight = {"method": "dopri5", "rtol": 1e-8, "atol": 1e-8, "max_num_steps": 100_000}
-    default = {"method": "bosh3", "rtol": 1e-4, "atol": 1e-4, "max_num_steps": 10_000}
-    print(f"\n5. metric and temperature: {samples} samples per α, bosh3 1e-4 one by one; "
+    default = {"method": "bosh3", "max_num_steps": 10_000}  # each metric's default tolerance
+    print(f"\n5. metric and temperature: {samples} samples per α, bosh3 at the metric's default "
+          "tolerance (riemannian.default_tolerance), one by one; "
           f"error against dopri5 1e-8 of the same metric (N = {objective.num_examples} pairs)")
     print(f"  {'metric':<38s} {'α':>3s} {'s/sample':>8s} {'CPU s':>7s} {'NFE':>5s} "
           f"{'ref NFE':>7s} {'err med':>7s} {'err max':>7s} {'travel':>6s} {'ΔL':>9s} "
@@ -400,6 +406,7 @@ def main():
     parser.add_argument("--compile", action="store_true", help="also time torch.compile")
     parser.add_argument("--source", choices=("reference", "synthetic"), default="reference")
     parser.add_argument("--metrics-only", action="store_true", help="run section 5 alone")
+    parser.add_argument("--paths-only", action="store_true", help="run section 6 alone")
     args = parser.parse_args()
     torch.set_num_threads(1)
     print(f"torch {torch.__version__}, {os.cpu_count()} CPU cores, 1 thread; "
@@ -421,6 +428,11 @@ def main():
           f"L(θ*) = {float(objective.value(theta_star)):.1f}")
 
     samples = 2 if args.quick else 4
+    if args.paths_only:
+        compare_paths(objective, posterior)
+        print(f"load average {os.getloadavg()[0]:.1f} at end; "
+              f"total {time.perf_counter() - start:.0f} s")
+        return
     if args.metrics_only:
         compare_metrics(objective, posterior, (1.0, 8.0), 1 if args.quick else 2)
         print(f"load average {os.getloadavg()[0]:.1f} at end; "
@@ -429,6 +441,7 @@ def main():
     ratio = time_evaluations(objective, posterior, args.quick, args.compile)
     default = {a: compare_solves(objective, posterior, a, samples, args.quick) for a in (0.5, 1.0)}
     compare_metrics(objective, posterior, (1.0, 8.0), 1 if args.quick else 2)
+    compare_paths(objective, posterior)
 
     print("\nTargets (full network, end-point error ≤ 2%; bosh3 1e-4 with the fused kernel):")
     for alpha, bound in ((0.5, 2.0), (1.0, 4.0)):

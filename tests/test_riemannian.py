@@ -8,16 +8,21 @@ import rbmem_tutorial
 from rbmem_tutorial import riemannian
 from rbmem_tutorial.riemannian import (
     diagnostics,
+    fisher_mlp,
+    generic,
     geodesic,
     linearised,
     monge,
     sampler,
     temperature,
+    tolerances,
 )
 
 
 @pytest.mark.parametrize(
-    "module", [diagnostics, geodesic, linearised, monge, sampler, temperature]
+    "module",
+    [diagnostics, fisher_mlp, generic, geodesic, linearised, monge, sampler, temperature,
+     tolerances],
 )
 def test_docstring_examples_run(module):
     assert doctest.testmod(module, raise_on_error=True).attempted > 0

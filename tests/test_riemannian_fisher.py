@@ -1,6 +1,7 @@
 """The Fisher (pull-back / GGN) metric: its geodesic acceleration against the Christoffel
 symbols of G(θ) by autograd, straight geodesics and the exact posterior for a linear model,
-conservation of the speed, temperature invariance, and bad input."""
+conservation of the speed, temperature invariance, when RLA-F samples are exact, and bad
+input."""
 
 from __future__ import annotations
 
@@ -53,7 +54,9 @@ def christoffel_acceleration(objective, theta, velocity):
         (4, 0.4, "auto", "mlp", True),  # M = 8 < D = 32: Woodbury, hand-written MLP passes
         (4, torch.tensor([0.3, 0.7]), "mlp", "mlp", False),  # a layer without bias
         (4, torch.tensor([0.3, 0.7]), "jacobian", "jacobian", True),  # Woodbury, explicit J
-        (24, torch.tensor([0.3, 0.7]), "auto", "jacobian", True),  # M = 48 > D: D × D system
+        (24, torch.tensor([0.3, 0.7]), "auto", "mlp", True),  # M = 48 > D: D × D system
+        (24, 0.4, "mlp", "mlp", False),  # D × D through the MLP passes, a layer without bias
+        (24, torch.tensor([0.3, 0.7]), "jacobian", "jacobian", True),  # D × D, explicit J
     ],
 )
 def test_acceleration_equals_christoffel_formula(num_inputs, noise_std, gram, used, bias):
@@ -216,3 +219,50 @@ def test_bad_input_raises_clear_errors():
         metric.speed(theta, torch.zeros(2, 32, dtype=F64))
     with pytest.raises(ValueError, match="NaN"):
         metric.acceleration(theta, torch.full((32,), float("nan"), dtype=F64))
+
+
+class CubicOutput(torch.nn.Module):
+    """``f(θ) = θ + θ³/3`` for every input row: −log p = ½ h(θ)² with h' = 1 + θ²."""
+
+    def __init__(self):
+        super().__init__()
+        self.theta = torch.nn.Parameter(torch.zeros(1, dtype=F64))
+
+    def forward(self, inputs):
+        return (self.theta + self.theta**3 / 3).to(inputs.dtype).expand(inputs.shape[0], 1)
+
+
+def cubic_inverse(z):
+    """h⁻¹(z), the real root of θ³ + 3θ − 3z = 0 (Cardano; the discriminant is positive)."""
+    root = (2.25 * z**2 + 1).sqrt()
+    return torch.sign(1.5 * z + root) * (1.5 * z + root).abs() ** (1 / 3) + torch.sign(
+        1.5 * z - root
+    ) * (1.5 * z - root).abs() ** (1 / 3)
+
+
+def test_rla_f_samples_are_exact_only_for_a_constant_jacobian_determinant():
+    """On −log p = ½(θ + θ³/3)², det J_h = 1 + θ² varies: RLA-F gives E θ² = 0.531, not 0.387."""
+    zeros = torch.zeros(1, 1, dtype=F64)
+    objective = RegressionObjective(CubicOutput(), zeros, zeros, 1.0, 1e-12)
+    theta_star = torch.zeros(1, dtype=F64)
+    # G(0) = h'(0)² + λ = 1, so RLA-F draws v ~ N(0, 1); its geodesic ends at h⁻¹(h(0) + v)
+    v = torch.tensor([[-2.0], [-0.5], [1.0], [2.5]], dtype=F64)
+    out = exp_map(objective, theta_star, v, metric="fisher", method="dopri5", rtol=1e-10,
+                  atol=1e-10)
+    torch.testing.assert_close(out.endpoints, cubic_inverse(v), rtol=0, atol=1e-8)
+
+    # E θ² by quadrature: the posterior ∝ N(h(θ)) against the samples' N(h(θ)) h'(θ)
+    theta = torch.linspace(-6, 6, 120_001, dtype=F64)
+    gauss = torch.exp(-0.5 * (theta + theta**3 / 3) ** 2)
+    exact = torch.trapezoid(theta**2 * gauss, theta) / torch.trapezoid(gauss, theta)
+    pushed = gauss * (1 + theta**2) / (2 * torch.pi) ** 0.5
+    assert abs(float(torch.trapezoid(pushed, theta)) - 1) < 1e-10  # a density
+    rla_f = torch.trapezoid(theta**2 * pushed, theta)
+    assert abs(float(exact) - 0.3875) < 1e-4 and abs(float(rla_f) - 0.5311) < 1e-4
+
+    # Monte Carlo through the solver lands on the pushed-forward moment, not the exact one
+    z = torch.randn(4000, 1, generator=torch.Generator().manual_seed(0), dtype=F64)
+    second = exp_map(objective, theta_star, z, metric="fisher").endpoints.square()
+    standard_error = float(second.std() / len(z) ** 0.5)
+    assert abs(float(second.mean()) - float(rla_f)) < 4 * standard_error
+    assert abs(float(second.mean()) - float(exact)) > 8 * standard_error

@@ -205,7 +205,7 @@ def counting(loss):
         ({"temperature": None}, TypeError, "temperature must be a number"),
         ({"temperature": "mean"}, TypeError, "preset of a regression loss"),
         ({"temperature": "sum"}, TypeError, "preset of a regression loss"),
-        ({"temperature": "data-mean"}, TypeError, "preset of a regression loss"),
+        ({"temperature": "data-mean"}, ValueError, "averages the data term of a regression"),
         ({"metric": "euclid"}, ValueError, "unknown metric 'euclid'"),
         ({"metric": "fisher"}, TypeError, "metric='fisher' needs a RegressionObjective"),
     ],

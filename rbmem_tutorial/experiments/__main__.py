@@ -165,7 +165,8 @@ def _parser() -> argparse.ArgumentParser:
                      "lastK (e.g. last2) or comma-separated name patterns (default all)")
     run.add_argument("--geodesic-batch", type=int, help="frozen pairs per geodesic gradient/HVP "
                      "(a fixed random mini-batch, scaled to be unbiased; default all)")
-    run.add_argument("--geodesic-rtol", type=float, help="geodesic solver rtol = atol")
+    run.add_argument("--geodesic-rtol", type=float, help="geodesic solver rtol = atol (default: "
+                     "each metric's default tolerance, riemannian.default_tolerance)")
     run.add_argument("--refine-iterations", type=int, help="L-BFGS iterations refining θ*")
     run.add_argument("--newton-steps", type=int, help="Newton-CG steps refining θ*")
     run.add_argument("--prior-mean", help="prior centre: sgd (the trained weights) or zero")

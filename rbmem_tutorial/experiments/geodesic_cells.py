@@ -117,11 +117,12 @@ def check_temperatures(temperatures, *, methods, geodesic_batch) -> tuple:
 
 
 def geodesic_samples(loss, theta0: torch.Tensor, v: torch.Tensor, *, metric: str,
-                     temperature, rtol: float, max_num_steps: int, key: str):
+                     temperature, rtol: float | None, max_num_steps: int, key: str):
     """End points ``[S', D]`` of the geodesics from ``theta0`` with velocities ``v`` [S, D], and
     the row's diagnostics (:func:`empty_diagnostics`).
 
-    Solved one at a time (a batch would share the step size of its stiffest member). A
+    Solved one at a time (a batch would share the step size of its stiffest member), at
+    ``rtol = atol`` (None: the metric's :func:`~rbmem_tutorial.riemannian.default_tolerance`). A
     geodesic that hits ``max_num_steps`` is dropped and counted in ``n_failed``; if all fail,
     :class:`GeodesicSolveError`.
     """

@@ -82,7 +82,8 @@ class TradeoffConfig:
     ``base_point`` go to :func:`~rbmem_tutorial.pipeline.fit_flow_posterior`;
     ``temperatures`` are the Monge metric's temperatures (numbers, ``"sum"``, ``"mean"``,
     ``"data-mean"``), over which the tempered methods' cells are expanded
-    (:mod:`.geodesic_cells`).
+    (:mod:`.geodesic_cells`). ``geodesic_rtol`` (= atol) ``None`` solves each cell's geodesics
+    at its metric's and temperature's :func:`~rbmem_tutorial.riemannian.default_tolerance`.
     """
 
     dataset: str = REFERENCE.dataset
@@ -101,7 +102,7 @@ class TradeoffConfig:
     n_param_samples: int = 8
     n_x0: int = 250
     rtol: float = 1e-5
-    geodesic_rtol: float = 1e-4
+    geodesic_rtol: float | None = None
     max_geodesic_steps: int = 4000
     device: str = "cpu"
     profile: str = "custom"
@@ -135,7 +136,8 @@ class TradeoffConfig:
         check_positive_int("batch_size", self.batch_size)
         check_positive("lr", self.lr)
         check_choice("structure", self.structure, STRUCTURES)
-        for name in ("rtol", "geodesic_rtol"):
+        tolerances = ("rtol",) if self.geodesic_rtol is None else ("rtol", "geodesic_rtol")
+        for name in tolerances:
             if not 0 < check_positive(name, getattr(self, name)) < 1:
                 raise ValueError(f"{name} is a relative tolerance and must be below 1, got "
                                  f"{getattr(self, name)}; try 1e-4.")

@@ -10,6 +10,8 @@ Map of the subpackage:
   forms of a loss it reads (fast MLP kernel, ``grad_and_curvature``, ``grad_and_hvp``, callable);
 - :mod:`.temperature` — the temperature ``T``, its presets ``"sum"``, ``"mean"``,
   ``"data-mean"``, and the bound ``L(c(1)) − L(θ*) ≤ T‖v‖``;
+- :mod:`.tolerances` — :func:`default_tolerance`, the solver tolerance per metric and
+  temperature that keeps end points within 2% of the displacement;
 - :mod:`.fisher` — :class:`FisherMetric`, the pull-back (Fisher/GGN) metric of a regression
   network (``metric="fisher"``);
 - :mod:`.linearised` — the loss of the network linearised at θ*;
@@ -26,10 +28,12 @@ from .monge import MongeMetric
 from .sampler import RiemannianLaplace
 from .solve import ADAPTIVE_METHODS, GeodesicResult, GeodesicSolveError
 from .temperature import TEMPERATURE_PRESETS, data_mean_objective, resolve_temperature
+from .tolerances import DEFAULT_TOLERANCES, default_tolerance
 
 __all__ = [
-    "ADAPTIVE_METHODS", "F64", "METRICS", "TEMPERATURE_PRESETS", "FisherMetric", "GeodesicResult",
-    "GeodesicSolveError", "LinearisedObjective", "MongeMetric", "RiemannianLaplace",
-    "build_metric", "common_drift", "data_mean_objective", "exp_map", "geodesic_acceleration",
-    "linearised_objective", "resolve_temperature",
+    "ADAPTIVE_METHODS", "DEFAULT_TOLERANCES", "F64", "METRICS", "TEMPERATURE_PRESETS",
+    "FisherMetric", "GeodesicResult", "GeodesicSolveError", "LinearisedObjective", "MongeMetric",
+    "RiemannianLaplace", "build_metric", "common_drift", "data_mean_objective",
+    "default_tolerance", "exp_map", "geodesic_acceleration", "linearised_objective",
+    "resolve_temperature",
 ]

@@ -41,7 +41,7 @@ pass. By the push-through identity (JᵀΣ⁻¹J + λI)⁻¹ JᵀΣ⁻¹ = Jᵀ 
 
 The first is Woodbury's form of G⁻¹ = λ⁻¹(I − Jᵀ(λΣ + JJᵀ)⁻¹J): an M × M positive definite
 system (a Cholesky factorisation, M³/3 flops) instead of a D × D one (D² memory, D³/3 flops).
-Two routes form JJᵀ, f''[ċ, ċ] and Jᵀw (``gram``):
+Two routes form JJᵀ (or J, for the D × D system), f''[ċ, ċ] and Jᵀw (``gram``):
 
 - ``"mlp"`` (a plain MLP, ``nn.Sequential(Linear, SiLU|Tanh, ..., Linear)``, as
   :mod:`rbmem_tutorial.fast_mlp` supports): one hand-written forward pass carries the first and
@@ -49,7 +49,9 @@ Two routes form JJᵀ, f''[ċ, ċ] and Jᵀw (``gram``):
   f''[ċ, ċ] = R² a_L. The Jacobian row of output (n, j) in a layer's [W | b] is
   δ_{n,j} ⊗ [h_n; 1] (δ the output's gradient at the layer's pre-activation, h_n the layer's
   input), so JJᵀ = Σ_layers (δδᵀ) ⊙ (h̃h̃ᵀ) with δ from ``out`` backward passes, and
-  Jᵀw = Σ_{n,j} w_{n,j} δ_{n,j} ⊗ h̃_n: no Jacobian is stored, Σ_l M² width_l flops;
+  Jᵀw = Σ_{n,j} w_{n,j} δ_{n,j} ⊗ h̃_n: no Jacobian is stored, Σ_l M² width_l flops; when
+  M ≥ D, J itself from the same δ ⊗ h̃ (:mod:`.fisher_mlp`, which batches the rows of a batch
+  of geodesics in one pass and builds what does not change along a solve once);
 - ``"jacobian"`` (any model): J per example (``vmap`` of ``jacrev``, M × D numbers, M²D flops)
   and f''[ċ, ċ] by ``torch.func.jvp`` of ``jvp``.
 
@@ -81,6 +83,21 @@ They show that RLA-F is exact in the limit of infinite data, where Bergamin et a
 not. The mechanism, in short: if −log p(θ) = ½‖h(θ) − h(θ*)‖² for a diffeomorphism h, the
 Fisher metric is J_hᵀJ_h, its geodesics are the preimages of straight lines in φ = h(θ), and
 v ~ N(0, G(θ*)⁻¹) makes J_h(θ*) v, hence h(Exp_θ*(v)) − h(θ*), exactly N(0, I).
+
+**When those samples are exact.** That makes h(θ) − h(θ*) standard normal, so the samples
+θ = h⁻¹(h(θ*) + z) have the density N(h(θ) − h(θ*); 0, I) · |det J_h(θ)|, while the posterior
+is ∝ N(h(θ) − h(θ*); 0, I). The two agree exactly when |det J_h| is constant, which is the
+condition the exactness needs. The banana of :mod:`rbmem_tutorial.toys` meets it (det J_u =
+1/(σ₁σ₂)); the 1-D target −log p(θ) = ½(θ + θ³/3)² does not (h' = 1 + θ²): RLA-F gives
+E θ² = 0.531 against the exact 0.387 (both by quadrature; a Monte Carlo run gave
+0.527 ± 0.008; ``tests/test_riemannian_fisher.py`` checks it through :func:`exp_map`). In the
+infinite-data limit the posterior concentrates where J_h is nearly constant, so the error
+vanishes there. The book's use does not meet the condition: the net has fewer outputs than
+weights (M < D), so −log p = ½‖F(θ) − F_y‖² is not ½‖h(θ) − h(θ*)‖² for a diffeomorphism
+h of R^D, and α ≠ 1 or a diagonal tangent covariance changes the tangent Gaussian. Only a
+linear model (constant J) meets it: there RLA-F is the Euclidean Laplace and exact (below). The
+book therefore reads Fisher samples as an approximation, judged like the others by
+memorisation and quality, not as exact posterior samples.
 
 This package draws v ~ N(0, α² (GGN + λI)⁻¹), the tangent Gaussian of the Euclidean Laplace
 posterior (:meth:`~rbmem_tutorial.laplace.LaplacePosterior.sample_tangent`), and solves the
@@ -126,6 +143,7 @@ from rbmem_tutorial import fast_mlp
 from rbmem_tutorial._checks import check_choice
 
 from ._checks import F64, check_float64, check_points
+from .fisher_mlp import MLPFisherPasses
 
 __all__ = ["GRAM_METHODS", "FisherMetric"]
 
@@ -147,7 +165,7 @@ class FisherMetric:
         (``noise_std``, a number or a tensor [out]), λ (``prior_precision``), ``num_params``,
         ``value`` and ``grad``.
     gram : {"auto", "mlp", "jacobian"}
-        How JJᵀ, f''[ċ, ċ] and Jᵀw are formed when M < D (module docstring); ``"auto"`` takes
+        How JJᵀ (or J), f''[ċ, ċ] and Jᵀw are formed (module docstring); ``"auto"`` takes
         ``"mlp"`` for a plain MLP.
 
     Attributes
@@ -160,7 +178,7 @@ class FisherMetric:
     uses_woodbury : bool
         True when M < D: the acceleration solves an M × M system, not a D × D one.
     gram : str
-        ``"mlp"`` or ``"jacobian"``, the route in use (``"jacobian"`` when M ≥ D).
+        ``"mlp"`` or ``"jacobian"``, the route in use.
     """
 
     def __init__(self, objective, *, gram: str = "auto"):
@@ -182,8 +200,8 @@ class FisherMetric:
         self._variance = variance.repeat(num_examples)
         self._lam = float(objective.prior_precision)
         self.uses_woodbury = self.num_outputs < self.num_params
-        self._kernel = self._mlp_kernel(gram) if self.uses_woodbury else None
-        self.gram = "jacobian" if self._kernel is None else "mlp"
+        self._passes = self._mlp_passes(gram)
+        self.gram = "jacobian" if self._passes is None else "mlp"
 
     # -- the metric protocol ---------------------------------------------------------------
 
@@ -201,12 +219,11 @@ class FisherMetric:
         0.0
         """
         theta, velocity = self._check_pair(theta, velocity)
+        if self._passes is not None:
+            return self._passes.acceleration(theta, velocity)
         if theta.ndim == 1:
             return self._acceleration_one(theta, velocity)
-        if self._kernel is None:
-            return vmap(self._acceleration_one)(theta, velocity)
-        rows = zip(theta, velocity, strict=True)
-        return torch.stack([self._acceleration_one(point, speed) for point, speed in rows])
+        return vmap(self._acceleration_one)(theta, velocity)
 
     def speed(self, theta: torch.Tensor, velocity: torch.Tensor) -> torch.Tensor:
         """The conserved ċᵀG(c)ċ = ‖Σ^{-1/2} J ċ‖² + λ‖ċ‖², a 0-d tensor or one per row [S]."""
@@ -252,47 +269,6 @@ class FisherMetric:
         per_example = vmap(jacrev(single), in_dims=(None, 0))(theta, self.objective.inputs)
         return per_example.reshape(self.num_outputs, self.num_params)
 
-    def _mlp_acceleration(self, theta, velocity):
-        """c̈ = −Jᵀ(JJᵀ + λΣ)⁻¹ f''[ċ, ċ] by hand-written passes through a plain MLP."""
-        kernel = self._kernel
-        params, tangents = kernel._blocks(theta), kernel._blocks(velocity)
-        h, rh, r2h, r2a = kernel.inputs, None, None, None
-        inputs, slopes = [], []
-        for (weight, bias), (d_weight, d_bias), activation in zip(
-            params, tangents, kernel.activations, strict=True
-        ):
-            a, ra = h @ weight.T, h @ d_weight.T
-            if rh is not None:
-                ra += rh @ weight.T
-                r2a = r2h @ weight.T + 2 * (rh @ d_weight.T)
-            if bias is not None:
-                a, ra = a + bias, ra + d_bias
-            inputs.append(h if bias is None else torch.cat([h, torch.ones_like(h[:, :1])], 1))
-            if activation is not None:
-                h, d1, d2 = activation(a)
-                slopes.append(d1)
-                rh, r2h = d1 * ra, d2 * ra * ra if r2a is None else d2 * ra * ra + d1 * r2a
-        second = torch.zeros_like(a) if r2a is None else r2a  # f''[ċ, ċ] [N, out]
-        num, out = second.shape
-        delta = torch.eye(out, dtype=F64, device=theta.device)[:, None].expand(out, num, out)
-        deltas, gram = [None] * len(params), 0
-        for index in range(len(params) - 1, -1, -1):  # δ of every output, layer by layer
-            deltas[index] = delta
-            flat = delta.transpose(0, 1).reshape(self.num_outputs, -1)  # row n·out + j
-            inner = inputs[index] @ inputs[index].T
-            gram = gram + ((flat @ flat.T).view(num, out, num, out) * inner[:, None, :, None])
-            if index > 0:
-                delta = slopes[index - 1] * (delta @ params[index][0])
-        system = gram.reshape(self.num_outputs, -1) + torch.diag(self._lam * self._variance)
-        weights = torch.cholesky_solve(second.reshape(-1, 1), torch.linalg.cholesky(system))
-        weights = weights.view(num, out)
-        blocks = []
-        for (_, bias), delta, layer_input in zip(params, deltas, inputs, strict=True):
-            pulled = torch.einsum("jnp,nj->pn", delta, weights) @ layer_input  # [out_l, in_l(+1)]
-            weight_part = pulled if bias is None else pulled[:, :-1]
-            blocks.append((weight_part.flatten(), None if bias is None else pulled[:, -1]))
-        return -kernel._flatten(blocks)
-
     def _second_derivative(self, theta, velocity):
         """f''(θ)[v, v] [M] by a second-order forward pass."""
         def first(point):
@@ -301,8 +277,6 @@ class FisherMetric:
         return jvp(first, (theta,), (velocity,))[1]
 
     def _acceleration_one(self, theta, velocity):
-        if self._kernel is not None:
-            return self._mlp_acceleration(theta, velocity)
         second = self._second_derivative(theta, velocity)
         jac = self._jacobian(theta)
         if self.uses_woodbury:
@@ -318,8 +292,8 @@ class FisherMetric:
         tangent = jvp(self._outputs, (theta,), (velocity,))[1]
         return (tangent.square() / self._variance).sum() + self._lam * velocity.square().sum()
 
-    def _mlp_kernel(self, gram):
-        """The fast-MLP kernel (layer slices, activations, input features) for ``"mlp"``."""
+    def _mlp_passes(self, gram):
+        """The hand-written MLP passes (:mod:`.fisher_mlp`) for ``"mlp"``, else None."""
         supported = fast_mlp.supports(self.objective)
         if gram == "mlp" and not supported:
             raise ValueError(
@@ -328,7 +302,7 @@ class FisherMetric:
             )
         if gram == "jacobian" or not supported:
             return None
-        return fast_mlp.MLPRegressionKernel.from_objective(self.objective)
+        return MLPFisherPasses(self.objective)
 
     def _check_theta(self, theta):
         return check_points("theta", theta, self.num_params).detach()

@@ -48,6 +48,7 @@ from .solve import (
     solver_options,
 )
 from .temperature import check_temperature, resolve_temperature
+from .tolerances import default_tolerance
 
 __all__ = [
     "ADAPTIVE_METHODS", "METRICS", "GeodesicResult", "GeodesicSolveError", "build_metric",
@@ -72,6 +73,14 @@ def _fisher_metric(loss, temperature):
     return FisherMetric(loss)
 
 
+def _check_geometry(metric, temperature):
+    """Check ``metric`` and ``temperature``; return the checked temperature."""
+    if not isinstance(metric, str):
+        raise TypeError(f"metric must be one of {METRICS}, got {type(metric).__name__}.")
+    check_choice("metric", metric, METRICS)
+    return check_temperature(temperature)
+
+
 def build_metric(loss, theta0: torch.Tensor, metric: str = "monge", temperature=1.0):
     """The metric object for ``metric`` (``"monge"`` or ``"fisher"``) at ``temperature``.
 
@@ -94,10 +103,7 @@ def build_metric(loss, theta0: torch.Tensor, metric: str = "monge", temperature=
     ...
     TypeError: metric='fisher' needs a RegressionObjective (it pulls back the network ...
     """
-    if not isinstance(metric, str):
-        raise TypeError(f"metric must be one of {METRICS}, got {type(metric).__name__}.")
-    check_choice("metric", metric, METRICS)
-    temperature = check_temperature(temperature)
+    temperature = _check_geometry(metric, temperature)
     if metric == "fisher":
         return _fisher_metric(loss, temperature)
     return MongeMetric(loss, theta0, temperature)
@@ -164,8 +170,8 @@ def exp_map(
     metric: str = "monge",
     temperature: float | str = 1.0,
     method: str = "bosh3",
-    rtol: float = 1e-4,
-    atol: float = 1e-4,
+    rtol: float | None = None,
+    atol: float | None = None,
     max_num_steps: int = 1000,
     return_path: bool = False,
     num_path_points: int = 21,
@@ -196,9 +202,12 @@ def exp_map(
         ``L(c(1)) − L(θ*) ≤ T‖v‖``). No effect on the Fisher metric.
     method : str
         An adaptive torchdiffeq solver, one of ``ADAPTIVE_METHODS``.
-    rtol, atol : float
-        Solver tolerances. Judge accuracy by the end point against a tight-tolerance solve:
-        the conserved speed can drift at loose tolerances while the end point is fine.
+    rtol, atol : float, optional
+        Solver tolerances; None (the default) takes the metric's and temperature's
+        :func:`~rbmem_tutorial.riemannian.default_tolerance` (1e-4, 3e-6 for ``"data-mean"``),
+        chosen to end within 2% of the displacement on the book's net for α up to 8. Judge
+        accuracy by the end point against a tight-tolerance solve: the conserved speed can
+        drift at loose tolerances while the end point is fine.
     max_num_steps : int
         Step budget per solve; exceeding it raises :class:`GeodesicSolveError`.
     return_path : bool
@@ -211,16 +220,16 @@ def exp_map(
 
     Notes
     -----
-    The defaults (bosh3, rtol = atol = 1e-4) were chosen on the chapter's net (a diagonal
-    Laplace at a stationary θ*, T = 1), where the step size is capped by stability rather than
-    accuracy: early on ``ċᵀ∇²L ċ / (1 + ‖∇L‖²)`` is large (of order α² D), so stiff directions
-    oscillate fast with tiny amplitude and an explicit solver must follow them. Loosening the
-    tolerance then saves few steps but costs accuracy, and the third-order bosh3 reaches a
-    given end-point error with fewer evaluations than dopri5 (``benchmarks/bench_geodesic.py``
-    measures them side by side). For tight reference solves of smooth problems, dopri5 or
-    dopri8 is the better choice. Every output time (``t = 1``, and the times of a path) is a
-    step of the solver, not a point of its interpolant, which can miss ``c(1)`` after a long
-    step past ``t = 1``.
+    The defaults (bosh3, rtol = atol = 1e-4 but for ``"data-mean"``) were chosen on the
+    chapter's net (a diagonal Laplace at a stationary θ*, T = 1), where the step size is capped
+    by stability rather than accuracy: early on ``ċᵀ∇²L ċ / (1 + ‖∇L‖²)`` is large (of order α²
+    D), so stiff directions oscillate fast with tiny amplitude and an explicit solver must
+    follow them. Loosening the tolerance then saves few steps but costs accuracy, and the
+    third-order bosh3 reaches a given end-point error with fewer evaluations than dopri5
+    (``benchmarks/bench_geodesic.py`` measures them side by side). For tight reference solves of
+    smooth problems, dopri5 or dopri8 is the better choice. Every output time (``t = 1``, and
+    the times of a path) is a step of the solver, not a point of its interpolant, which can miss
+    ``c(1)`` after a long step past ``t = 1``.
 
     How far a Monge sample can climb: the speed ``‖ċ‖² + (∇L·ċ)²/T²`` is conserved, so at a
     stationary θ0 it stays ``‖v‖²``, ``|dL/dt| = |∇L·ċ| ≤ T‖v‖`` and ``ΔL ≤ T‖v‖``
@@ -253,8 +262,10 @@ def exp_map(
     """
     theta0 = check_float64("theta0", theta0, ndim=1).detach()
     v = check_velocity(theta0, v).detach()
+    tolerance = default_tolerance(metric, _check_geometry(metric, temperature))
     options = solver_options(
-        method, rtol, atol, max_num_steps, return_path, num_path_points, device=theta0.device
+        method, tolerance if rtol is None else rtol, tolerance if atol is None else atol,
+        max_num_steps, return_path, num_path_points, device=theta0.device,
     )
     geometry = build_metric(loss, theta0, metric, temperature)
     return shoot(geometry, theta0, v, batched=batched, **options)

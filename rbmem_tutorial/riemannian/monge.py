@@ -14,11 +14,13 @@ of these forms, checked in this order:
 
 1. a ``RegressionObjective`` on a plain MLP that :func:`rbmem_tutorial.fast_mlp.supports`
    (gradient and curvature in one hand-written pass, batched over samples);
-2. any object with ``grad_and_curvature(theta, v)`` returning ``(∇L(θ), vᵀ∇²L(θ)v)`` for
+2. any other ``RegressionObjective`` (a convolutional net, any ``nn.Module``): ``torch.func``
+   forward-over-reverse, vmapped over the rows of a batch (:mod:`.generic`);
+3. any object with ``grad_and_curvature(theta, v)`` returning ``(∇L(θ), vᵀ∇²L(θ)v)`` for
    ``[D]`` or ``[S, D]`` input (as :class:`~rbmem_tutorial.riemannian.LinearisedObjective`);
-3. any object with a ``grad_and_hvp(theta, v)`` method returning ``(∇L(θ), ∇²L(θ) v)``
+4. any object with a ``grad_and_hvp(theta, v)`` method returning ``(∇L(θ), ∇²L(θ) v)``
    (batches are solved row by row through it);
-4. a plain callable ``loss(theta) -> 0-d tensor``; gradient and HVP come from autograd
+5. a plain callable ``loss(theta) -> 0-d tensor``; gradient and HVP come from autograd
    double backward (on a CPU cheaper than ``torch.func.jvp(torch.func.grad(loss))`` for small
    networks and tiny functions, whose cost is mostly per-call overhead); a batch is summed
    row by row and differentiated in one backward pass.
@@ -35,6 +37,7 @@ import torch
 
 from rbmem_tutorial import fast_mlp
 
+from . import generic
 from .temperature import resolve_temperature
 
 
@@ -88,6 +91,8 @@ class _Derivatives:
         if fast_mlp.supports(loss):
             kernel = fast_mlp.MLPRegressionKernel.from_objective(loss)
             self._single = self._batch = kernel.grad_and_curvature
+        elif generic.supports(loss):
+            self._single = self._batch = generic.RowDerivatives(loss)
         elif hasattr(loss, "grad_and_curvature"):
             self._single = self._batch = loss.grad_and_curvature
         elif hasattr(loss, "grad_and_hvp"):

@@ -11,6 +11,7 @@ from .geodesic import METRICS, build_metric
 from .linearised import linearised_objective
 from .solve import shoot, solver_options
 from .temperature import check_temperature
+from .tolerances import default_tolerance
 
 
 class RiemannianLaplace:
@@ -41,9 +42,10 @@ class RiemannianLaplace:
         needs a ``RegressionObjective`` and the Monge metric (the Fisher metric of a linear
         model is constant: its samples are the Euclidean Laplace's).
     method, rtol, atol, max_num_steps, batched
-        Passed to :func:`~rbmem_tutorial.riemannian.exp_map`. Batched solves are the default:
-        the samples of one α need nearly the same number of steps (the stiffness scales with
-        α² D), so one ODE for the batch shares the per-step overhead
+        Passed to :func:`~rbmem_tutorial.riemannian.exp_map` (tolerances of None: the
+        metric's :func:`~rbmem_tutorial.riemannian.default_tolerance`). Batched solves are the
+        default: the samples of one α need nearly the same number of steps (the stiffness
+        scales with α² D), so one ODE for the batch shares the per-step overhead
         (``benchmarks/bench_geodesic.py`` measures the saving). Use ``batched=False`` when
         samples differ in stiffness: a batch steps at its stiffest member's pace.
 
@@ -68,8 +70,8 @@ class RiemannianLaplace:
         temperature: float | str = 1.0,
         linearised: bool = False,
         method: str = "bosh3",
-        rtol: float = 1e-4,
-        atol: float = 1e-4,
+        rtol: float | None = None,
+        atol: float | None = None,
         max_num_steps: int = 1000,
         batched: bool = True,
     ):
@@ -77,11 +79,13 @@ class RiemannianLaplace:
             if not hasattr(posterior, attribute):
                 raise TypeError(f"posterior needs .{attribute}; pass a LaplacePosterior.")
         check_choice("metric", metric, METRICS)
-        check_temperature(temperature)
+        tolerance = default_tolerance(metric, check_temperature(temperature))
         self.posterior = posterior
         self.mean = check_float64("posterior.mean", posterior.mean, ndim=1)
-        self.solver_options = solver_options(method, rtol, atol, max_num_steps,
-                                             device=self.mean.device)
+        self.solver_options = solver_options(
+            method, tolerance if rtol is None else rtol, tolerance if atol is None else atol,
+            max_num_steps, device=self.mean.device,
+        )
         self.batched = batched
         loss = posterior.objective if loss is None else loss
         self.loss = linearised_objective(loss, self.mean) if linearised else loss

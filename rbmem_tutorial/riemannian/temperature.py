@@ -120,8 +120,9 @@ def resolve_temperature(loss, temperature) -> tuple[object, float]:
     point when ``loss`` is a :class:`LinearisedObjective`), with ``T = 1``.
 
     ``"sum"`` and ``"mean"`` need a loss that counts its pairs (``num_examples``: a
-    ``RegressionObjective``, its linearisation, or a wrapper that reports it); ``"data-mean"``
-    needs a ``RegressionObjective`` or its linearisation. Anything else raises ``TypeError``.
+    ``RegressionObjective``, its linearisation, or a wrapper that reports it), else
+    ``TypeError``; ``"data-mean"`` needs a ``RegressionObjective`` or its linearisation, else
+    a one-line ``ValueError`` that says so.
 
     Example
     -------
@@ -139,7 +140,11 @@ def resolve_temperature(loss, temperature) -> tuple[object, float]:
             tempered = data_mean_objective(loss.objective)
             return linearised_objective(tempered, loss.theta_star), 1.0
         if not isinstance(loss, RegressionObjective):
-            raise _preset_error(loss, temperature)
+            raise ValueError(
+                "temperature='data-mean' averages the data term of a regression objective, but "
+                f"the loss is a {type(loss).__name__}; pass a RegressionObjective (or its "
+                "linearisation), or a number."
+            )
         return data_mean_objective(loss), 1.0
     pairs = getattr(loss, "num_examples", None)
     if isinstance(pairs, bool) or not isinstance(pairs, int) or pairs < 1:

@@ -1,0 +1,128 @@
+"""Seconds per geodesic sample on every path of the solver, against the previous design.
+
+Imported by ``bench_geodesic.py`` (``--paths-only`` runs this section alone). Each path solves
+the same tangents at α = 1 (bosh3, the metric's default tolerance) with the current design and
+with the design it replaced, side by side, in CPU seconds of this process (wall time on a
+shared machine counts the waits for a core):
+
+- fused MLP: the book's net through the fused kernel (unchanged; the previous design is the
+  objective's own ``grad_and_hvp`` row by row, the generic path before batching);
+- generic MLP: the same net through :mod:`rbmem_tutorial.riemannian.generic` (rows vmapped),
+  against ``grad_and_hvp`` row by row;
+- generic conv: chapter 6's convolutional net on 64 frozen pairs (320 in the chapter), likewise;
+- Banana: ``Banana.regression_objective()``, likewise;
+- Fisher small: a 1-3-1 tanh MLP on 64 pairs (D = 10 < M = 64, the D × D system), the
+  hand-written MLP passes against the per-example Jacobian route (``gram="jacobian"``);
+- Fisher book-sized: the book's net (Woodbury M × M), rows batched against one at a time.
+"""
+
+from __future__ import annotations
+
+import time
+
+import torch
+from torch import nn
+
+from rbmem_tutorial.image_nets import VelocityConvNet
+from rbmem_tutorial.nets import RegressionAdapter
+from rbmem_tutorial.objective import RegressionObjective, parameters_vector
+from rbmem_tutorial.riemannian import FisherMetric, MongeMetric, default_tolerance
+from rbmem_tutorial.riemannian.generic import RowDerivatives
+from rbmem_tutorial.riemannian.solve import shoot, solver_options
+from rbmem_tutorial.toys import Banana
+
+F64 = torch.float64
+
+
+class MethodOnly:
+    """Only ``grad_and_hvp``: the Monge metric then solves a batch row by row through it."""
+
+    def __init__(self, source):
+        self.grad_and_hvp = source.grad_and_hvp
+
+
+class GenericOnly:
+    """Only the generic path's ``grad_and_curvature``, so the fused kernel is not used."""
+
+    def __init__(self, objective):
+        self.grad_and_curvature = RowDerivatives(objective)
+
+
+def cpu_seconds_per_sample(metric, theta, tangents, *, batched=True, method="bosh3", tol=None):
+    """CPU seconds per sample and NFE of one solve of ``tangents`` [S, D] from ``theta``."""
+    tol = default_tolerance("monge") if tol is None else tol
+    options = solver_options(method, tol, tol, 100_000)
+    metric.acceleration(theta.expand_as(tangents), tangents)  # warm-up
+    start = time.process_time()
+    result = shoot(metric, theta, tangents, batched=batched, **options)
+    return (time.process_time() - start) / len(tangents), int(result.nfe.max())
+
+
+def conv_problem(pairs=64):
+    """Chapter 6's conv net (8×8 images, channels 16, 32) on random frozen pairs."""
+    g = torch.Generator().manual_seed(1)
+    z = torch.cat([torch.randn(pairs, 64, generator=g), torch.rand(pairs, 1, generator=g)], 1)
+    y = torch.randn(pairs, 64, generator=g)
+    torch.manual_seed(0)
+    net = RegressionAdapter(VelocityConvNet((1, 8, 8), (16, 32)))
+    return RegressionObjective(net, z, y, 1.0, 1.0)
+
+
+def small_tanh_problem():
+    """A 1-3-1 tanh MLP on 64 pairs of y = sin(2x) + noise (D = 10, M = 64)."""
+    g = torch.Generator().manual_seed(0)
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(1, 3), nn.Tanh(), nn.Linear(3, 1))
+    x = torch.randn(64, 1, generator=g, dtype=F64)
+    y = torch.sin(2 * x) + 0.1 * torch.randn(64, 1, generator=g, dtype=F64)
+    return RegressionObjective(net, x, y, 0.1, 1.0)
+
+
+def tangents_for(dim, scale, samples, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return scale * torch.randn(samples, dim, generator=g, dtype=F64)
+
+
+def compare_paths(objective, posterior, samples=4):
+    """Print seconds per sample (CPU) of each path, now and in the previous design."""
+    theta = posterior.mean
+    book = posterior.sample_tangent(samples, torch.Generator().manual_seed(1), 1.0)
+    conv = conv_problem()
+    conv_theta = parameters_vector(conv.model)
+    banana = Banana().regression_objective()
+    small = small_tanh_problem()
+    small_theta = parameters_vector(small.model)
+    rows = [
+        ("fused MLP (book's net)", MongeMetric(objective, theta),
+         MongeMetric(MethodOnly(objective), theta), theta, book[:2], {}),
+        ("generic MLP (book's net)", MongeMetric(GenericOnly(objective), theta),
+         MongeMetric(MethodOnly(objective), theta), theta, book[:2], {}),
+        ("generic conv (chapter 6)", MongeMetric(conv, conv_theta),
+         MongeMetric(MethodOnly(conv), conv_theta), conv_theta,
+         tangents_for(len(conv_theta), 0.02, 2), {}),
+        ("Banana", MongeMetric(banana, torch.zeros(2, dtype=F64)),
+         MongeMetric(MethodOnly(banana), torch.zeros(2, dtype=F64)), torch.zeros(2, dtype=F64),
+         tangents_for(2, 1.0, samples), {}),
+        ("Fisher small (1-3-1 tanh, 1e-6)", FisherMetric(small),
+         FisherMetric(small, gram="jacobian"), small_theta, tangents_for(10, 0.1, samples),
+         {"method": "dopri5", "tol": 1e-6}),
+        ("Fisher small (1-3-1 tanh, 1e-10)", FisherMetric(small),
+         FisherMetric(small, gram="jacobian"), small_theta, tangents_for(10, 0.1, samples),
+         {"method": "dopri5", "tol": 1e-10}),
+    ]
+    print(f"\n6. paths: CPU seconds per sample, {samples} tangents (2 on the book's net and the "
+          "conv net), α = 1 on the book's net, bosh3 at the default tolerance unless stated")
+    print(f"  {'path':<34s} {'one by one':>10s} {'batched':>9s} {'previous':>9s} "
+          f"{'prev/now':>8s} {'NFE':>5s}")
+    for label, now, before, start, tangents, options in rows:
+        single, nfe = cpu_seconds_per_sample(now, start, tangents, batched=False, **options)
+        batch, _ = cpu_seconds_per_sample(now, start, tangents, **options)
+        previous, _ = cpu_seconds_per_sample(before, start, tangents, batched=False, **options)
+        print(f"  {label:<34s} {single:10.3f} {batch:9.3f} {previous:9.3f} "
+              f"{previous / min(single, batch):8.2f} {nfe:5d}")
+    fisher = FisherMetric(objective)
+    single, nfe = cpu_seconds_per_sample(fisher, theta, book[:2], batched=False)
+    batch, _ = cpu_seconds_per_sample(fisher, theta, book[:2])
+    print(f"  {'Fisher book-sized (Woodbury)':<34s} {single:10.3f} {batch:9.3f} {'(same)':>9s} "
+          f"{'':>8s} {nfe:5d}   target ≤ 0.5 s per sample at α = 1")
+

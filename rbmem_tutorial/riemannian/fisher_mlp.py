@@ -1,0 +1,155 @@
+"""The Fisher geodesic's acceleration through a plain MLP by hand-written passes, rows batched.
+
+For ``nn.Sequential(Linear, SiLU|Tanh, ..., Linear)`` (:mod:`rbmem_tutorial.fast_mlp`) the
+acceleration of :mod:`~rbmem_tutorial.riemannian.fisher`,
+
+    c̈ = −Jᵀ (J Jᵀ + λΣ)⁻¹ f''[ċ, ċ]          (Woodbury, M < D),
+    c̈ = −(JᵀΣ⁻¹J + λI)⁻¹ JᵀΣ⁻¹ f''[ċ, ċ]      (D × D, M ≥ D),
+
+needs f''[ċ, ċ] = R²a_L from one second-order forward pass and the output gradients δ of
+every layer from ``out`` backward passes. The Jacobian row of output (n, j) in a layer's
+[W | b] is δ_{n,j} ⊗ [h_n; 1] (h_n the layer's input), so
+
+- JJᵀ = Σ_layers (δδᵀ) ⊙ (h̃h̃ᵀ) and Jᵀw = Σ_{n,j} w_{n,j} δ_{n,j} ⊗ h̃_n: no Jacobian is
+  stored, Σ_l M² width_l flops (the Woodbury form, for many weights);
+- J itself, M × D numbers, when M ≥ D: a small net on many outputs, where the D × D system is
+  the smaller one.
+
+Every tensor carries leading batch dimensions, so S geodesics (each with its own θ and ċ)
+share one pass; what does not change along a solve (the network's input features with their
+column of ones, λΣ, λI, the identity that seeds the δ) is built once.
+
+Example
+-------
+>>> import torch
+>>> from rbmem_tutorial.objective import RegressionObjective, parameters_vector
+>>> torch.manual_seed(0)  # doctest: +ELLIPSIS
+<torch._C.Generator object at ...>
+>>> net = torch.nn.Sequential(torch.nn.Linear(1, 3), torch.nn.Tanh(), torch.nn.Linear(3, 1))
+>>> objective = RegressionObjective(net, torch.randn(64, 1), torch.randn(64, 1), 0.5, 1.0)
+>>> passes = MLPFisherPasses(objective)
+>>> passes.uses_woodbury  # M = 64 outputs, D = 10 weights: the D × D system is smaller
+False
+>>> theta = parameters_vector(objective.model).expand(4, -1)
+>>> passes.acceleration(theta, torch.randn(4, 10, dtype=torch.float64)).shape
+torch.Size([4, 10])
+"""
+
+from __future__ import annotations
+
+import torch
+
+from rbmem_tutorial import fast_mlp
+
+from ._checks import F64
+
+__all__ = ["MLPFisherPasses"]
+
+
+def _with_ones(h):
+    return torch.cat([h, torch.ones_like(h[..., :1])], -1)
+
+
+class MLPFisherPasses:
+    """``c̈`` of the Fisher metric of a ``RegressionObjective`` on a plain MLP, ``[..., D]`` rows.
+
+    Parameters
+    ----------
+    objective : RegressionObjective
+        On a model that :func:`rbmem_tutorial.fast_mlp.supports`.
+    """
+
+    def __init__(self, objective):
+        kernel = fast_mlp.MLPRegressionKernel.from_objective(objective)
+        self.kernel = kernel
+        num, out = objective.targets.shape
+        self.num_outputs = num * out
+        self.uses_woodbury = self.num_outputs < kernel.num_params
+        device = objective.targets.device
+        variance = (objective.noise_std**2) * torch.ones(out, dtype=F64, device=device)
+        self._variance = variance.repeat(num)
+        lam = float(objective.prior_precision)
+        self._biased = [bias is not None for _, bias in kernel.slices]
+        self._first = _with_ones(kernel.inputs) if self._biased[0] else kernel.inputs
+        self._seed = torch.eye(out, dtype=F64, device=device)[:, None].expand(out, num, out)
+        if self.uses_woodbury:
+            self._shift = torch.diag(lam * self._variance)
+        else:
+            self._shift = lam * torch.eye(kernel.num_params, dtype=F64, device=device)
+
+    def acceleration(self, theta: torch.Tensor, velocity: torch.Tensor) -> torch.Tensor:
+        """``c̈`` for ``theta``, ``velocity`` of shape ``[..., D]`` (rows independent)."""
+        params = self.kernel._blocks(theta)
+        second, inputs, deltas = self._passes(params, self.kernel._blocks(velocity))
+        batch = theta.shape[:-1]
+        if self.uses_woodbury:
+            weights = self._woodbury_weights(second, inputs, deltas, batch)
+            return -self._pull_back(weights, inputs, deltas)
+        jac = self._jacobian(inputs, deltas, batch)
+        scaled = jac / self._variance[:, None]
+        system = jac.mT @ scaled + self._shift
+        rhs = (scaled.mT @ second.reshape(*batch, -1, 1))
+        return -torch.cholesky_solve(rhs, torch.linalg.cholesky(system)).squeeze(-1)
+
+    def _passes(self, params, tangents):
+        """f''[ċ, ċ] ``[..., N, out]``, each layer's input h̃ and output gradients δ."""
+        h, rh, r2h, r2a = self.kernel.inputs, None, None, None
+        inputs, slopes = [self._first], []
+        for index, ((weight, bias), (d_weight, d_bias), activation) in enumerate(
+            zip(params, tangents, self.kernel.activations, strict=True)
+        ):
+            a, ra = h @ weight.mT, h @ d_weight.mT
+            if rh is not None:
+                ra = ra + rh @ weight.mT
+                r2a = r2h @ weight.mT + 2 * (rh @ d_weight.mT)
+            if bias is not None:
+                a, ra = a + bias.unsqueeze(-2), ra + d_bias.unsqueeze(-2)
+            if activation is None:
+                break
+            h, d1, d2 = activation(a)
+            slopes.append(d1)
+            rh, r2h = d1 * ra, d2 * ra * ra if r2a is None else d2 * ra * ra + d1 * r2a
+            inputs.append(_with_ones(h) if self._biased[index + 1] else h)
+        second = torch.zeros_like(a) if r2a is None else r2a
+        delta, deltas = self._seed, [None] * len(params)
+        for index in range(len(params) - 1, -1, -1):  # δ of every output, layer by layer
+            deltas[index] = delta  # [..., out, N, width_l]
+            if index > 0:
+                weight = params[index][0].unsqueeze(-3)
+                delta = slopes[index - 1].unsqueeze(-3) * (delta @ weight)
+        return second, inputs, deltas
+
+    def _woodbury_weights(self, second, inputs, deltas, batch):
+        """w = (JJᵀ + λΣ)⁻¹ f''[ċ, ċ], ``[..., N, out]``."""
+        num, out = second.shape[-2:]
+        gram = self._shift
+        for delta, layer_input in zip(deltas, inputs, strict=True):
+            flat = delta.transpose(-3, -2).reshape(*delta.shape[:-3], self.num_outputs, -1)
+            inner = layer_input @ layer_input.mT
+            block = (flat @ flat.mT).unflatten(-1, (num, out)).unflatten(-3, (num, out))
+            block = block * inner[..., :, None, :, None]
+            gram = gram + block.reshape(*block.shape[:-4], self.num_outputs, self.num_outputs)
+        factor = torch.linalg.cholesky(gram.expand(*batch, -1, -1))
+        weights = torch.cholesky_solve(second.reshape(*batch, -1, 1), factor)
+        return weights.reshape(*batch, num, out)
+
+    def _pull_back(self, weights, inputs, deltas):
+        """Jᵀw, flat ``[..., D]``."""
+        blocks = []
+        for delta, layer_input, biased in zip(deltas, inputs, self._biased, strict=True):
+            pulled = torch.einsum("...jnp,...nj->...pn", delta, weights) @ layer_input
+            weight_part = pulled[..., :-1] if biased else pulled
+            blocks.append((weight_part.flatten(-2), pulled[..., -1] if biased else None))
+        return self.kernel._flatten(blocks)
+
+    def _jacobian(self, inputs, deltas, batch):
+        """J ``[..., M, D]``: row (n, j) of a layer is δ_{n,j} ⊗ h̃_n, in θ's order."""
+        pieces = []
+        for delta, layer_input, biased in zip(deltas, inputs, self._biased, strict=True):
+            rows = torch.einsum("...jnp,...nq->...njpq", delta, layer_input)
+            rows = rows.reshape(*rows.shape[:-4], self.num_outputs, *rows.shape[-2:])
+            rows = rows.expand(*batch, *rows.shape[-3:])
+            pieces.append((rows[..., :-1] if biased else rows).flatten(-2))
+            if biased:
+                pieces.append(rows[..., -1])
+        return torch.cat(pieces, -1)

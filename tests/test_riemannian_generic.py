@@ -1,0 +1,68 @@
+"""The generic path (rows vmapped through torch.func) against closed forms and the row loop."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from rbmem_tutorial.image_nets import VelocityConvNet
+from rbmem_tutorial.nets import RegressionAdapter
+from rbmem_tutorial.objective import RegressionObjective, parameters_vector
+from rbmem_tutorial.riemannian import MongeMetric, exp_map
+from rbmem_tutorial.riemannian.generic import RowDerivatives, supports
+from rbmem_tutorial.toys import Banana
+
+F64 = torch.float64
+
+
+def test_banana_rows_match_the_closed_form():
+    toy = Banana(sigma_1=0.7, sigma_2=0.3, b=1.5)
+    objective = toy.regression_objective(prior_precision=0.5)
+    g = torch.Generator().manual_seed(0)
+    theta, v = torch.randn(5, 2, generator=g, dtype=F64), torch.randn(5, 2, generator=g, dtype=F64)
+    grad, curvature = RowDerivatives(objective)(theta, v)
+    closed_grad, closed_curvature = toy.grad_and_curvature(theta, v)
+    torch.testing.assert_close(grad, closed_grad + 0.5 * theta)  # the prior adds λθ and λ‖v‖²
+    torch.testing.assert_close(curvature, closed_curvature + 0.5 * v.square().sum(-1))
+
+
+def conv_objective():
+    g = torch.Generator().manual_seed(1)
+    z = torch.cat([torch.randn(6, 16, generator=g), torch.rand(6, 1, generator=g)], 1)
+    torch.manual_seed(0)
+    net = RegressionAdapter(VelocityConvNet((1, 4, 4), (4, 8)))
+    return RegressionObjective(net, z, torch.randn(6, 16, generator=g), 0.5, 2.0)
+
+
+def test_conv_rows_match_the_objectives_own_hvp_row_by_row():
+    objective = conv_objective()
+    theta0 = parameters_vector(objective.model)
+    g = torch.Generator().manual_seed(2)
+    theta = theta0 + 0.1 * torch.randn(3, len(theta0), generator=g, dtype=F64)
+    v = torch.randn(3, len(theta0), generator=g, dtype=F64)
+    grad, curvature = RowDerivatives(objective)(theta, v)
+    for row in range(3):
+        own_grad, own_hvp = objective.grad_and_hvp(theta[row], v[row])
+        torch.testing.assert_close(grad[row], own_grad)
+        torch.testing.assert_close(curvature[row], v[row] @ own_hvp)
+    single = RowDerivatives(objective)(theta[1], v[1])
+    torch.testing.assert_close(single[1], curvature[1])
+
+
+def test_batched_solve_equals_one_by_one_and_uses_the_generic_path():
+    objective = Banana().regression_objective()
+    assert supports(objective) and not supports(Banana())
+    v = torch.tensor([[1.0, 0.5], [-0.5, 1.0], [0.3, -2.0]], dtype=F64)
+    start = torch.zeros(2, dtype=F64)
+    batch = exp_map(objective, start, v, method="dopri5", rtol=1e-10, atol=1e-10)
+    rows = exp_map(objective, start, v, method="dopri5", rtol=1e-10, atol=1e-10, batched=False)
+    closed = exp_map(Banana(), start, v, method="dopri5", rtol=1e-10, atol=1e-10, batched=False)
+    torch.testing.assert_close(batch.endpoints, rows.endpoints, rtol=0, atol=1e-8)
+    torch.testing.assert_close(rows.endpoints, closed.endpoints, rtol=0, atol=1e-8)
+    assert type(MongeMetric(objective, start)._derivatives._batch) is RowDerivatives
+
+
+def test_only_a_plain_regression_objective_is_taken():
+    with pytest.raises(TypeError, match="objective must be a RegressionObjective"):
+        RowDerivatives(nn.Linear(2, 1))
