@@ -59,3 +59,22 @@ def book_repository_url() -> str:
 
     config = Path(__file__).resolve().parents[1] / "_config.yml"
     return yaml.safe_load(config.read_text())["repository"]["url"]
+
+
+def tiny_flow():
+    """A one-step TrainedFlow on three points, to save and load."""
+    from rbmem_tutorial.reference import FlowConfig, TrainedFlow, build_model
+
+    config = FlowConfig(n_train=3, n_test=2, hidden=(4,), steps=1)
+    return TrainedFlow(build_model(config), torch.zeros(3, 2), torch.ones(2, 2),
+                       torch.arange(3.0), 1.5, config, from_cache=False)
+
+
+def tiny_posterior():
+    """A FlowPosterior of a three-unit net on three points, to save and load."""
+    from rbmem_tutorial.nets import VelocityMLP
+    from rbmem_tutorial.pipeline import fit_flow_posterior
+
+    torch.manual_seed(0)
+    return fit_flow_posterior(VelocityMLP(2, hidden=(3,)), torch.linspace(-1, 1, 6).reshape(3, 2),
+                              draws_per_point=2, use_cache=False)

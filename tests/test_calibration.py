@@ -92,18 +92,16 @@ def test_calibrate_scale_gives_each_sample_its_own_noise(monkeypatch):
     original = calibration.generate
     monkeypatch.setattr(calibration, "generate",
                         lambda *a, **k: (seen.append(a[2]), original(*a, **k))[1])
-    net = torch.nn.Linear(2, 2)
-
-    class Field(torch.nn.Module):
+    class Still(torch.nn.Module):  # u(x, t) = 0: every sample stays at its noise
         def __init__(self):
             super().__init__()
-            self.lin = net
+            self.weight = torch.nn.Parameter(torch.zeros(6))
 
         def forward(self, x, t):
-            return 0 * self.lin(x)
+            return x * self.weight[0]
 
     train = torch.randn(6, 2, generator=torch.Generator().manual_seed(0))
-    found = calibrate_scale(Field(), train, lambda s: torch.zeros(4, 6), 0.3, [0.5, 1.0],
+    found = calibrate_scale(Still(), train, lambda s: torch.zeros(4, 6), 0.3, [0.5, 1.0],
                             points=64)
     assert found.reason == "out of range"  # pure noise memorises little
     assert all(x0.shape == (4, 16, 2) for x0 in seen)  # one noise set per weight sample

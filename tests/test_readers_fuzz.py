@@ -9,12 +9,13 @@ import os
 import numpy as np
 import pytest
 import torch
+from conftest import tiny_flow, tiny_posterior
 
 from rbmem_tutorial.cache import entries, entry_path, load_cached, save_entry, use_cached
 from rbmem_tutorial.experiments import resume, run_record, store, tradeoff
 from rbmem_tutorial.nets import VelocityMLP
-from rbmem_tutorial.pipeline import FlowPosterior, fit_flow_posterior
-from rbmem_tutorial.reference import FlowConfig, TrainedFlow, build_model
+from rbmem_tutorial.pipeline import FlowPosterior
+from rbmem_tutorial.reference import TrainedFlow
 
 CASES = 24  # damaged copies per reader and kind of damage
 
@@ -134,21 +135,9 @@ def test_cells_of_the_wrong_shape_or_fields(cell, change, capsys):
     assert len(_warnings(capsys)) == 1
 
 
-def _flow():
-    config = FlowConfig(n_train=3, n_test=2, hidden=(4,), steps=1)
-    return TrainedFlow(build_model(config), torch.zeros(3, 2), torch.ones(2, 2),
-                       torch.arange(3.0), 1.5, config, from_cache=False)
-
-
-def _posterior():
-    torch.manual_seed(0)
-    return fit_flow_posterior(VelocityMLP(2, hidden=(3,)), torch.linspace(-1, 1, 6).reshape(3, 2),
-                              draws_per_point=2, use_cache=False)
-
-
 @pytest.mark.parametrize("kind", ["flow", "posterior"])
 def test_saved_flows_and_posteriors(kind, tmp_path):
-    saved, cls = (_flow(), TrainedFlow) if kind == "flow" else (_posterior(), FlowPosterior)
+    saved, cls = (tiny_flow(), TrainedFlow) if kind == "flow" else (tiny_posterior(), FlowPosterior)
     path = tmp_path / f"{kind}.pt"
     saved.save(path)
     original = path.read_bytes()

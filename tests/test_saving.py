@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+from conftest import tiny_flow, tiny_posterior
 
 from rbmem_tutorial.image_nets import VelocityConvNet
 from rbmem_tutorial.nets import VelocityMLP
@@ -41,22 +42,6 @@ def test_read_saved_checks_kind_and_format(tmp_path):
         read_saved(tmp_path / "list.pt", "a", 1)
 
 
-def _flow():
-    from rbmem_tutorial.reference import FlowConfig, TrainedFlow, build_model
-
-    config = FlowConfig(n_train=3, n_test=2, hidden=(4,), steps=1)
-    return TrainedFlow(build_model(config), torch.zeros(3, 2), torch.ones(2, 2),
-                       torch.arange(3.0), 1.5, config, from_cache=False)
-
-
-def _posterior():
-    from rbmem_tutorial.pipeline import fit_flow_posterior
-
-    torch.manual_seed(0)
-    return fit_flow_posterior(VelocityMLP(2, hidden=(3,)), torch.linspace(-1, 1, 6).reshape(3, 2),
-                              draws_per_point=2, use_cache=False)
-
-
 def _rewrite(path, change):
     """Load a saved record, change it and save it back with its old checksum."""
     record = torch.load(path, weights_only=True)
@@ -90,7 +75,7 @@ def test_a_changed_saved_file_is_one_error_line(kind, change, tmp_path):
     from rbmem_tutorial.pipeline import FlowPosterior
     from rbmem_tutorial.reference import TrainedFlow
 
-    saved, cls = (_flow(), TrainedFlow) if kind == "flow" else (_posterior(), FlowPosterior)
+    saved, cls = (tiny_flow(), TrainedFlow) if kind == "flow" else (tiny_posterior(), FlowPosterior)
     path = tmp_path / f"{kind}.pt"
     saved.save(path)
     cls.load(path)  # unchanged: loads
@@ -115,4 +100,4 @@ def _checksum_of(record):
 
 def test_saving_to_a_folder_is_one_error_line(tmp_path):
     with pytest.raises(ValueError, match="is a folder; save to a file name"):
-        _flow().save(tmp_path)
+        tiny_flow().save(tmp_path)
