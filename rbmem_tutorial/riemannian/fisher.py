@@ -85,8 +85,8 @@ Fisher metric is J_hᵀJ_h, its geodesics are the preimages of straight lines in
 v ~ N(0, G(θ*)⁻¹) makes J_h(θ*) v, hence h(Exp_θ*(v)) − h(θ*), exactly N(0, I).
 
 **When those samples are exact.** That makes h(θ) − h(θ*) standard normal, so the samples
-θ = h⁻¹(h(θ*) + z) have the density N(h(θ) − h(θ*); 0, I) · |det J_h(θ)|, while the posterior
-is ∝ N(h(θ) − h(θ*); 0, I). The two agree exactly when |det J_h| is constant, which is the
+θ = h⁻¹(h(θ*) + z) have the density N(h(θ) − h(θ*); 0, I) · abs(det J_h(θ)), while the posterior
+is ∝ N(h(θ) − h(θ*); 0, I). The two agree exactly when abs(det J_h) is constant, which is the
 condition the exactness needs. The banana of :mod:`rbmem_tutorial.toys` meets it (det J_u =
 1/(σ₁σ₂)); the 1-D target −log p(θ) = ½(θ + θ³/3)² does not (h' = 1 + θ²): RLA-F gives
 E θ² = 0.531 against the exact 0.387 (both by quadrature; a Monte Carlo run gave
