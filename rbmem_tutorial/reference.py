@@ -276,9 +276,16 @@ def load_or_train(config: FlowConfig = REFERENCE, progress: bool = True) -> Trai
         schedule=config.schedule, progress=progress,
     )
     seconds = time.perf_counter() - start
-    record = {"state_dict": model.state_dict(), "loss_history": history, "train_seconds": seconds}
-    save_entry(record, path)
+    cache_trained(config, model, history, seconds)
     return TrainedFlow(model.eval(), train, test, history, seconds, config, from_cache=False)
+
+
+def cache_trained(config: FlowConfig, model: VelocityMLP, history: torch.Tensor,
+                  seconds: float) -> None:
+    """Store a net trained as ``config`` says under :func:`cache_path`, where
+    :func:`load_or_train` finds it (also for a run that kept checkpoints on the way)."""
+    record = {"state_dict": model.state_dict(), "loss_history": history, "train_seconds": seconds}
+    save_entry(record, cache_path(config))
 
 
 def _from_record(config: FlowConfig, record: dict) -> tuple[VelocityMLP, torch.Tensor, float]:

@@ -1,11 +1,11 @@
 """Computing one cell of the trade-off study: the seed's shared context, the cell's parameter
 samples, and its scored row (:mod:`.tradeoff` describes the study and its methods).
 
-Every random draw is seeded from the cell's own coordinates (:func:`_generator`), so a cell's
-numbers do not depend on which other cells ran, in what order, or on how many processes. The
-one cross-cell dependency, what the controls take from the Riemannian cell they pair with
-(its mean loss, its mean weights and their loss), is recomputed from that cell's seeded
-draws when the cell did not run in this process, so it is the same either way.
+Every random draw is seeded from the cell's own coordinates (:func:`coordinate_generator`),
+so a cell's numbers do not depend on which other cells ran, in what order, or on how many
+processes. The one cross-cell dependency, what the controls take from the Riemannian cell they
+pair with (its mean loss, its mean weights and their loss), is recomputed from that cell's
+seeded draws when the cell did not run in this process, so it is the same either way.
 """
 
 from __future__ import annotations
@@ -94,8 +94,8 @@ def seed_context(config, train_seed: int, progress: bool = False) -> SeedContext
     return SeedContext(model, train, test, true, fp, theta_early, losses, batch.num_examples)
 
 
-def _generator(*coordinates: int) -> torch.Generator:
-    """A CPU generator seeded by a cell's integer coordinates only."""
+def coordinate_generator(*coordinates: int) -> torch.Generator:
+    """A CPU generator seeded by a cell's integer coordinates only (shared by the studies)."""
     seed = 0
     for c in coordinates:
         seed = (seed * 1_000_003 + int(c)) % (2**63 - 1)
@@ -150,10 +150,10 @@ def parameter_samples(config, ctx: SeedContext, cell):
         return fp.full(theta), info
     n = config.n_param_samples
     if cell.method == "isotropic":
-        z = torch.randn(n, theta_star.numel(), generator=_generator(cell.train_seed,
+        z = torch.randn(n, theta_star.numel(), generator=coordinate_generator(cell.train_seed,
                         cell.sample_seed, 2), dtype=torch.float64).to(theta_star.device)
         return fp.full(theta_star + cell.scale * posterior.variance.mean().sqrt() * z), info
-    v = posterior.sample_tangent(n, _generator(cell.train_seed, cell.sample_seed, 1),
+    v = posterior.sample_tangent(n, coordinate_generator(cell.train_seed, cell.sample_seed, 1),
                                  scale=cell.scale).to(theta_star.device)
     if cell.method == "laplace":
         return fp.full(theta_star + v), info
@@ -177,7 +177,7 @@ def run_cell(config, ctx: SeedContext, cell) -> tuple[dict, dict]:
     # A single weight vector starts from as many x0 as a posterior's S samples share in all, so
     # every cell scores the same number of generated points (k-NN recall depends on it).
     n_x0 = config.n_x0 if len(thetas) > 1 else config.n_generated
-    x0 = torch.randn(n_x0, dim, generator=_generator(cell.sample_seed, 7)).to(ctx.train)
+    x0 = torch.randn(n_x0, dim, generator=coordinate_generator(cell.sample_seed, 7)).to(ctx.train)
     samples = generate(ctx.model, thetas.to(torch.float32), x0,
                        rtol=config.rtol, atol=config.rtol).reshape(-1, dim)
     if not bool(torch.isfinite(samples).all()):

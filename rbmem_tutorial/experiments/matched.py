@@ -137,8 +137,9 @@ def crossing(points: list[dict], level: float) -> Crossing:
     return Crossing(level, scale, values, len(hits), monotone)
 
 
-def t_interval(values) -> dict:
-    """Mean and two-sided 95% Student-t interval of ``values`` (``n`` ≥ 2 for an interval)."""
+def t_interval(values, confidence: float = 0.95) -> dict:
+    """Mean and two-sided Student-t interval of ``values`` at ``confidence`` (``n`` ≥ 2 for an
+    interval)."""
     x = np.asarray(values, dtype=float)
     n = len(x)
     if n == 0:
@@ -146,7 +147,7 @@ def t_interval(values) -> dict:
     mean = float(x.mean())
     if n == 1:
         return {"n": 1, "mean": mean, "lo": None, "hi": None}
-    half = float(stats.t.ppf(0.975, n - 1) * x.std(ddof=1) / math.sqrt(n))
+    half = float(stats.t.ppf(0.5 + confidence / 2, n - 1) * x.std(ddof=1) / math.sqrt(n))
     return {"n": n, "mean": mean, "lo": mean - half, "hi": mean + half}
 
 

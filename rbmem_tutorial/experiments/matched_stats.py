@@ -21,6 +21,7 @@ import numpy as np
 from scipy import stats
 
 from . import store
+from .matched import t_interval
 
 PRIMARY_METRIC = "energy"
 PRIMARY = [("laplace", "early-stop"), ("riemannian-mean", "early-stop"),
@@ -51,7 +52,8 @@ def holm(pvalues) -> list[float]:
 
 
 def paired(differences, confidence: float = 0.95) -> dict:
-    """Mean of paired differences, its two-sided Student-t interval and p-value (H₀: mean 0).
+    """Mean of paired differences, its two-sided Student-t interval
+    (:func:`.matched.t_interval`) and p-value (H₀: mean 0).
 
     Example
     -------
@@ -60,15 +62,12 @@ def paired(differences, confidence: float = 0.95) -> dict:
     (2.0, 3, -0.4841, 4.4841)
     """
     d = np.asarray(differences, dtype=float)
-    n = len(d)
-    if n < 2:
-        return {"mean": float(d.mean()) if n else None, "n": n, "lo": None, "hi": None,
-                "p": None}
-    se = d.std(ddof=1) / math.sqrt(n)
-    half = stats.t.ppf(0.5 + confidence / 2, n - 1) * se
-    p = 1.0 if se == 0 else float(2 * stats.t.sf(abs(d.mean()) / se, n - 1))
-    return {"mean": float(d.mean()), "n": n, "lo": float(d.mean() - half),
-            "hi": float(d.mean() + half), "p": p}
+    out = t_interval(d, confidence)
+    if out["n"] < 2:
+        return {**out, "p": None}
+    se = d.std(ddof=1) / math.sqrt(len(d))
+    out["p"] = 1.0 if se == 0 else float(2 * stats.t.sf(abs(d.mean()) / se, len(d) - 1))
+    return out
 
 
 def matched_rows(rows: list[dict]) -> list[dict]:

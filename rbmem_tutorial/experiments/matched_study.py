@@ -36,6 +36,7 @@ from ..memorisation import LOOSE_C, memorised_fraction
 from ..metrics import energy_distance, mmd2, outlier_rate, precision_recall
 from ..posterior import generate
 from ..riemannian import exp_map
+from .cell_compute import coordinate_generator
 from .replicates import STEP_GRID, Replicate
 
 SINGLE = ("map", "early-stop", "ensemble")
@@ -91,26 +92,19 @@ def cell_key(replicate: int, method: str) -> str:
     return f"r{replicate:02d}__{method}"
 
 
-def _generator(*coordinates: int) -> torch.Generator:
-    seed = 0
-    for c in coordinates:
-        seed = (seed * 1_000_003 + int(c)) % (2**63 - 1)
-    return torch.Generator().manual_seed(seed)
-
-
 DRAWS = {"calibration": 1, "score": 2}
 
 
 def noise(rep: Replicate, draws: str, points: int) -> torch.Tensor:
     """The replicate's ``points`` noise draws x₀ ``[points, d]`` for ``draws``."""
-    return torch.randn(points, rep.train.shape[1], generator=_generator(rep.index,
+    return torch.randn(points, rep.train.shape[1], generator=coordinate_generator(rep.index,
                        DRAWS[draws], 7))
 
 
 def unit_tangents(rep: Replicate, draws: str, count: int) -> torch.Tensor:
     """Σ^{1/2} z ``[count, D]`` (scale 1), shared by every scaled method of the replicate."""
     return rep.flow_posterior.posterior.sample_tangent(
-        count, _generator(rep.index, DRAWS[draws], 1), scale=1.0)
+        count, coordinate_generator(rep.index, DRAWS[draws], 1), scale=1.0)
 
 
 def score(samples: torch.Tensor, rep: Replicate) -> dict:
@@ -157,7 +151,7 @@ class Method:
             return nets[:, index]
         v = unit_tangents(rep, draws, self.config.weight_samples)
         if self.method == "isotropic":
-            z = torch.randn(v.shape, generator=_generator(rep.index, DRAWS[draws], 2),
+            z = torch.randn(v.shape, generator=coordinate_generator(rep.index, DRAWS[draws], 2),
                             dtype=torch.float64)
             return fp.full(theta + knob * fp.posterior.variance.mean().sqrt() * z).float()
         if self.method == "laplace":

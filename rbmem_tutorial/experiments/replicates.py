@@ -24,7 +24,14 @@ from ..flow_matching import train_flow_matching
 from ..memorisation import memorised_fraction
 from ..objective import parameters_vector
 from ..pipeline import FlowPosterior, fit_flow_posterior
-from ..reference import REFERENCE, FlowConfig, build_model, cache_path, load_or_train
+from ..reference import (
+    REFERENCE,
+    FlowConfig,
+    build_model,
+    cache_path,
+    cache_trained,
+    load_or_train,
+)
 
 STEP_GRID = tuple(range(50, 3001, 50)) + tuple(range(3250, REFERENCE.steps + 1, 250))
 """Adam steps at which checkpoints are kept (early stopping's knob), up to the MAP's 10,000."""
@@ -81,8 +88,7 @@ def checkpoints(config: FlowConfig, steps=STEP_GRID) -> torch.Tensor:
     weights = torch.stack(kept)
     save_entry({"weights": weights, "steps": torch.tensor(steps)}, path)
     if not cache_path(config).exists():  # the same run as load_or_train's: share its entry
-        save_entry({"state_dict": model.state_dict(), "loss_history": history,
-                    "train_seconds": seconds}, cache_path(config))
+        cache_trained(config, model, history, seconds)
     return weights
 
 
