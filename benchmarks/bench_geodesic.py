@@ -32,7 +32,7 @@ Run from the repository root::
     python benchmarks/bench_geodesic.py --source synthetic  # 512 pairs, λ = 2: about 20 min
     python benchmarks/bench_geodesic.py --compile           # also time torch.compile
     python benchmarks/bench_geodesic.py --metrics-only      # section 5 alone: about 4 min
-    python benchmarks/bench_geodesic.py --paths-only        # section 6 alone: about 3 min
+    python benchmarks/bench_geodesic.py --paths-only        # section 6 alone: about 4 min
 
 Wall times suffer when other processes share the cores; the CPU seconds of this process are
 printed beside them.

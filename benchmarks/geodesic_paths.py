@@ -14,17 +14,25 @@ shared machine counts the waits for a core):
 - Fisher small: a 1-3-1 tanh MLP on 64 pairs (D = 10 < M = 64, the D × D system), the
   hand-written MLP passes against the per-example Jacobian route (``gram="jacobian"``);
 - Fisher book-sized: the book's net (Woodbury M × M), rows batched against one at a time.
+
+Then the conv net's cost per multiply-add (chapter 6's exercise, through the geodesic's own
+call): one gradient-and-curvature evaluation of the conv net through the generic path and of an
+MLP with about as many weights through the fused kernel, on the same 320 frozen pairs, each
+divided by its multiply-adds per example; beside it the same ratio for one forward pass alone,
+the share that float64 convolution kernels on a CPU cost before any differentiation.
 """
 
 from __future__ import annotations
 
+import statistics
 import time
 
 import torch
 from torch import nn
 
+from rbmem_tutorial.fast_mlp import MLPRegressionKernel
 from rbmem_tutorial.image_nets import VelocityConvNet
-from rbmem_tutorial.nets import RegressionAdapter
+from rbmem_tutorial.nets import RegressionAdapter, VelocityMLP
 from rbmem_tutorial.objective import RegressionObjective, parameters_vector
 from rbmem_tutorial.riemannian import FisherMetric, MongeMetric, default_tolerance
 from rbmem_tutorial.riemannian.generic import RowDerivatives
@@ -58,14 +66,65 @@ def cpu_seconds_per_sample(metric, theta, tangents, *, batched=True, method="bos
     return (time.process_time() - start) / len(tangents), int(result.nfe.max())
 
 
-def conv_problem(pairs=64):
-    """Chapter 6's conv net (8×8 images, channels 16, 32) on random frozen pairs."""
+def conv_problem(pairs=64, mlp=False):
+    """Chapter 6's conv net (8×8 images, channels 16, 32) on random frozen pairs; with
+    ``mlp=True`` the MLP of about as many weights (hidden 128, 96) on the same pairs."""
     g = torch.Generator().manual_seed(1)
     z = torch.cat([torch.randn(pairs, 64, generator=g), torch.rand(pairs, 1, generator=g)], 1)
     y = torch.randn(pairs, 64, generator=g)
     torch.manual_seed(0)
-    net = RegressionAdapter(VelocityConvNet((1, 8, 8), (16, 32)))
-    return RegressionObjective(net, z, y, 1.0, 1.0)
+    net = VelocityMLP(64, hidden=(128, 96)) if mlp else VelocityConvNet((1, 8, 8), (16, 32))
+    return RegressionObjective(RegressionAdapter(net), z, y, 1.0, 1.0)
+
+
+def multiply_adds(model, z):
+    """Multiply-adds of one forward pass for one example (a conv weight once per output pixel)."""
+    counts = []
+
+    def hook(module, _inputs, output):
+        per_weight = output[0, 0].numel() if isinstance(module, nn.Conv2d) else 1
+        counts.append(module.weight.numel() * per_weight)
+
+    layers = [m for m in model.modules() if isinstance(m, nn.Conv2d | nn.Linear)]
+    handles = [layer.register_forward_hook(hook) for layer in layers]
+    with torch.no_grad():
+        model(z[:1].to(next(model.parameters()).dtype))
+    for handle in handles:
+        handle.remove()
+    return sum(counts)
+
+
+def cpu_ms(fn, repeats=5):
+    """Median CPU milliseconds of ``fn()`` over ``repeats`` calls, after one warm-up."""
+    fn()
+    times = []
+    for _ in range(repeats):
+        start = time.process_time()
+        fn()
+        times.append(1e3 * (time.process_time() - start))
+    return statistics.median(times)
+
+
+def conv_cost_per_multiply_add(pairs=320):
+    """Print the conv net's CPU cost per multiply-add against the fused MLP's (module docstring)."""
+    conv, mlp = conv_problem(pairs), conv_problem(pairs, mlp=True)
+    theta_c, theta_m = parameters_vector(conv.model), parameters_vector(mlp.model)
+    v_c, v_m = torch.ones_like(theta_c), torch.ones_like(theta_m)
+    kernel, generic = MLPRegressionKernel.from_objective(mlp), RowDerivatives(conv)
+    work = multiply_adds(conv.model, conv.inputs) / multiply_adds(mlp.model, mlp.inputs)
+    fused = cpu_ms(lambda: kernel.grad_and_curvature(theta_m, v_m))
+    through = cpu_ms(lambda: generic(theta_c, v_c))
+    generic_mlp = cpu_ms(lambda: RowDerivatives(mlp)(theta_m, v_m))
+    with torch.no_grad():
+        forward_c = cpu_ms(lambda: conv.predict(theta_c))
+        forward_m = cpu_ms(lambda: mlp.predict(theta_m))
+    print(f"\n  conv net per multiply-add ({pairs} pairs, D = {len(theta_c):,} against the MLP's "
+          f"{len(theta_m):,}, {work:.1f}× the multiply-adds per example):")
+    print(f"    gradient + curvature: generic conv {through:.0f} ms, generic MLP {generic_mlp:.1f} "
+          f"ms, fused MLP {fused:.1f} ms; conv / fused MLP per multiply-add "
+          f"{through / fused / work:.2f} (target ≤ 3)")
+    print(f"    forward pass alone: conv {forward_c:.1f} ms, MLP {forward_m:.2f} ms; conv / MLP "
+          f"per multiply-add {forward_c / forward_m / work:.2f} (float64 convolution on a CPU)")
 
 
 def small_tanh_problem():
@@ -125,4 +184,5 @@ def compare_paths(objective, posterior, samples=4):
     batch, _ = cpu_seconds_per_sample(fisher, theta, book[:2])
     print(f"  {'Fisher book-sized (Woodbury)':<34s} {single:10.3f} {batch:9.3f} {'(same)':>9s} "
           f"{'':>8s} {nfe:5d}   target ≤ 0.5 s per sample at α = 1")
+    conv_cost_per_multiply_add()
 
