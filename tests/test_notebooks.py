@@ -1,4 +1,4 @@
-"""Notebook hygiene: stored without outputs, in the book, one call per explorer, numbers glued."""
+"""Notebook hygiene: stored without outputs, in the book, one call per explorer, glued numbers."""
 
 import json
 import re
@@ -220,3 +220,49 @@ def test_glue_keys_cover_literal_f_string_and_loop_names():
                        'for name, value in (("b", 1.0),):\n    glue(name, value)'])
     assert all(any(k.match(n) for k in keys) for n in ("a", "mem_map", "b"))
     assert not any(k.match(n) for k in keys for n in ("c", "mem", "ab"))
+
+
+# --- Glue happens out of sight -------------------------------------------------------------------
+#
+# Visible code cells teach; handing numbers to the prose is bookkeeping. Every ``glue(...)`` call
+# lives in a code cell tagged ``remove-cell`` (myst-nb still collects the glued values from it).
+_GLUE_CALL = re.compile(r"(?<![\w])glue\s*\(")
+
+
+def visible_glue_cells(cells: list[dict]) -> list[int]:
+    """Indices of code cells without the ``remove-cell`` tag whose code calls ``glue``."""
+    found = []
+    for i, cell in enumerate(cells):
+        tags = cell.get("metadata", {}).get("tags", [])
+        if cell["cell_type"] != "code" or "remove-cell" in tags:
+            continue
+        code = "\n".join(line.split("#", 1)[0] for line in "".join(cell["source"]).splitlines())
+        if _GLUE_CALL.search(code):
+            found.append(i)
+    return found
+
+
+def test_the_glue_check_flags_visible_calls_and_spares_removed_cells_and_prose():
+    def code(text, *tags):
+        return {"cell_type": "code", "metadata": {"tags": list(tags)}, "source": [text]}
+
+    cells = [
+        code('glue("a", 1.0, display=False)'),  # 0: visible, flagged
+        code('glue("b", 2.0)', "remove-cell"),  # 1: removed, spared
+        code('x = 1\nfor k in "cd":\n    glue(k, x)', "hide-input"),  # 2: only the input hidden
+        code("myst_nb.glue('e', 3)"),  # 3: the qualified call, flagged
+        code("x = 1  # glue(...) would go in a removed cell"),  # 4: a comment, spared
+        code("glued = 2\nfrom myst_nb import glue"),  # 5: an import calls nothing, spared
+        {"cell_type": "markdown", "metadata": {}, "source": ["glue(\"f\", 1)"]},  # 6: prose
+        {"cell_type": "code", "metadata": {}, "source": ["print(glue ('g', 1))"]},  # 7: flagged
+    ]
+    assert visible_glue_cells(cells) == [0, 2, 3, 7]
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_no_visible_code_cell_calls_glue(path):
+    found = visible_glue_cells(json.loads(path.read_text())["cells"])
+    assert not found, (
+        f"{path.name}: visible code cells {found} call glue; move the glue calls into a code "
+        "cell tagged remove-cell right after"
+    )
