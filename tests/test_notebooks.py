@@ -39,6 +39,16 @@ def test_notebook_states_objectives_and_run_time(path):
     assert "Learning objectives" in text and "Run time" in text, path.name
 
 
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_notebook_header_is_a_reading_guide(path):
+    # What a reader must know before the chapter and how long it takes, in its own paragraph.
+    text = "".join(json.loads(path.read_text())["cells"][0]["source"])
+    guide = re.search(r"\*\*Reading time:\*\* about .+?\. \*\*Before this chapter:\*\* .+", text)
+    assert guide, (
+        f"{path.name}: the header lacks '**Reading time:** about ... **Before this chapter:** ...'"
+    )
+
+
 CHAPTERS = [p for p in NOTEBOOKS if not p.name.startswith("00_")]
 
 
@@ -130,6 +140,7 @@ _NOT_PROSE = [
     re.compile(r"\b(?:[Pp]ython|[Vv]ersion|v)\s*\d+(\.\d+)+"),
     re.compile(r"\b\d+\.\d+\.\d+\b"),  # version triples
     re.compile(r"\*\*Run time:\*\*.*?(\n\s*\n|\Z)", re.S),
+    re.compile(r"\*\*Reading time:\*\*.*?(\n\s*\n|\Z)", re.S),  # an estimate, not a run
 ]
 _FENCE = re.compile(r"^(`{3,}|:{3,})\s*(.*)$")
 _NUMBER = re.compile(
@@ -174,7 +185,8 @@ def test_the_number_rule_catches_run_results_and_spares_maths_and_settings():
               "arXiv 2602.00199, myst-nb 1.4.0, Python 3.11", "the loose ratio 0.577",
               "eight points, 2,000 samples", "```python\nx = 0.63\n```",
               "```{exercise} Title\n:label: ex-1.2\nUse sixteen points.\n```",
-              "**Run time:** about 80 s on a 2-core CPU.\n\nNext.")
+              "**Run time:** about 80 s on a 2-core CPU.\n\nNext.",
+              "**Reading time:** about 25 minutes. **Before this chapter:** chapter 1.")
     for text in spared:
         assert not unglued_numbers(text), (text, unglued_numbers(text))
     assert unglued_numbers("```{exercise} Title\nThe answer is 0.63.\n```") == ["0.63"]
