@@ -278,3 +278,14 @@ def test_no_visible_code_cell_calls_glue(path):
         f"{path.name}: visible code cells {found} call glue; move the glue calls into a code "
         "cell tagged remove-cell right after"
     )
+
+
+def test_exercise_labels_carry_their_chapter_number_and_never_repeat():
+    # A renumbered chapter must relabel its exercises: a label used twice breaks the build.
+    labels = []
+    for path in CHAPTERS:
+        number = int(path.name[:2])
+        found = re.findall(r":label: (ch(\d+)-ex\d+)", "\n".join(_sources(path, "markdown")))
+        assert all(int(n) == number for _, n in found), (path.name, found)
+        labels += [label for label, _ in found]
+    assert len(labels) == len(set(labels)), sorted(label for label in labels if labels.count(label) > 1)
