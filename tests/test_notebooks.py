@@ -288,4 +288,5 @@ def test_exercise_labels_carry_their_chapter_number_and_never_repeat():
         found = re.findall(r":label: (ch(\d+)-ex\d+)", "\n".join(_sources(path, "markdown")))
         assert all(int(n) == number for _, n in found), (path.name, found)
         labels += [label for label, _ in found]
-    assert len(labels) == len(set(labels)), sorted(label for label in labels if labels.count(label) > 1)
+    repeated = sorted({label for label in labels if labels.count(label) > 1})
+    assert not repeated, repeated
