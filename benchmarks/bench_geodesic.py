@@ -1,4 +1,4 @@
-"""Speed and accuracy of geodesic solves for the Riemannian Laplace sampler (chapter 4).
+"""Speed and accuracy of geodesic solves for the Riemannian Laplace sampler (chapter 5).
 
 Measures, side by side in one run, on the chapter's velocity net (3 -> 64 -> 64 -> 2 SiLU,
 4,546 parameters) and its diagonal Laplace posterior:

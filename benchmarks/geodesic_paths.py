@@ -9,13 +9,13 @@ shared machine counts the waits for a core):
   objective's own ``grad_and_hvp`` row by row, the generic path before batching);
 - generic MLP: the same net through :mod:`rbmem_tutorial.riemannian.generic` (rows vmapped),
   against ``grad_and_hvp`` row by row;
-- generic conv: chapter 6's convolutional net on 64 frozen pairs (320 in the chapter), likewise;
+- generic conv: chapter 8's convolutional net on 64 frozen pairs (320 in the chapter), likewise;
 - Banana: ``Banana.regression_objective()``, likewise;
 - Fisher small: a 1-3-1 tanh MLP on 64 pairs (D = 10 < M = 64, the D × D system), the
   hand-written MLP passes against the per-example Jacobian route (``gram="jacobian"``);
 - Fisher book-sized: the book's net (Woodbury M × M), rows batched against one at a time.
 
-Then the conv net's cost per multiply-add (chapter 6's exercise, through the geodesic's own
+Then the conv net's cost per multiply-add (chapter 8's exercise, through the geodesic's own
 call): one gradient-and-curvature evaluation of the conv net through the generic path and of an
 MLP with about as many weights through the fused kernel, on the same 320 frozen pairs, each
 divided by its multiply-adds per example; beside it the same ratio for one forward pass alone,
@@ -67,7 +67,7 @@ def cpu_seconds_per_sample(metric, theta, tangents, *, batched=True, method="bos
 
 
 def conv_problem(pairs=64, mlp=False):
-    """Chapter 6's conv net (8×8 images, channels 16, 32) on random frozen pairs; with
+    """Chapter 8's conv net (8×8 images, channels 16, 32) on random frozen pairs; with
     ``mlp=True`` the MLP of about as many weights (hidden 128, 96) on the same pairs."""
     g = torch.Generator().manual_seed(1)
     z = torch.cat([torch.randn(pairs, 64, generator=g), torch.rand(pairs, 1, generator=g)], 1)
@@ -156,7 +156,7 @@ def compare_paths(objective, posterior, samples=4):
          MongeMetric(MethodOnly(objective), theta), theta, book[:2], {}),
         ("generic MLP (book's net)", MongeMetric(GenericOnly(objective), theta),
          MongeMetric(MethodOnly(objective), theta), theta, book[:2], {}),
-        ("generic conv (chapter 6)", MongeMetric(conv, conv_theta),
+        ("generic conv (chapter 8)", MongeMetric(conv, conv_theta),
          MongeMetric(MethodOnly(conv), conv_theta), conv_theta,
          tangents_for(len(conv_theta), 0.02, 2), {}),
         ("Banana", MongeMetric(banana, torch.zeros(2, dtype=F64)),

@@ -4,15 +4,15 @@ The package follows the book, one module per idea:
 
 - :mod:`.data`, :mod:`.nets`, :mod:`.flow_matching`, :mod:`.reference`: chapter 1, flow matching;
 - :mod:`.memorisation`, :mod:`.metrics`: chapter 2, detecting memorisation and measuring quality;
-  :mod:`.calibration`: chapter 5, matching methods at the same memorised fraction;
-- chapter 3, Laplace: :mod:`.regression_set` (flow matching frozen into regression),
+  :mod:`.calibration`: chapter 7, matching methods at the same memorised fraction;
+- chapters 3 and 4, Laplace: :mod:`.regression_set` (flow matching frozen into regression),
   :mod:`.objective` (the loss L(θ) and its curvature; :mod:`.kronecker` for KFAC),
   :mod:`.refinement` (θ_SGD → θ*), :mod:`.laplace`, :mod:`.prior_tuning` (λ by the evidence),
   :mod:`.hidden_units`, :mod:`.posterior` (generating with sampled nets) and
   :mod:`.pipeline` (trained flow → posterior; options in :mod:`.posterior_options`);
 - :mod:`.riemannian` (with the fused kernel :mod:`.fast_mlp`) and :mod:`.toys` (posteriors
-  known in closed form): chapter 4, Riemannian Laplace;
-- :mod:`.image_nets`, :mod:`.subsets`, :mod:`.experiments`: chapters 5 and 6, images, weight
+  known in closed form): chapters 5 and 6, Riemannian Laplace;
+- :mod:`.image_nets`, :mod:`.subsets`, :mod:`.experiments`: chapters 7 and 8, images, weight
   subsets and mini-batches, and the experiment scripts;
 - :mod:`.cache` (trained models and posteriors on disk) and :mod:`.saving` (files to share).
 

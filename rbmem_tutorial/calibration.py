@@ -2,7 +2,7 @@
 
 Every way of copying less has a knob: the posterior scale α of a Laplace or Riemannian
 posterior, the number of Adam steps of an early-stopped net. Two methods are compared fairly
-only at the *same* memorised fraction (chapter 5). Reading that point off a coarse curve by
+only at the *same* memorised fraction (chapter 7). Reading that point off a coarse curve by
 interpolation is biased wherever the quality curve bends between the points, so the knob is
 *searched* instead: bisection over candidate knob values until the memorised fraction, measured
 on calibration draws, lies within ``tolerance`` of the target. Quality is then scored at that

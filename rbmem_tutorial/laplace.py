@@ -45,7 +45,7 @@ and is MacKay's fixed point λ = γ / ‖θ* − m‖², which
 offset from the prior mean enters: a prior centred at θ* itself has no finite maximiser.
 
 **One λ.** The tuned λ becomes the λ of the objective that the posterior carries
-(``posterior.objective``); chapter 4's geodesics use that objective. Because the prior is
+(``posterior.objective``); chapter 5's geodesics use that objective. Because the prior is
 not centred at θ*, changing λ by Δλ adds Δλ (θ* − m) to ∇L(θ*), so θ* is no longer exactly
 stationary; ``posterior.gradient_norm`` reports ‖∇L(θ*)‖ under the tuned λ. Where stationarity
 matters (geodesics), refine and refit once with the tuned λ held fixed::

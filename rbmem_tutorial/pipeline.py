@@ -22,7 +22,7 @@ alone. Chapter 3 measures both (section 3.4).
 the paper's setting: there ∇L ≠ 0, every geodesic starts with the same pull, and the samples
 share a displacement (on the book's net, with the summed-loss metric, they run along the level
 set of L and their common drift grows towards 1 with α). A drop in memorisation then measures
-that shared step as much as posterior spread; chapter 5 separates the two with single-network
+that shared step as much as posterior spread; chapter 7 separates the two with single-network
 controls, and finds that at matched memorisation these samples do no better than the Euclidean
 Laplace. That is why ``"refined"`` is the default. ``"tilted"`` keeps θ_SGD but removes the
 gradient by a linear term,
@@ -39,10 +39,10 @@ which is stationary at θ_SGD with the Hessian of L
 λ once at the first θ* and refines θ* at it; λ then need not maximise the evidence at the final
 θ*, and ``tune_history`` records the λ that would. ``"fixed-point"`` alternates tuning and
 refining until λ changes by less than 1%. With the prior centred at θ_SGD that runs towards
-λ → ∞, θ* → θ_SGD (the prior's centre was fitted to the same data; chapter 3, exercise 2); with
+λ → ∞, θ* → θ_SGD (the prior's centre was fitted to the same data; chapter 3, exercise 1); with
 a zero-mean prior it is MacKay's usual fixed point.
 
-**Weight subsets** (chapter 6). With ``param_subset`` the posterior covers only the chosen
+**Weight subsets** (chapter 8). With ``param_subset`` the posterior covers only the chosen
 entries S of θ, the others fixed at the base point: the Laplace posterior is fitted to the
 restricted objective L_S (:func:`~rbmem_tutorial.subsets.restrict_objective`), whose geodesics
 are the Riemannian samples, and λ is tuned by the evidence of that posterior. θ* is refined on
@@ -244,7 +244,7 @@ def fit_flow_posterior(
     at θ_SGD with ∇L ≠ 0 (the paper's setting with ``prior_mean="zero"``), ``"tilted"``: at
     θ_SGD on the tilted loss L̃, stationary there}. λ is always tuned at a refined θ*, where the
     Laplace evidence is meant to be evaluated, and then used at the base point. The defaults
-    (``"sgd"``, ``"refined"``, ``"evidence-once"``) are those chapters 3-5 are written for: a
+    (``"sgd"``, ``"refined"``, ``"evidence-once"``) are those chapters 3-7 are written for: a
     stationary base point next to the trained network, and the λ chapter 3 discusses.
 
     Parameters

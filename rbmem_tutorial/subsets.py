@@ -1,6 +1,6 @@
 """Restricting the frozen objective to a subset of the weights, or of the data pairs.
 
-Both restrictions make Laplace and geodesics cheaper on large nets (chapter 6).
+Both restrictions make Laplace and geodesics cheaper on large nets (chapter 8).
 
 **Weight subsets.** A subset is an index set S of θ. With the other entries held at θ*,
 

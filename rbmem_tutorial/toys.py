@@ -1,4 +1,4 @@
-"""Two small posteriors whose geometry is known in closed form, for chapter 4.
+"""Two small posteriors whose geometry is known in closed form, for chapters 5 and 6.
 
 **The banana** is a Gaussian regression with two parameters, two outputs and one observation
 ``y = (0, 0)``:

@@ -142,3 +142,20 @@ def test_shards_cover_every_cell_once_and_keep_seeds_together():
         if 4 % world == 0:  # whole seeds per rank: no seed's nets are built on two ranks
             seeds = [{cell.train_seed for cell in part} for part in shards]
             assert all(a.isdisjoint(b) for i, a in enumerate(seeds) for b in seeds[i + 1 :])
+
+
+def test_spaced_labels_skip_points_too_close_to_a_labelled_one():
+    import matplotlib.pyplot as plt
+
+    from rbmem_tutorial.experiments.figures import label_spaced
+
+    fig, ax = plt.subplots(figsize=(4, 3), dpi=100)
+    ax.plot([0, 1], [0, 1], "o")  # data limits 0..1 on a 4 x 3 inch axes
+    near = [(0.5, 0.5, "a"), (0.5005, 0.5, "b"), (0.501, 0.5002, "c")]  # well under a point apart
+    far = [(0.0, 0.0, "d"), (1.0, 1.0, "e")]
+    assert label_spaced(ax, near + far, min_distance=16.0) == 3  # a, d, e
+    assert [t.get_text() for t in ax.texts] == ["a", "d", "e"]
+    # Each written label is at least min_distance points from every other written one.
+    at = [ax.transData.transform(t.xy) * 72 / fig.dpi for t in ax.texts]
+    assert min(np.hypot(*(p - q)) for i, p in enumerate(at) for q in at[i + 1:]) >= 16.0
+    plt.close(fig)

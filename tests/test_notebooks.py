@@ -1,4 +1,4 @@
-"""Notebook hygiene: stored without outputs, in the book, one call per explorer, numbers glued."""
+"""Notebook hygiene: stored without outputs, in the book, one call per explorer, glued numbers."""
 
 import json
 import re
@@ -37,6 +37,16 @@ def test_notebook_states_objectives_and_run_time(path):
     text = "".join(first["source"])
     assert first["cell_type"] == "markdown"
     assert "Learning objectives" in text and "Run time" in text, path.name
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_notebook_header_is_a_reading_guide(path):
+    # What a reader must know before the chapter and how long it takes, in its own paragraph.
+    text = "".join(json.loads(path.read_text())["cells"][0]["source"])
+    guide = re.search(r"\*\*Reading time:\*\* about .+?\. \*\*Before this chapter:\*\* .+", text)
+    assert guide, (
+        f"{path.name}: the header lacks '**Reading time:** about ... **Before this chapter:** ...'"
+    )
 
 
 CHAPTERS = [p for p in NOTEBOOKS if not p.name.startswith("00_")]
@@ -130,6 +140,7 @@ _NOT_PROSE = [
     re.compile(r"\b(?:[Pp]ython|[Vv]ersion|v)\s*\d+(\.\d+)+"),
     re.compile(r"\b\d+\.\d+\.\d+\b"),  # version triples
     re.compile(r"\*\*Run time:\*\*.*?(\n\s*\n|\Z)", re.S),
+    re.compile(r"\*\*Reading time:\*\*.*?(\n\s*\n|\Z)", re.S),  # an estimate, not a run
 ]
 _FENCE = re.compile(r"^(`{3,}|:{3,})\s*(.*)$")
 _NUMBER = re.compile(
@@ -174,7 +185,8 @@ def test_the_number_rule_catches_run_results_and_spares_maths_and_settings():
               "arXiv 2602.00199, myst-nb 1.4.0, Python 3.11", "the loose ratio 0.577",
               "eight points, 2,000 samples", "```python\nx = 0.63\n```",
               "```{exercise} Title\n:label: ex-1.2\nUse sixteen points.\n```",
-              "**Run time:** about 80 s on a 2-core CPU.\n\nNext.")
+              "**Run time:** about 80 s on a 2-core CPU.\n\nNext.",
+              "**Reading time:** about 25 minutes. **Before this chapter:** chapter 1.")
     for text in spared:
         assert not unglued_numbers(text), (text, unglued_numbers(text))
     assert unglued_numbers("```{exercise} Title\nThe answer is 0.63.\n```") == ["0.63"]
@@ -220,3 +232,61 @@ def test_glue_keys_cover_literal_f_string_and_loop_names():
                        'for name, value in (("b", 1.0),):\n    glue(name, value)'])
     assert all(any(k.match(n) for k in keys) for n in ("a", "mem_map", "b"))
     assert not any(k.match(n) for k in keys for n in ("c", "mem", "ab"))
+
+
+# --- Glue happens out of sight -------------------------------------------------------------------
+#
+# Visible code cells teach; handing numbers to the prose is bookkeeping. Every ``glue(...)`` call
+# lives in a code cell tagged ``remove-cell`` (myst-nb still collects the glued values from it).
+_GLUE_CALL = re.compile(r"(?<![\w])glue\s*\(")
+
+
+def visible_glue_cells(cells: list[dict]) -> list[int]:
+    """Indices of code cells without the ``remove-cell`` tag whose code calls ``glue``."""
+    found = []
+    for i, cell in enumerate(cells):
+        tags = cell.get("metadata", {}).get("tags", [])
+        if cell["cell_type"] != "code" or "remove-cell" in tags:
+            continue
+        code = "\n".join(line.split("#", 1)[0] for line in "".join(cell["source"]).splitlines())
+        if _GLUE_CALL.search(code):
+            found.append(i)
+    return found
+
+
+def test_the_glue_check_flags_visible_calls_and_spares_removed_cells_and_prose():
+    def code(text, *tags):
+        return {"cell_type": "code", "metadata": {"tags": list(tags)}, "source": [text]}
+
+    cells = [
+        code('glue("a", 1.0, display=False)'),  # 0: visible, flagged
+        code('glue("b", 2.0)', "remove-cell"),  # 1: removed, spared
+        code('x = 1\nfor k in "cd":\n    glue(k, x)', "hide-input"),  # 2: only the input hidden
+        code("myst_nb.glue('e', 3)"),  # 3: the qualified call, flagged
+        code("x = 1  # glue(...) would go in a removed cell"),  # 4: a comment, spared
+        code("glued = 2\nfrom myst_nb import glue"),  # 5: an import calls nothing, spared
+        {"cell_type": "markdown", "metadata": {}, "source": ["glue(\"f\", 1)"]},  # 6: prose
+        {"cell_type": "code", "metadata": {}, "source": ["print(glue ('g', 1))"]},  # 7: flagged
+    ]
+    assert visible_glue_cells(cells) == [0, 2, 3, 7]
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_no_visible_code_cell_calls_glue(path):
+    found = visible_glue_cells(json.loads(path.read_text())["cells"])
+    assert not found, (
+        f"{path.name}: visible code cells {found} call glue; move the glue calls into a code "
+        "cell tagged remove-cell right after"
+    )
+
+
+def test_exercise_labels_carry_their_chapter_number_and_never_repeat():
+    # A renumbered chapter must relabel its exercises: a label used twice breaks the build.
+    labels = []
+    for path in CHAPTERS:
+        number = int(path.name[:2])
+        found = re.findall(r":label: (ch(\d+)-ex\d+)", "\n".join(_sources(path, "markdown")))
+        assert all(int(n) == number for _, n in found), (path.name, found)
+        labels += [label for label, _ in found]
+    repeated = sorted({label for label in labels if labels.count(label) > 1})
+    assert not repeated, repeated

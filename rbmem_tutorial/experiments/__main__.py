@@ -15,7 +15,7 @@ methods
     What each method and each term of the options means, one line each.
 matched
     Every method calibrated to the same memorised fractions on replicates with their own data,
-    scored on fresh draws, with the declared primary comparisons (chapter 5). See
+    scored on fresh draws, with the declared primary comparisons (chapter 7). See
     :mod:`.matched_run`.
 
 Several processes: ``torchrun --nproc_per_node N -m rbmem_tutorial.experiments tradeoff ...``

@@ -28,6 +28,35 @@ QUALITY = (("mmd2", "MMD² to held-out data (lower is better)"),
 MEMORISATION = (("mem_strict", "d₁/d₂ < 1/3"), ("mem_loose", "d₁/d₂ < 0.577"))
 
 
+def label_spaced(ax, labels, *, min_distance: float = 16.0, offset=(3, 3), **style) -> int:
+    """Write ``labels`` (``(x, y, text)`` in data coordinates) next to their points on ``ax``,
+    skipping any whose point lies closer than ``min_distance`` typographic points to the point
+    of a label already written, so that neighbouring labels never print over each other.
+
+    Call it once per axes, after everything is drawn (it reads the final data limits). The
+    distance is Euclidean in display space, ``sqrt(dx² + dy²)`` in points (1/72 inch).
+    Returns the number of labels written.
+
+    Example
+    -------
+    >>> fig, ax = plt.subplots()
+    >>> _ = ax.plot([0.0, 0.001, 1.0], [0.0, 0.0, 1.0], "o")
+    >>> label_spaced(ax, [(0.0, 0.0, "a"), (0.001, 0.0, "b"), (1.0, 1.0, "c")])
+    2
+    >>> plt.close(fig)
+    """
+    ax.autoscale_view()
+    to_points = 72.0 / ax.figure.dpi
+    placed: list[np.ndarray] = []
+    for x, y, text in labels:
+        at = np.asarray(ax.transData.transform((x, y))) * to_points
+        if not np.isfinite(at).all() or any(np.hypot(*(at - q)) < min_distance for q in placed):
+            continue
+        placed.append(at)
+        ax.annotate(text, (x, y), xytext=offset, textcoords="offset points", **style)
+    return len(placed)
+
+
 def summarise(rows: list[dict], metric: str, memorised: str = "mem_strict"
               ) -> dict[str, list[tuple]]:
     """Per curve (the method, with its temperature where it has one), a list over scales of
@@ -58,18 +87,18 @@ def frontier_figure(rows: list[dict]):
 
 def _frontier_row(axes, rows, memorised, threshold):
     for ax, (metric, label) in zip(axes, QUALITY, strict=True):
+        labels = []
         for method, points in summarise(rows, metric, memorised).items():
             scale, mem, mem_sd, value, value_sd = np.array(points).T
             ax.errorbar(mem, value, xerr=mem_sd, yerr=value_sd, marker="o", capsize=3,
                         color=CURVE_COLOURS.get(method, COLOURS.get(method.split(" ")[0])),
                         label=method)
-            for s, x, y in zip(scale, mem, value, strict=True):
-                if s > 0:
-                    ax.annotate(f"α={s:g}", (x, y), fontsize=7, xytext=(3, 3),
-                                textcoords="offset points")
+            labels += [(x, y, f"α={s:g}") for s, x, y in zip(scale, mem, value, strict=True)
+                       if s > 0]
         true_value = np.mean([row[f"baseline_{metric}"] for row in rows])
         ax.axhline(true_value, ls=":", color="k", lw=1, label="true samples")
         ax.axvline(np.mean([row[f"true_{memorised}"] for row in rows]), ls=":", color="k", lw=1)
+        label_spaced(ax, labels, fontsize=7)
         ax.set_xlabel(f"memorised fraction ({threshold})")
         ax.set_ylabel(label)
 
@@ -125,6 +154,7 @@ def method_frontiers(rows: list[dict], metric: str = "mmd2", reference: str = "l
     for ax in axes.flat[len(shown):]:
         ax.axis("off")
     for ax, group in zip(axes.flat, shown, strict=False):
+        alpha_labels, alpha_colour = [], None
         for name, colour, width in ((reference, "0.75", 1.0), (group, None, 1.8)):
             if name not in by_curve or (name == reference and colour and group == reference):
                 continue
@@ -135,10 +165,8 @@ def method_frontiers(rows: list[dict], metric: str = "mmd2", reference: str = "l
                         color=colour, lw=width, marker="o", ms=3, capsize=2,
                         label=name if name == reference else None)
             if name == group:
-                for a, m, v in pts:
-                    if a > 0:
-                        ax.annotate(f"{a:g}", (m["mean"], v["mean"]), fontsize=7,
-                                    xytext=(4, 2), textcoords="offset points", color=colour)
+                alpha_labels = [(m["mean"], v["mean"], f"{a:g}") for a, m, v in pts if a > 0]
+                alpha_colour = colour
         if maps:
             ax.plot(np.mean([r["mem_strict"] for r in maps]),
                     np.mean([r[metric] for r in maps]), "ks", ms=6, zorder=5)
@@ -147,6 +175,7 @@ def method_frontiers(rows: list[dict], metric: str = "mmd2", reference: str = "l
         ax.set_title(group, fontsize=9)
         if metric in ("mmd2", "energy"):  # unbiased estimates can dip below zero
             ax.set_yscale("symlog", linthresh=0.01)
+        label_spaced(ax, alpha_labels, offset=(4, 2), fontsize=7, color=alpha_colour)
     for ax in axes[-1]:
         ax.set_xlabel("memorised fraction (d₁/d₂ < 1/3)", fontsize=8)
     for ax in axes[:, 0]:

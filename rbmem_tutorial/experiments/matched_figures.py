@@ -3,7 +3,7 @@
 :func:`load_matched` reads a stored study folder (its cells, tables and README);
 :func:`matched_frontiers` draws every method's quality against its memorised fraction at the
 matched levels, the free baselines included; :func:`draw_level` shows the scored samples of
-several methods at one matched level, for chapter 5's explorer.
+several methods at one matched level, for chapter 7's explorer.
 
 Example
 -------

@@ -1,6 +1,6 @@
 """The matched study: every method calibrated to the same memorised fractions, then scored.
 
-Chapter 5's comparison, built as a referee would ask for it (the study README declares the
+Chapter 7's comparison, built as a referee would ask for it (the study README declares the
 primary comparisons before the run):
 
 - **Replicates** carry their own training set and initialisation (:mod:`.replicates`).

@@ -1,6 +1,6 @@
 """The trade-off study in a chapter: a live slice of cells, weight samples, and a stored sweep.
 
-Chapter 5 runs a few cells of the study live and then reads the full sweep that the experiment
+Chapter 7 runs a few cells of the study live and then reads the full sweep that the experiment
 script stored. These calls keep the study's plumbing (seed contexts, cells, seeded draws) out
 of the chapter:
 

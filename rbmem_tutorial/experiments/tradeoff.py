@@ -26,7 +26,7 @@ methods share their z draws at every scale, so methods are compared on paired dr
 random draw is seeded from the cell's own coordinates: a cell's numbers do not depend on which
 other cells ran, in what order, or on how many processes.
 
-Scaling up (chapter 6): images (``dataset="digits"`` or a user's ``data_file``) with an MLP or
+Scaling up (chapter 8): images (``dataset="digits"`` or a user's ``data_file``) with an MLP or
 the convolutional net (``net="conv"``); a posterior over a weight subset (``param_subset``,
 see :mod:`rbmem_tutorial.subsets`); geodesics on a fixed mini-batch of ``geodesic_batch`` frozen
 pairs; profiles sized for one GPU. Several processes share the work cell by cell (a cell's
@@ -53,7 +53,7 @@ from ..subsets import parameter_subset
 from . import resume, store
 from .cell_compute import (
     SeedContext,
-    parameter_samples,  # noqa: F401  (chapter 5 calls it from here)
+    parameter_samples,  # noqa: F401  (chapter 7 calls it from here)
     run_cell,
     seed_context,
 )

@@ -235,7 +235,7 @@ def exp_map(
     stationary θ0 it stays ``‖v‖²``, ``|dL/dt| = |∇L·ċ| ≤ T‖v‖`` and ``ΔL ≤ T‖v‖``
     (``GeodesicResult.bound``). With the summed loss (T = 1) the samples of a large net travel
     a small fraction of ``‖v‖``; a larger T, such as the mean loss's T = N, lets them travel
-    further (``GeodesicResult.travel``; chapter 4).
+    further (``GeodesicResult.travel``; chapter 5).
 
     Returns
     -------

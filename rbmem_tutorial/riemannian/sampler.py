@@ -35,7 +35,7 @@ class RiemannianLaplace:
         tempered, the tangent Gaussian is not (α keeps its summed-loss meaning). The default,
         ``1.0``, is the metric of the loss as given (Bergamin et al.). On the book's running
         example its geodesics stay pinned next to θ*, and only ``"mean"`` gave samples that
-        beat the Euclidean Laplace at matched memorisation (higher precision; chapter 5):
+        beat the Euclidean Laplace at matched memorisation (higher precision; chapter 7):
         choose the temperature deliberately.
     linearised : bool
         Solve on the loss of the network linearised at θ* (:func:`linearised_objective`);

@@ -26,7 +26,7 @@ tolerance and the evaluations grow about as its cube root (bosh3 is third order)
 tighter data-mean default costs about three times the evaluations of 1e-4.
 
 Pass ``rtol``/``atol`` to :func:`~rbmem_tutorial.riemannian.exp_map` to override; measure a
-new net's tolerance against a tight solve (chapter 6 does it on the digits net, which needed
+new net's tolerance against a tight solve (chapter 8 does it on the digits net, which needed
 1e-6 at T = 1).
 """
 

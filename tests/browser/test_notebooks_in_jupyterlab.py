@@ -33,7 +33,7 @@ from lab_server import jupyter_command, running_lab
 
 ROOT = Path(__file__).resolve().parents[2]
 SHOTS = ROOT / "artifacts" / "screenshots"
-CHAPTERS = ["01_flow_matching", "05_reducing_memorisation"]
+CHAPTERS = ["01_flow_matching", "07_reducing_memorisation"]
 RUN_TIMEOUT_S = 1200  # a chapter that has to train its models first, on a loaded 2-core CPU
 STEP_TIMEOUT_S = 600  # any other step: a guard against hanging on a loaded machine, no target
 browser_check = requirements_mark([])
