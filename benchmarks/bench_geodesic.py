@@ -57,14 +57,9 @@ from torch.func import functional_call, jvp
 from rbmem_tutorial import fast_mlp, riemannian
 from rbmem_tutorial.fast_mlp import MLPRegressionKernel
 from rbmem_tutorial.laplace import fit_laplace
-from rbmem_tutorial.objective import (
-    RegressionObjective,
-    flow_matching_regression_set,
-    noise_std_from_residuals,
-    parameters_vector,
-    refine_map,
-    unflatten,
-)
+from rbmem_tutorial.objective import RegressionObjective, parameters_vector, unflatten
+from rbmem_tutorial.refinement import refine_map
+from rbmem_tutorial.regression_set import flow_matching_regression_set, noise_std_from_residuals
 from rbmem_tutorial.riemannian import exp_map
 
 F64 = torch.float64

@@ -20,37 +20,27 @@ Reference: Gegenfurtner, Jacobsen and Arvanitidis, "Reducing Memorisation in Gen
 via Riemannian Bayesian Inference", arXiv:2602.00199.
 """
 
-from .calibration import Calibration, calibrate, calibrate_scale
-from .data import DATASETS, TOY_DATASETS, load_dataset, load_image_file, sample_dataset
-from .flow_matching import (
-    EmpiricalOptimalVelocity,
-    cfm_loss,
-    linear_path,
-    log_prob,
-    sample,
-    train_flow_matching,
-)
-from .hidden_units import hidden_unit_sizes, units_in_use
-from .image_nets import VelocityConvNet
-from .laplace import LaplacePosterior, fit_laplace
-from .memorisation import (
-    MemorisationReport,
+from rbmem_tutorial.coverage import generalisation_gap, outlier_rate, precision_recall
+from rbmem_tutorial.flow_matching import log_prob, sample
+from rbmem_tutorial.memorisation import (
     is_memorised,
     memorisation_ratio,
-    memorisation_report,
     memorised_fraction,
     nearest_two,
 )
-from .metrics import (
-    energy_distance,
-    generalisation_gap,
-    held_out_log_likelihood,
-    mmd2,
-    outlier_rate,
-    precision_recall,
-    quality_report,
-    sliced_wasserstein,
-)
+from rbmem_tutorial.metrics import energy_distance, mmd2, sliced_wasserstein
+from rbmem_tutorial.optimal import EmpiricalOptimalVelocity
+from rbmem_tutorial.paths import cfm_loss, linear_path
+from rbmem_tutorial.quality import held_out_log_likelihood, quality_report
+from rbmem_tutorial.report import MemorisationReport, memorisation_report
+from rbmem_tutorial.training import train_flow_matching
+
+from ._version import __version__ as __version__  # re-exported
+from .calibration import Calibration, calibrate, calibrate_scale
+from .data import DATASETS, TOY_DATASETS, load_dataset, load_image_file, sample_dataset
+from .hidden_units import hidden_unit_sizes, units_in_use
+from .image_nets import VelocityConvNet
+from .laplace import LaplacePosterior, fit_laplace
 from .nets import RegressionAdapter, VelocityMLP
 from .objective import RegressionObjective, parameters_vector, unflatten
 from .pipeline import FlowPosterior, fit_flow_posterior
@@ -80,8 +70,6 @@ from .subsets import (
     restrict_objective,
 )
 from .toys import Banana, BayesianLinearRegression, gaussian_w2
-
-__version__ = "0.1.0"
 
 __all__ = [
     "Banana", "BayesianLinearRegression", "Calibration", "DATASETS", "EmpiricalOptimalVelocity",

@@ -1,10 +1,4 @@
-"""Flow matching with the linear path: loss, training, the empirical optimal velocity, sampling
-and exact likelihoods.
-
-Notation (Lipman et al. 2022): x_0 ~ N(0, I) is noise, x_1 a data point, t ~ U[0, 1],
-
-    x_t = (1 - t) x_0 + t x_1,        u = x_1 - x_0,
-    L_FM(theta) = E_{t, x_0, x_1} || u_theta(x_t, t) - (x_1 - x_0) ||^2.
+"""Sampling from a flow and its exact likelihood.
 
 Generating means integrating dx/dt = u_theta(x, t) from t = 0 to t = 1 (``sample``); the
 density of the generated distribution follows from the instantaneous change of variables
@@ -19,283 +13,19 @@ from collections.abc import Callable
 import torch
 from torch import nn
 from torchdiffeq import odeint
-from tqdm.auto import tqdm
 
 from rbmem_tutorial._checks import (
     check_choice,
     check_positive,
     check_positive_int,
-    check_same_dim,
     check_tensor,
 )
-from rbmem_tutorial.nets import time_column
-
-Velocity = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+from rbmem_tutorial.paths import Velocity, draw
 
 ADAPTIVE_METHODS = ("dopri5",)
 FIXED_STEP_METHODS = ("rk4", "midpoint", "euler")
 METHODS = ADAPTIVE_METHODS + FIXED_STEP_METHODS
 DEFAULT_STEP_SIZE = 0.02
-
-
-def _check_times(name: str, t, x: torch.Tensor) -> torch.Tensor:
-    """Times as a tensor like ``x``: a scalar or shape ``[B]``, finite, inside [0, 1]."""
-    t = torch.as_tensor(t, dtype=x.dtype, device=x.device)
-    check_tensor(name, t, ndim=(0, 1))
-    if t.ndim == 1 and t.shape[0] != x.shape[0]:
-        raise ValueError(
-            f"{name} must be a scalar or have shape [B] = ({x.shape[0]},), got {tuple(t.shape)}."
-        )
-    if bool((t < 0).any()) or bool((t > 1).any()):
-        raise ValueError(f"{name} must lie in [0, 1]; clip it with {name}.clamp(0, 1).")
-    return t
-
-
-def _draw(shape, like: torch.Tensor, generator: torch.Generator | None, kind: str):
-    """Standard normal (``kind="randn"``) or U[0, 1) draws with the dtype/device of ``like``.
-
-    Draws happen on the generator's device and move to ``like.device`` afterwards.
-    """
-    device = like.device if generator is None else generator.device
-    draw = torch.randn if kind == "randn" else torch.rand
-    return draw(shape, generator=generator, dtype=like.dtype, device=device).to(like.device)
-
-
-def linear_path(x0: torch.Tensor, x1: torch.Tensor, t) -> tuple[torch.Tensor, torch.Tensor]:
-    """Point and target velocity of the linear (conditional OT) path.
-
-    x_t = (1 - t) x_0 + t x_1 and u = d x_t / dt = x_1 - x_0 (Lipman et al. 2022).
-
-    Parameters
-    ----------
-    x0, x1 : torch.Tensor
-        Noise and data, both ``[B, d]``.
-    t : float or torch.Tensor
-        Scalar or ``[B]`` times in [0, 1].
-
-    Returns
-    -------
-    (x_t, u) : tuple of torch.Tensor
-        Both ``[B, d]``.
-
-    Example
-    -------
-    >>> xt, u = linear_path(torch.zeros(1, 2), torch.ones(1, 2), 0.25)
-    >>> xt.tolist(), u.tolist()
-    ([[0.25, 0.25]], [[1.0, 1.0]])
-    """
-    x0 = check_tensor("x0", x0, ndim=2, min_rows=1)
-    x1 = check_tensor("x1", x1, ndim=2, min_rows=1)
-    if x0.shape != x1.shape:
-        raise ValueError(f"x0 and x1 must have the same shape, got {x0.shape} and {x1.shape}.")
-    t = time_column(_check_times("t", t, x1), x1)
-    return (1 - t) * x0 + t * x1, x1 - x0
-
-
-def _fm_loss(model: Velocity, x1: torch.Tensor, x0: torch.Tensor, t: torch.Tensor):
-    """Mean over the batch of || u_theta(x_t, t) - (x_1 - x_0) ||^2 (no input checks)."""
-    tc = time_column(t, x1)
-    xt = (1 - tc) * x0 + tc * x1
-    residual = model(xt, t) - (x1 - x0)
-    return residual.pow(2).sum(dim=1).mean()
-
-
-def cfm_loss(
-    model: Velocity,
-    x1: torch.Tensor,
-    x0: torch.Tensor | None = None,
-    t=None,
-    generator: torch.Generator | None = None,
-) -> torch.Tensor:
-    """Monte-Carlo conditional flow-matching loss on a batch.
-
-        L = (1/B) sum_b || u_theta(x_t^b, t_b) - (x_1^b - x_0^b) ||^2,
-        x_t = (1 - t) x_0 + t x_1   (Lipman et al. 2022, linear path).
-
-    Parameters
-    ----------
-    model : callable
-        Velocity field ``model(x, t)`` returning ``[B, d]``.
-    x1 : torch.Tensor
-        Data batch ``[B, d]``.
-    x0 : torch.Tensor, optional
-        Noise ``[B, d]``; drawn from N(0, I) with ``generator`` when omitted.
-    t : float or torch.Tensor, optional
-        Scalar or ``[B]`` times in [0, 1]; drawn from U[0, 1) with ``generator`` when omitted.
-    generator : torch.Generator, optional
-        Source of the draws of ``x0`` and ``t``.
-
-    Returns
-    -------
-    torch.Tensor
-        0-d loss, differentiable with respect to the model's parameters.
-
-    Example
-    -------
-    >>> zero = lambda x, t: torch.zeros_like(x)
-    >>> cfm_loss(zero, torch.ones(4, 2), x0=torch.zeros(4, 2), t=0.5)
-    tensor(2.)
-    """
-    x1 = check_tensor("x1", x1, ndim=2, min_rows=1)
-    if x0 is None:
-        x0 = _draw(x1.shape, x1, generator, "randn")
-    x0 = check_tensor("x0", x0, ndim=2)
-    if x0.shape != x1.shape:
-        raise ValueError(f"x0 must have the shape of x1 {tuple(x1.shape)}, got {x0.shape}.")
-    t = _draw((x1.shape[0],), x1, generator, "rand") if t is None else _check_times("t", t, x1)
-    return _fm_loss(model, x1, x0, t)
-
-
-def train_flow_matching(
-    model: nn.Module,
-    data: torch.Tensor,
-    steps: int,
-    batch_size: int = 256,
-    lr: float = 2e-3,
-    seed: int = 0,
-    *,
-    schedule: str = "constant",
-    progress: bool = True,
-    on_step: Callable[[int, nn.Module], None] | None = None,
-) -> torch.Tensor:
-    """Fit a velocity net by minimising the flow-matching loss with Adam.
-
-    Each step draws ``batch_size`` training points *with replacement*, fresh noise x_0 and
-    times t ~ U[0, 1), and takes one Adam step on :func:`cfm_loss`. All draws come from one
-    generator seeded with ``seed``, so a run is deterministic given the model's initial
-    parameters. Drawing large batches with replacement from a tiny training set makes the net
-    memorise much faster than batches equal to the set.
-
-    Parameters
-    ----------
-    model : nn.Module
-        Velocity net ``model(x, t)``; trained in place on the device of its parameters.
-    data : torch.Tensor
-        Training set ``[n, d]``.
-    steps, batch_size : int
-        Number of optimiser steps and batch size.
-    lr : float
-        Adam learning rate (the peak rate with ``schedule="cosine"``).
-    seed : int
-        Seed of the batch, noise and time draws.
-    schedule : {"constant", "cosine"}
-        Learning-rate schedule; cosine decays to 0 over ``steps``.
-    progress : bool
-        Show a tqdm progress bar.
-    on_step : callable, optional
-        Called as ``on_step(n, model)`` after the n-th step (n = 1..steps), e.g. to keep
-        checkpoints for early stopping. With the constant schedule, the net after n steps of a
-        longer run is exactly the net of an n-step run.
-
-    Returns
-    -------
-    torch.Tensor
-        Loss of every step, shape ``[steps]`` (float32, CPU).
-
-    Example
-    -------
-    >>> from rbmem_tutorial.nets import VelocityMLP
-    >>> history = train_flow_matching(VelocityMLP(2), torch.randn(8, 2), steps=20, progress=False)
-    >>> history.shape
-    torch.Size([20])
-    """
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"model must be an nn.Module, got {type(model).__name__}.")
-    parameters = list(model.parameters())
-    if not parameters:
-        raise ValueError("model has no parameters to train.")
-    data = check_tensor("data", data, ndim=2, min_rows=1)
-    check_positive_int("steps", steps)
-    check_positive_int("batch_size", batch_size)
-    check_positive("lr", lr)
-    check_positive_int("seed", seed, minimum=0)
-    check_choice("schedule", schedule, ("constant", "cosine"))
-
-    data = data.to(device=parameters[0].device, dtype=parameters[0].dtype)
-    generator = torch.Generator(device=data.device).manual_seed(seed)
-    optimiser = torch.optim.Adam(parameters, lr=lr, fused=True)
-    cosine = schedule == "cosine"
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimiser, lambda step: 0.5 * (1 + math.cos(math.pi * step / steps)) if cosine else 1.0
-    )
-    history = torch.empty(steps, dtype=data.dtype, device=data.device)
-    model.train()
-    for step in tqdm(range(steps), disable=not progress, desc="flow matching", mininterval=0.5):
-        index = torch.randint(data.shape[0], (batch_size,), generator=generator, device=data.device)
-        x1 = data[index]
-        x0 = torch.randn(x1.shape, generator=generator, dtype=x1.dtype, device=x1.device)
-        t = torch.rand(batch_size, generator=generator, dtype=x1.dtype, device=x1.device)
-        loss = _fm_loss(model, x1, x0, t)
-        optimiser.zero_grad(set_to_none=True)
-        loss.backward()
-        optimiser.step()
-        scheduler.step()
-        history[step] = loss.detach()
-        if on_step is not None:
-            on_step(step + 1, model)
-    history = history.float().cpu()
-    if not bool(torch.isfinite(history).all()):
-        first = int((~torch.isfinite(history)).nonzero()[0])
-        raise FloatingPointError(
-            f"training diverged: the loss became non-finite at step {first}; lower lr."
-        )
-    return history
-
-
-class EmpiricalOptimalVelocity(nn.Module):
-    """The exact minimiser of the flow-matching loss over a finite training set.
-
-    With x_1 uniform on the training points x_1..x_N, the loss is minimised by the conditional
-    expectation u*(x, t) = E[x_1 - x_0 | x_t = x]. Given x_t = x and x_1 = x_i, the noise is
-    x_0 = (x - t x_i) / (1 - t), so x_1 - x_0 = (x_i - x) / (1 - t), and by Bayes' rule
-    (p(x_t = x | x_1 = x_i) = N(x; t x_i, (1 - t)^2 I)):
-
-        u*(x, t) = sum_i w_i(x, t) (x_i - x) / (1 - t),
-        w(x, t)  = softmax_i( -|| x - t x_i ||^2 / (2 (1 - t)^2) ).
-
-    Its flow carries N(0, I) exactly onto the training points: a perfect memoriser (the
-    reference model of Gegenfurtner et al. 2026). The softmax is a stable log-sum-exp, and
-    distances are taken as explicit differences so they stay accurate near t = 1. Because
-    (1 - t) -> 0 there, ``1 - t`` is clamped below at ``eps``: on [1 - eps, 1] the field pulls x
-    towards the weighted mean with rate 1 / eps, so a solver may evaluate at t = 1 exactly and
-    samples still land within about eps * ||x_i - x_0|| of a training point.
-
-    Parameters
-    ----------
-    train : torch.Tensor
-        Training set ``[N, d]``, kept as the buffer ``points`` (``.to`` moves it).
-    eps : float
-        Lower clamp of ``1 - t``.
-
-    Example
-    -------
-    >>> train = torch.tensor([[1.0, 0.0], [-1.0, 0.0]])
-    >>> u_star = EmpiricalOptimalVelocity(train)
-    >>> u_star(torch.tensor([[0.5, 0.0]]), torch.tensor(0.5))   # pulled towards (1, 0)
-    tensor([[0.5232, 0.0000]])
-    """
-
-    def __init__(self, train: torch.Tensor, eps: float = 1e-4):
-        super().__init__()
-        check_tensor("train", train, ndim=2, min_rows=1)
-        self.eps = check_positive("eps", eps)
-        self.register_buffer("points", train.detach().clone())
-
-    def weights(self, x: torch.Tensor, t) -> torch.Tensor:
-        """Posterior weights w_i(x, t) = p(x_1 = x_i | x_t = x), shape ``[B, N]``."""
-        x = check_tensor("x", x, ndim=2, min_rows=1)
-        check_same_dim("x", x, "train", self.points)
-        t = time_column(_check_times("t", t, x), x)
-        one_minus_t = (1 - t).clamp_min(self.eps)
-        offsets = x[:, None, :] - t[:, :, None] * self.points.to(x.dtype)[None, :, :]
-        logits = -offsets.pow(2).sum(dim=2) / (2 * one_minus_t**2)
-        return torch.softmax(logits, dim=1)
-
-    def forward(self, x: torch.Tensor, t) -> torch.Tensor:
-        """u*(x, t) = (sum_i w_i x_i - x) / max(1 - t, eps), shape ``[B, d]``."""
-        weights = self.weights(x, t)
-        one_minus_t = (1 - time_column(t, x)).clamp_min(self.eps)
-        return (weights @ self.points.to(x.dtype) - x) / one_minus_t
 
 
 class _CountedField(nn.Module):
@@ -523,7 +253,7 @@ def log_prob(
     check_choice("divergence", divergence, ("exact", "hutchinson"))
     probe = None
     if divergence == "hutchinson":
-        probe = 2 * (_draw(x.shape, x, generator, "rand") < 0.5).to(x.dtype) - 1
+        probe = 2 * (draw(x.shape, x, generator, "rand") < 0.5).to(x.dtype) - 1
     field = _CountedField(_AugmentedField(velocity, probe))
     backwards = torch.tensor([1.0, 0.0], dtype=x.dtype, device=x.device)
     state = (x.detach(), torch.zeros(x.shape[0], dtype=x.dtype, device=x.device))

@@ -31,7 +31,7 @@ import torch
 from torch import nn
 
 from ._checks import check_tensor
-from .objective import unflatten
+from .params import unflatten
 
 
 def _chain(model: nn.Module) -> list[tuple[str, nn.Linear]]:

@@ -11,14 +11,11 @@ arXiv 2602.00199; Bergamin et al. 2023, arXiv 2306.07158) assume ∇L(θ*) = 0.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import torch
 
 from rbmem_tutorial._checks import check_positive, check_positive_int
-
-if TYPE_CHECKING:
-    from rbmem_tutorial.objective import RegressionObjective
+from rbmem_tutorial.objective import RegressionObjective
 
 __all__ = ["RefineRecord", "refine_map"]
 
@@ -68,20 +65,18 @@ def refine_map(
 
     Example
     -------
-    >>> from rbmem_tutorial.objective import RegressionObjective, parameters_vector
+    >>> from rbmem_tutorial.params import parameters_vector
     >>> lin = torch.nn.Linear(2, 1)
     >>> obj = RegressionObjective(lin, torch.randn(8, 2), torch.randn(8, 1), 1.0, 1.0)
     >>> theta, record = refine_map(obj, parameters_vector(obj.model))
     >>> record.converged
     True
     """
-    from rbmem_tutorial.objective import RegressionObjective  # objective.py re-exports this module
-
     if not isinstance(objective, RegressionObjective):
         raise TypeError("objective must be a RegressionObjective.")
     gtol = check_positive("gtol", gtol)
     newton_steps = check_positive_int("newton_steps", newton_steps, minimum=0)
-    start = objective._check_theta(theta).detach().clone()
+    start = objective.check_theta(theta).detach().clone()
     param = start.clone().requires_grad_(True)
     optimizer = torch.optim.LBFGS(
         [param],

@@ -9,15 +9,11 @@ trained net. Both feed :class:`~rbmem_tutorial.objective.RegressionObjective`.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import torch
 from torch import nn
 
 from rbmem_tutorial._checks import check_positive_int, check_tensor
-
-if TYPE_CHECKING:
-    from rbmem_tutorial.objective import RegressionObjective
+from rbmem_tutorial.objective import RegressionObjective
 
 __all__ = ["flow_matching_regression_set", "noise_std_from_residuals"]
 
@@ -88,14 +84,12 @@ def noise_std_from_residuals(
 
     Example
     -------
-    >>> from rbmem_tutorial.objective import parameters_vector
+    >>> from rbmem_tutorial.params import parameters_vector
     >>> lin = torch.nn.Linear(1, 1)
     >>> z = torch.randn(20, 1)
     >>> round(noise_std_from_residuals(lin, parameters_vector(lin), z, lin(z).detach() + 1), 6)
     1.0
     """
-    from rbmem_tutorial.objective import RegressionObjective  # objective.py re-exports this module
-
     if isinstance(source, RegressionObjective):
         inputs = source.inputs if inputs is None else inputs
         targets = source.targets if targets is None else targets
@@ -104,7 +98,7 @@ def noise_std_from_residuals(
         raise ValueError("pass inputs and targets when source is a model, not an objective.")
     objective = RegressionObjective(source, inputs, targets, 1.0, 1.0)
     with torch.no_grad():
-        residual = objective.predict(objective._check_theta(theta)) - objective.targets
+        residual = objective.predict(objective.check_theta(theta)) - objective.targets
     variance = residual.square().mean(dim=0) if per_dimension else residual.square().mean()
     if bool((variance <= 0).any()):
         raise ValueError(

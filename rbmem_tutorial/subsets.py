@@ -262,7 +262,7 @@ def restrict_objective(
     """
     if not isinstance(objective, RegressionObjective):
         raise TypeError("objective must be a RegressionObjective.")
-    theta = objective._check_theta(theta)
+    theta = objective.check_theta(theta)
     if subset.num_params != objective.num_params:
         raise ValueError(f"the subset was made for {subset.num_params} parameters, the "
                          f"objective has {objective.num_params}; make it on the same net.")

@@ -114,9 +114,9 @@ def test_calibrate_scale_gives_each_sample_its_own_noise(monkeypatch):
 def test_docstring_examples_run():
     import doctest
 
-    from rbmem_tutorial import calibration, metrics
+    from rbmem_tutorial import calibration, coverage, metrics, quality
     from rbmem_tutorial.experiments import matched_stats, replicates
 
-    for module in (calibration, matched_stats, replicates, metrics):
+    for module in (calibration, matched_stats, replicates, metrics, coverage, quality):
         result = doctest.testmod(module, optionflags=doctest.ELLIPSIS)
         assert result.attempted > 0 and result.failed == 0, module.__name__

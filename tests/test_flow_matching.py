@@ -5,16 +5,11 @@ import math
 import pytest
 import torch
 
-from rbmem_tutorial.flow_matching import (
-    METHODS,
-    EmpiricalOptimalVelocity,
-    cfm_loss,
-    linear_path,
-    log_prob,
-    sample,
-    train_flow_matching,
-)
+from rbmem_tutorial.flow_matching import METHODS, log_prob, sample
 from rbmem_tutorial.nets import VelocityMLP
+from rbmem_tutorial.optimal import EmpiricalOptimalVelocity
+from rbmem_tutorial.paths import cfm_loss, linear_path
+from rbmem_tutorial.training import train_flow_matching
 
 F64 = torch.float64
 
@@ -431,6 +426,7 @@ def test_log_prob_rejects_bad_input(kwargs, error, match):
 def test_docstring_examples_run():
     import doctest
 
-    from rbmem_tutorial import flow_matching
+    from rbmem_tutorial import flow_matching, optimal, paths, training
 
-    assert doctest.testmod(flow_matching).failed == 0
+    for module in (paths, training, optimal, flow_matching):
+        assert doctest.testmod(module).failed == 0, module.__name__

@@ -10,6 +10,7 @@ import pytest
 import torch
 from scipy import stats
 
+from rbmem_tutorial.coverage import outlier_rate
 from rbmem_tutorial.experiments import matched_stats
 from rbmem_tutorial.experiments.matched_study import (
     MatchedConfig,
@@ -18,7 +19,7 @@ from rbmem_tutorial.experiments.matched_study import (
     run_cell,
     unit_tangents,
 )
-from rbmem_tutorial.metrics import energy_distance, outlier_rate
+from rbmem_tutorial.metrics import energy_distance
 
 STUDY = Path(__file__).resolve().parents[1] / "book" / "data" / "matched-study"
 

@@ -5,14 +5,9 @@ import torch
 from conftest import cuda
 from torch import nn
 
-from rbmem_tutorial.objective import (
-    RegressionObjective,
-    flow_matching_regression_set,
-    noise_std_from_residuals,
-    parameters_vector,
-    refine_map,
-    unflatten,
-)
+from rbmem_tutorial.objective import RegressionObjective, parameters_vector, unflatten
+from rbmem_tutorial.refinement import refine_map
+from rbmem_tutorial.regression_set import flow_matching_regression_set, noise_std_from_residuals
 
 NOISE_FLAVOURS = {
     "scalar": 0.7,

@@ -8,10 +8,11 @@ from torch.func import functional_call
 
 from rbmem_tutorial.cache import entry_path
 from rbmem_tutorial.data import load_dataset
-from rbmem_tutorial.flow_matching import train_flow_matching
 from rbmem_tutorial.nets import VelocityMLP
-from rbmem_tutorial.objective import flow_matching_regression_set, parameters_vector, unflatten
+from rbmem_tutorial.objective import parameters_vector, unflatten
 from rbmem_tutorial.pipeline import FlowPosterior, fit_flow_posterior
+from rbmem_tutorial.regression_set import flow_matching_regression_set
+from rbmem_tutorial.training import train_flow_matching
 
 
 @pytest.fixture

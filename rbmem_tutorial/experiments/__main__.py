@@ -45,7 +45,7 @@ from pathlib import Path
 
 import matplotlib
 
-from .. import __version__
+from .._version import __version__
 from ..cache import check_cache_writable
 from . import cache_command, resume, run_record, store
 from .geodesic_cells import parse_temperature

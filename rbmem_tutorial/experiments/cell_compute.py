@@ -16,9 +16,11 @@ from dataclasses import asdict, dataclass, field, replace
 import numpy as np
 import torch
 
+from rbmem_tutorial.memorisation import LOOSE_C, RATIO_THRESHOLD
+from rbmem_tutorial.quality import quality_report
+from rbmem_tutorial.report import memorisation_report
+
 from ..data import TOY_DATASETS, sample_dataset
-from ..memorisation import LOOSE_C, RATIO_THRESHOLD, memorisation_report
-from ..metrics import quality_report
 from ..objective import parameters_vector
 from ..pipeline import fit_flow_posterior
 from ..posterior import generate

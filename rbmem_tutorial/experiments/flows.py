@@ -14,9 +14,10 @@ from typing import NamedTuple
 
 import torch
 
+from rbmem_tutorial.training import train_flow_matching
+
 from ..cache import entry_path, save_entry, use_cached
 from ..data import DataSplit, image_shape, load_dataset, load_image_file, split_images
-from ..flow_matching import train_flow_matching
 from ..image_nets import build_velocity_net
 from ..reference import load_or_train
 

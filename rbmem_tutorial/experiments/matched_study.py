@@ -31,9 +31,11 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 
+from rbmem_tutorial.coverage import outlier_rate, precision_recall
+from rbmem_tutorial.metrics import energy_distance, mmd2
+
 from ..calibration import calibrate
 from ..memorisation import LOOSE_C, memorised_fraction
-from ..metrics import energy_distance, mmd2, outlier_rate, precision_recall
 from ..posterior import generate
 from ..riemannian import exp_map
 from .cell_compute import coordinate_generator

@@ -18,9 +18,10 @@ from functools import cached_property
 
 import torch
 
+from rbmem_tutorial.training import train_flow_matching
+
 from ..cache import entry_path, load_cached, save_entry
 from ..data import load_dataset, sample_dataset
-from ..flow_matching import train_flow_matching
 from ..memorisation import memorised_fraction
 from ..objective import parameters_vector
 from ..pipeline import FlowPosterior, fit_flow_posterior
