@@ -20,8 +20,20 @@ Reference: Gegenfurtner, Jacobsen and Arvanitidis, "Reducing Memorisation in Gen
 via Riemannian Bayesian Inference", arXiv:2602.00199.
 """
 
+from rbmem_tutorial._version import __version__ as __version__  # re-exported
+from rbmem_tutorial.calibration import Calibration, calibrate, calibrate_scale
 from rbmem_tutorial.coverage import generalisation_gap, outlier_rate, precision_recall
+from rbmem_tutorial.data import (
+    DATASETS,
+    TOY_DATASETS,
+    load_dataset,
+    load_image_file,
+    sample_dataset,
+)
 from rbmem_tutorial.flow_matching import log_prob, sample
+from rbmem_tutorial.hidden_units import hidden_unit_sizes, units_in_use
+from rbmem_tutorial.image_nets import VelocityConvNet
+from rbmem_tutorial.laplace import LaplacePosterior, fit_laplace
 from rbmem_tutorial.memorisation import (
     is_memorised,
     memorisation_ratio,
@@ -29,27 +41,19 @@ from rbmem_tutorial.memorisation import (
     nearest_two,
 )
 from rbmem_tutorial.metrics import energy_distance, mmd2, sliced_wasserstein
+from rbmem_tutorial.nets import RegressionAdapter, VelocityMLP
+from rbmem_tutorial.objective import RegressionObjective, parameters_vector, unflatten
 from rbmem_tutorial.optimal import EmpiricalOptimalVelocity
 from rbmem_tutorial.paths import cfm_loss, linear_path
+from rbmem_tutorial.pipeline import FlowPosterior, fit_flow_posterior
+from rbmem_tutorial.posterior import generate, velocity_uncertainty
+from rbmem_tutorial.prior_tuning import optimal_prior_precision
 from rbmem_tutorial.quality import held_out_log_likelihood, quality_report
+from rbmem_tutorial.reference import REFERENCE, FlowConfig, load_or_train
+from rbmem_tutorial.refinement import RefineRecord, refine_map
+from rbmem_tutorial.regression_set import flow_matching_regression_set, noise_std_from_residuals
 from rbmem_tutorial.report import MemorisationReport, memorisation_report
-from rbmem_tutorial.training import train_flow_matching
-
-from ._version import __version__ as __version__  # re-exported
-from .calibration import Calibration, calibrate, calibrate_scale
-from .data import DATASETS, TOY_DATASETS, load_dataset, load_image_file, sample_dataset
-from .hidden_units import hidden_unit_sizes, units_in_use
-from .image_nets import VelocityConvNet
-from .laplace import LaplacePosterior, fit_laplace
-from .nets import RegressionAdapter, VelocityMLP
-from .objective import RegressionObjective, parameters_vector, unflatten
-from .pipeline import FlowPosterior, fit_flow_posterior
-from .posterior import generate, velocity_uncertainty
-from .prior_tuning import optimal_prior_precision
-from .reference import REFERENCE, FlowConfig, load_or_train
-from .refinement import RefineRecord, refine_map
-from .regression_set import flow_matching_regression_set, noise_std_from_residuals
-from .riemannian import (
+from rbmem_tutorial.riemannian import (
     TEMPERATURE_PRESETS,
     FisherMetric,
     GeodesicResult,
@@ -62,14 +66,15 @@ from .riemannian import (
     geodesic_acceleration,
     linearised_objective,
 )
-from .subsets import (
+from rbmem_tutorial.subsets import (
     ParameterSubset,
     anchored,
     minibatch_objective,
     parameter_subset,
     restrict_objective,
 )
-from .toys import Banana, BayesianLinearRegression, gaussian_w2
+from rbmem_tutorial.toys import Banana, BayesianLinearRegression, gaussian_w2
+from rbmem_tutorial.training import train_flow_matching
 
 __all__ = [
     "Banana", "BayesianLinearRegression", "Calibration", "DATASETS", "EmpiricalOptimalVelocity",

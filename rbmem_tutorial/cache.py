@@ -40,8 +40,8 @@ from pathlib import Path
 
 import torch
 
-from . import _version
-from ._checks import check_writable_folder
+from rbmem_tutorial import _version
+from rbmem_tutorial._checks import check_writable_folder
 
 CACHE_ENV = "RBMEM_CACHE"
 DEFAULT_CACHE = "~/.cache/rbmem_tutorial"

@@ -20,9 +20,9 @@ from dataclasses import dataclass
 
 import torch
 
-from ._checks import check_positive, check_positive_int, check_tensor
-from .memorisation import RATIO_THRESHOLD, memorised_fraction
-from .posterior import generate
+from rbmem_tutorial._checks import check_positive, check_positive_int, check_tensor
+from rbmem_tutorial.memorisation import RATIO_THRESHOLD, memorised_fraction
+from rbmem_tutorial.posterior import generate
 
 
 @dataclass(frozen=True)

@@ -30,8 +30,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ._checks import check_tensor
-from .params import unflatten
+from rbmem_tutorial._checks import check_tensor
+from rbmem_tutorial.params import unflatten
 
 
 def _chain(model: nn.Module) -> list[tuple[str, nn.Linear]]:

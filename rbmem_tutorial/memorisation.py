@@ -34,7 +34,7 @@ from typing import NamedTuple
 
 import torch
 
-from ._checks import check_positive, check_positive_int, check_same_dim, check_tensor
+from rbmem_tutorial._checks import check_positive, check_positive_int, check_same_dim, check_tensor
 
 RATIO_THRESHOLD = 1 / 3
 """The literature's ratio threshold k: memorised when d1/d2 < 1/3 (equivalently c = 1/9)."""

@@ -23,7 +23,7 @@ from collections.abc import Sequence
 
 import torch
 
-from ._checks import check_positive, check_positive_int, check_same_dim, check_tensor
+from rbmem_tutorial._checks import check_positive, check_positive_int, check_same_dim, check_tensor
 
 DEFAULT_FACTORS = (0.25, 0.5, 1.0, 2.0, 4.0)
 CHUNK = 1024

@@ -61,17 +61,17 @@ from pathlib import Path
 
 import torch
 
-from ._checks import check_tensor
-from .cache import entry_path, save_atomic, save_entry, use_cached
-from .fitted import check_record, fit_record, record_of, to_float64
-from .laplace import LaplacePosterior, fit_laplace
-from .nets import RegressionAdapter
-from .objective import RegressionObjective, parameters_vector
-from .posterior_options import BASE_POINTS, PRIOR_MEANS, cache_key, check_options
-from .refinement import RefineRecord
-from .regression_set import flow_matching_regression_set, noise_std_from_residuals
-from .saving import build_net, net_architecture, read_saved, rebuilt, with_checksum
-from .subsets import ParameterSubset, parameter_subset, restrict_objective
+from rbmem_tutorial._checks import check_tensor
+from rbmem_tutorial.cache import entry_path, save_atomic, save_entry, use_cached
+from rbmem_tutorial.fitted import check_record, fit_record, record_of, to_float64
+from rbmem_tutorial.laplace import LaplacePosterior, fit_laplace
+from rbmem_tutorial.nets import RegressionAdapter
+from rbmem_tutorial.objective import RegressionObjective, parameters_vector
+from rbmem_tutorial.posterior_options import BASE_POINTS, PRIOR_MEANS, cache_key, check_options
+from rbmem_tutorial.refinement import RefineRecord
+from rbmem_tutorial.regression_set import flow_matching_regression_set, noise_std_from_residuals
+from rbmem_tutorial.saving import build_net, net_architecture, read_saved, rebuilt, with_checksum
+from rbmem_tutorial.subsets import ParameterSubset, parameter_subset, restrict_objective
 
 __all__ = ["BASE_POINTS", "PRIOR_MEANS", "FlowPosterior", "fit_flow_posterior"]
 

@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import torch
 
-from ._checks import check_choice, check_positive, check_positive_int
-from .laplace import STRUCTURES
-from .prior_tuning import TUNE_RTOL, TUNINGS
-from .subsets import parameter_subset
+from rbmem_tutorial._checks import check_choice, check_positive, check_positive_int
+from rbmem_tutorial.laplace import STRUCTURES
+from rbmem_tutorial.prior_tuning import TUNE_RTOL, TUNINGS
+from rbmem_tutorial.subsets import parameter_subset
 
 __all__ = ["BASE_POINTS", "PRIOR_MEANS", "cache_key", "check_options"]
 

@@ -4,6 +4,13 @@ The studies write one atomically stored cell per (method, scale, seed), resume a
 interruption, shard over processes started by ``torchrun`` and merge into CSV, JSON and figures.
 """
 
-from .tradeoff import METHODS, TradeoffConfig, cells, finish, profile_config, run_study
+from rbmem_tutorial.experiments.tradeoff import (
+    METHODS,
+    TradeoffConfig,
+    cells,
+    finish,
+    profile_config,
+    run_study,
+)
 
 __all__ = ["METHODS", "TradeoffConfig", "cells", "finish", "profile_config", "run_study"]

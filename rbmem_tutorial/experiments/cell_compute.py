@@ -16,24 +16,23 @@ from dataclasses import asdict, dataclass, field, replace
 import numpy as np
 import torch
 
-from rbmem_tutorial.memorisation import LOOSE_C, RATIO_THRESHOLD
-from rbmem_tutorial.quality import quality_report
-from rbmem_tutorial.report import memorisation_report
-
-from ..data import TOY_DATASETS, sample_dataset
-from ..objective import parameters_vector
-from ..pipeline import fit_flow_posterior
-from ..posterior import generate
-from ..riemannian import common_drift, linearised_objective
-from ..subsets import anchored, minibatch_objective
-from .flows import trained_flow
-from .geodesic_cells import (
+from rbmem_tutorial.data import TOY_DATASETS, sample_dataset
+from rbmem_tutorial.experiments.flows import trained_flow
+from rbmem_tutorial.experiments.geodesic_cells import (
     DRIFT_CONTROLS,
     TEMPERED,
     drift_control_sample,
     empty_diagnostics,
     geodesic_samples,
 )
+from rbmem_tutorial.memorisation import LOOSE_C, RATIO_THRESHOLD
+from rbmem_tutorial.objective import parameters_vector
+from rbmem_tutorial.pipeline import fit_flow_posterior
+from rbmem_tutorial.posterior import generate
+from rbmem_tutorial.quality import quality_report
+from rbmem_tutorial.report import memorisation_report
+from rbmem_tutorial.riemannian import common_drift, linearised_objective
+from rbmem_tutorial.subsets import anchored, minibatch_objective
 
 
 @dataclass

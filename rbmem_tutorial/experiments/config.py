@@ -8,13 +8,13 @@ from dataclasses import dataclass
 
 import torch
 
-from .._checks import check_choice, check_positive, check_positive_int
-from ..data import DATASETS, DIGITS_COUNT, TOY_DATASETS
-from ..image_nets import NETS
-from ..laplace import STRUCTURES
-from ..posterior_options import BASE_POINTS, PRIOR_MEANS
-from ..reference import REFERENCE, FlowConfig
-from .geodesic_cells import check_temperatures
+from rbmem_tutorial._checks import check_choice, check_positive, check_positive_int
+from rbmem_tutorial.data import DATASETS, DIGITS_COUNT, TOY_DATASETS
+from rbmem_tutorial.experiments.geodesic_cells import check_temperatures
+from rbmem_tutorial.image_nets import NETS
+from rbmem_tutorial.laplace import STRUCTURES
+from rbmem_tutorial.posterior_options import BASE_POINTS, PRIOR_MEANS
+from rbmem_tutorial.reference import REFERENCE, FlowConfig
 
 __all__ = ["METHODS", "SCALED", "TradeoffConfig", "scale_key"]
 

@@ -31,15 +31,14 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 
+from rbmem_tutorial.calibration import calibrate
 from rbmem_tutorial.coverage import outlier_rate, precision_recall
+from rbmem_tutorial.experiments.cell_compute import coordinate_generator
+from rbmem_tutorial.experiments.replicates import STEP_GRID, Replicate
+from rbmem_tutorial.memorisation import LOOSE_C, memorised_fraction
 from rbmem_tutorial.metrics import energy_distance, mmd2
-
-from ..calibration import calibrate
-from ..memorisation import LOOSE_C, memorised_fraction
-from ..posterior import generate
-from ..riemannian import exp_map
-from .cell_compute import coordinate_generator
-from .replicates import STEP_GRID, Replicate
+from rbmem_tutorial.posterior import generate
+from rbmem_tutorial.riemannian import exp_map
 
 SINGLE = ("map", "early-stop", "ensemble")
 GEODESIC = {  # method: (metric, temperature, largest scale, solver, rtol)

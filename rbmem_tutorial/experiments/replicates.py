@@ -18,14 +18,12 @@ from functools import cached_property
 
 import torch
 
-from rbmem_tutorial.training import train_flow_matching
-
-from ..cache import entry_path, load_cached, save_entry
-from ..data import load_dataset, sample_dataset
-from ..memorisation import memorised_fraction
-from ..objective import parameters_vector
-from ..pipeline import FlowPosterior, fit_flow_posterior
-from ..reference import (
+from rbmem_tutorial.cache import entry_path, load_cached, save_entry
+from rbmem_tutorial.data import load_dataset, sample_dataset
+from rbmem_tutorial.memorisation import memorised_fraction
+from rbmem_tutorial.objective import parameters_vector
+from rbmem_tutorial.pipeline import FlowPosterior, fit_flow_posterior
+from rbmem_tutorial.reference import (
     REFERENCE,
     FlowConfig,
     build_model,
@@ -33,6 +31,7 @@ from ..reference import (
     cache_trained,
     load_or_train,
 )
+from rbmem_tutorial.training import train_flow_matching
 
 STEP_GRID = tuple(range(50, 3001, 50)) + tuple(range(3250, REFERENCE.steps + 1, 250))
 """Adam steps at which checkpoints are kept (early stopping's knob), up to the MAP's 10,000."""

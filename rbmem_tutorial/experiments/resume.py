@@ -20,9 +20,9 @@ import shutil
 from dataclasses import MISSING, asdict, fields, replace
 from pathlib import Path
 
-from . import run_record, store
-from .config import TradeoffConfig
-from .flows import study_images
+from rbmem_tutorial.experiments import run_record, store
+from rbmem_tutorial.experiments.config import TradeoffConfig
+from rbmem_tutorial.experiments.flows import study_images
 
 #: Fields whose values index cells: new values add cells, the finished ones stay valid.
 CELL_FIELDS = ("train_seeds", "sample_seeds", "scales", "methods", "temperatures")

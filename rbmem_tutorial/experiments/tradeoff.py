@@ -43,24 +43,30 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .._checks import check_choice
-from ..data import DIGITS_COUNT
-from ..memorisation import nearest_two
-from ..subsets import parameter_subset
-from . import resume, store
-from .cell_compute import (
+from rbmem_tutorial._checks import check_choice
+from rbmem_tutorial.data import DIGITS_COUNT
+from rbmem_tutorial.experiments import resume, store
+from rbmem_tutorial.experiments.cell_compute import (
     SeedContext,
     parameter_samples,  # noqa: F401  (chapter 5 calls it from here)
     run_cell,
     seed_context,
 )
-from .cell_errors import CellError, cell_failure
-from .config import METHODS, SCALED, TradeoffConfig, scale_key
-from .flows import study_data, study_image_shape, study_images, study_net, trained_flow
-from .geodesic_cells import TEMPERED, temperature_key
-from .map_check import annotate as annotate_map_quality
-from .map_check import map_quality_warning
-from .progress import StudyProgress
+from rbmem_tutorial.experiments.cell_errors import CellError, cell_failure
+from rbmem_tutorial.experiments.config import METHODS, SCALED, TradeoffConfig, scale_key
+from rbmem_tutorial.experiments.flows import (
+    study_data,
+    study_image_shape,
+    study_images,
+    study_net,
+    trained_flow,
+)
+from rbmem_tutorial.experiments.geodesic_cells import TEMPERED, temperature_key
+from rbmem_tutorial.experiments.map_check import annotate as annotate_map_quality
+from rbmem_tutorial.experiments.map_check import map_quality_warning
+from rbmem_tutorial.experiments.progress import StudyProgress
+from rbmem_tutorial.memorisation import nearest_two
+from rbmem_tutorial.subsets import parameter_subset
 
 DIGITS = dict(dataset="digits", lr=2e-3, methods=METHODS[:5])
 PROFILES = {
@@ -256,7 +262,11 @@ def run_study(config: TradeoffConfig, out, *, progress: bool = True, rank: int =
 
 def finish(config: TradeoffConfig, out) -> list[dict]:
     """Merge every finished cell into ``results.csv``/``results.json`` and draw the figures."""
-    from .figures import frontier_figure, image_samples_figure, samples_figure
+    from rbmem_tutorial.experiments.figures import (
+        frontier_figure,
+        image_samples_figure,
+        samples_figure,
+    )
 
     images = study_images(config)
     train = study_data(config, images).train

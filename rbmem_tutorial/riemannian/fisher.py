@@ -141,9 +141,8 @@ from torch.func import jacrev, jvp, vmap
 
 from rbmem_tutorial import fast_mlp
 from rbmem_tutorial._checks import check_choice
-
-from ._checks import F64, check_float64, check_points
-from .fisher_mlp import MLPFisherPasses
+from rbmem_tutorial.riemannian._checks import F64, check_float64, check_points
+from rbmem_tutorial.riemannian.fisher_mlp import MLPFisherPasses
 
 __all__ = ["GRAM_METHODS", "FisherMetric"]
 

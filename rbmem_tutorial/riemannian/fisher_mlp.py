@@ -40,8 +40,7 @@ from __future__ import annotations
 import torch
 
 from rbmem_tutorial import fast_mlp
-
-from ._checks import F64
+from rbmem_tutorial.riemannian._checks import F64
 
 __all__ = ["MLPFisherPasses"]
 

@@ -36,19 +36,18 @@ import torch
 
 from rbmem_tutorial._checks import check_choice
 from rbmem_tutorial.objective import RegressionObjective
-
-from ._checks import check_float64, check_velocity
-from .fisher import FisherMetric
-from .monge import MongeMetric
-from .solve import (
+from rbmem_tutorial.riemannian._checks import check_float64, check_velocity
+from rbmem_tutorial.riemannian.fisher import FisherMetric
+from rbmem_tutorial.riemannian.monge import MongeMetric
+from rbmem_tutorial.riemannian.solve import (
     ADAPTIVE_METHODS,
     GeodesicResult,
     GeodesicSolveError,
     shoot,
     solver_options,
 )
-from .temperature import check_temperature, resolve_temperature
-from .tolerances import default_tolerance
+from rbmem_tutorial.riemannian.temperature import check_temperature, resolve_temperature
+from rbmem_tutorial.riemannian.tolerances import default_tolerance
 
 __all__ = [
     "ADAPTIVE_METHODS", "METRICS", "GeodesicResult", "GeodesicSolveError", "build_metric",

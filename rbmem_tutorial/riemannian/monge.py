@@ -36,9 +36,8 @@ from functools import partial
 import torch
 
 from rbmem_tutorial import fast_mlp
-
-from . import generic
-from .temperature import resolve_temperature
+from rbmem_tutorial.riemannian import generic
+from rbmem_tutorial.riemannian.temperature import resolve_temperature
 
 
 def _check_scalar_loss(loss, theta: torch.Tensor) -> None:

@@ -42,8 +42,7 @@ import math
 
 from rbmem_tutorial._checks import check_positive
 from rbmem_tutorial.objective import RegressionObjective
-
-from .linearised import LinearisedObjective, linearised_objective
+from rbmem_tutorial.riemannian.linearised import LinearisedObjective, linearised_objective
 
 TEMPERATURE_PRESETS = ("sum", "mean", "data-mean")
 
