@@ -9,8 +9,8 @@ from conftest import in_private_cache, results_by_key, run_study_in_two_processe
 
 from rbmem_tutorial.experiments import __main__ as cli
 from rbmem_tutorial.experiments import tradeoff
+from rbmem_tutorial.memorisation import memorisation_report
 from rbmem_tutorial.reference import load_or_train
-from rbmem_tutorial.report import memorisation_report
 
 pytestmark = pytest.mark.usefixtures("private_cache")  # a model cache of their own
 

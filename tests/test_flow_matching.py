@@ -1,15 +1,18 @@
-"""Tests of rbmem_tutorial.flow_matching against hand computations and closed forms."""
+"""Tests of rbmem_tutorial.flows.sampling against hand computations and closed forms."""
 
 import math
 
 import pytest
 import torch
 
-from rbmem_tutorial.flow_matching import METHODS, log_prob, sample
-from rbmem_tutorial.nets import VelocityMLP
-from rbmem_tutorial.optimal import EmpiricalOptimalVelocity
-from rbmem_tutorial.paths import cfm_loss, linear_path
-from rbmem_tutorial.training import train_flow_matching
+from rbmem_tutorial.flows import (
+    EmpiricalOptimalVelocity,
+    VelocityMLP,
+    cfm_loss,
+    linear_path,
+    train_flow_matching,
+)
+from rbmem_tutorial.flows.sampling import METHODS, log_prob, sample
 
 F64 = torch.float64
 
@@ -426,7 +429,7 @@ def test_log_prob_rejects_bad_input(kwargs, error, match):
 def test_docstring_examples_run():
     import doctest
 
-    from rbmem_tutorial import flow_matching, optimal, paths, training
+    from rbmem_tutorial.flows import optimal, paths, sampling, training
 
-    for module in (paths, training, optimal, flow_matching):
+    for module in (paths, training, optimal, sampling):
         assert doctest.testmod(module).failed == 0, module.__name__

@@ -10,10 +10,10 @@ from rbmem_tutorial.memorisation import (
     NearestTwo,
     is_memorised,
     memorisation_ratio,
+    memorisation_report,
     memorised_fraction,
     nearest_two,
 )
-from rbmem_tutorial.report import memorisation_report
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 

@@ -1,4 +1,4 @@
-"""Tests for rbmem_tutorial.metrics: sample quality against held-out data."""
+"""Tests for rbmem_tutorial.memorisation.distances: sample quality against held-out data."""
 
 import math
 
@@ -6,15 +6,18 @@ import pytest
 import scipy.stats
 import torch
 
-from rbmem_tutorial.coverage import GeneralisationGap, generalisation_gap, precision_recall
-from rbmem_tutorial.metrics import (
+from rbmem_tutorial.memorisation import (
+    GeneralisationGap,
     default_bandwidths,
     energy_distance,
+    generalisation_gap,
+    held_out_log_likelihood,
     median_heuristic,
     mmd2,
+    precision_recall,
+    quality_report,
     sliced_wasserstein,
 )
-from rbmem_tutorial.quality import held_out_log_likelihood, quality_report
 
 
 def pairwise(a, b):

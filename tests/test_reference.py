@@ -8,6 +8,7 @@ import torch
 
 from rbmem_tutorial.cache import cache_dir
 from rbmem_tutorial.data import load_dataset
+from rbmem_tutorial.flows import train_flow_matching
 from rbmem_tutorial.reference import (
     REFERENCE,
     FlowConfig,
@@ -16,7 +17,6 @@ from rbmem_tutorial.reference import (
     cache_path,
     load_or_train,
 )
-from rbmem_tutorial.training import train_flow_matching
 
 TINY = FlowConfig(n_train=6, n_test=20, hidden=(8,), steps=30, batch_size=16)
 

@@ -11,9 +11,9 @@ import torch
 from rbmem_tutorial._checks import check_choice, check_positive, check_positive_int
 from rbmem_tutorial.data import DATASETS, DIGITS_COUNT, TOY_DATASETS
 from rbmem_tutorial.experiments.geodesic_cells import check_temperatures
-from rbmem_tutorial.image_nets import NETS
-from rbmem_tutorial.laplace import STRUCTURES
-from rbmem_tutorial.posterior_options import BASE_POINTS, PRIOR_MEANS
+from rbmem_tutorial.flows.image_nets import NETS
+from rbmem_tutorial.laplace.options import BASE_POINTS, PRIOR_MEANS
+from rbmem_tutorial.laplace.structures import STRUCTURES
 from rbmem_tutorial.reference import REFERENCE, FlowConfig
 
 __all__ = ["METHODS", "SCALED", "TradeoffConfig", "scale_key"]
@@ -33,7 +33,7 @@ class TradeoffConfig:
     images not used for training (half of them score quality, the other half are the
     true-sample baseline). ``param_subset`` ``None`` puts the posterior on every weight;
     ``geodesic_batch`` ``None`` runs geodesics on all frozen pairs. ``prior_mean`` and
-    ``base_point`` go to :func:`~rbmem_tutorial.pipeline.fit_flow_posterior`;
+    ``base_point`` go to :func:`~rbmem_tutorial.laplace.pipeline.fit_flow_posterior`;
     ``temperatures`` are the Monge metric's temperatures (numbers, ``"sum"``, ``"mean"``,
     ``"data-mean"``), over which the tempered methods' cells are expanded
     (:mod:`.geodesic_cells`). ``geodesic_rtol`` (= atol) ``None`` solves each cell's geodesics

@@ -20,9 +20,10 @@ import torch
 
 from rbmem_tutorial.cache import entry_path, load_cached, save_entry
 from rbmem_tutorial.data import load_dataset, sample_dataset
-from rbmem_tutorial.memorisation import memorised_fraction
-from rbmem_tutorial.objective import parameters_vector
-from rbmem_tutorial.pipeline import FlowPosterior, fit_flow_posterior
+from rbmem_tutorial.flows.training import train_flow_matching
+from rbmem_tutorial.laplace.params import parameters_vector
+from rbmem_tutorial.laplace.pipeline import FlowPosterior, fit_flow_posterior
+from rbmem_tutorial.memorisation.ratio import memorised_fraction
 from rbmem_tutorial.reference import (
     REFERENCE,
     FlowConfig,
@@ -31,7 +32,6 @@ from rbmem_tutorial.reference import (
     cache_trained,
     load_or_train,
 )
-from rbmem_tutorial.training import train_flow_matching
 
 STEP_GRID = tuple(range(50, 3001, 50)) + tuple(range(3250, REFERENCE.steps + 1, 250))
 """Adam steps at which checkpoints are kept (early stopping's knob), up to the MAP's 10,000."""

@@ -1,7 +1,8 @@
 """The trade-off study: memorisation against sample quality, per posterior and scale.
 
 For each training seed the study trains the MAP velocity net (and an early-stopped one), builds
-the frozen objective and a Laplace posterior (:func:`rbmem_tutorial.pipeline.fit_flow_posterior`),
+the frozen objective and a Laplace posterior
+(:func:`rbmem_tutorial.laplace.pipeline.fit_flow_posterior`),
 then fills one *cell* per (method, scale, training seed, sampling seed):
 
 - ``map``: the refined mode θ*; ``early-stop``: the net after ``early_steps`` SGD steps;
@@ -28,8 +29,8 @@ other cells ran, in what order, or on how many processes.
 
 Scaling up (chapter 6): images (``dataset="digits"`` or a user's ``data_file``) with an MLP or
 the convolutional net (``net="conv"``); a posterior over a weight subset (``param_subset``,
-see :mod:`rbmem_tutorial.subsets`); geodesics on a fixed mini-batch of ``geodesic_batch`` frozen
-pairs; profiles sized for one GPU. Several processes share the work cell by cell (a cell's
+see :mod:`rbmem_tutorial.laplace.subsets`); geodesics on a fixed mini-batch of ``geodesic_batch``
+frozen pairs; profiles sized for one GPU. Several processes share the work cell by cell (a cell's
 parameter samples are not split across processes).
 """
 
@@ -65,8 +66,8 @@ from rbmem_tutorial.experiments.geodesic_cells import TEMPERED, temperature_key
 from rbmem_tutorial.experiments.map_check import annotate as annotate_map_quality
 from rbmem_tutorial.experiments.map_check import map_quality_warning
 from rbmem_tutorial.experiments.progress import StudyProgress
-from rbmem_tutorial.memorisation import nearest_two
-from rbmem_tutorial.subsets import parameter_subset
+from rbmem_tutorial.laplace.subsets import parameter_subset
+from rbmem_tutorial.memorisation.ratio import nearest_two
 
 DIGITS = dict(dataset="digits", lr=2e-3, methods=METHODS[:5])
 PROFILES = {

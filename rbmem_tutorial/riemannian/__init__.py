@@ -1,4 +1,5 @@
 """Riemannian Laplace: geodesics of a metric on parameter space and the sampler built on them.
+Chapter 4 (Riemannian Laplace) teaches it; chapter 5 uses it to reduce memorisation.
 
 Map of the subpackage:
 
@@ -16,7 +17,8 @@ Map of the subpackage:
   network (``metric="fisher"``);
 - :mod:`.linearised` — the loss of the network linearised at θ*;
 - :mod:`.sampler` — :class:`RiemannianLaplace`, Laplace tangent vectors through ``Exp_θ*``;
-- :mod:`.diagnostics` — per-sample travel and loss rise, and :func:`common_drift`.
+- :mod:`.diagnostics` — per-sample travel and loss rise, and :func:`common_drift`;
+- :mod:`.toys` — posteriors known in closed form (a banana, Bayesian linear regression).
 """
 
 from rbmem_tutorial.riemannian._checks import F64

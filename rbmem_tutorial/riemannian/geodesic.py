@@ -35,7 +35,7 @@ from __future__ import annotations
 import torch
 
 from rbmem_tutorial._checks import check_choice
-from rbmem_tutorial.objective import RegressionObjective
+from rbmem_tutorial.laplace.objective import RegressionObjective
 from rbmem_tutorial.riemannian._checks import check_float64, check_velocity
 from rbmem_tutorial.riemannian.fisher import FisherMetric
 from rbmem_tutorial.riemannian.monge import MongeMetric
@@ -120,7 +120,7 @@ def geodesic_acceleration(
 
     equals ``−Γᵏᵢⱼ θ̇ⁱ θ̇ʲ`` for the Christoffel symbols of ``I + ∇L∇Lᵀ/T²``. It costs one
     gradient and the curvature ``θ̇ᵀ∇²L θ̇``: an HVP in general, a cheaper second-order forward
-    pass for MLP regression objectives (:mod:`rbmem_tutorial.fast_mlp`).
+    pass for MLP regression objectives (:mod:`rbmem_tutorial.laplace.fast_mlp`).
 
     Parameters
     ----------

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import torch
 
 from rbmem_tutorial._checks import check_positive, check_positive_int
-from rbmem_tutorial.memorisation import (
+from rbmem_tutorial.memorisation.ratio import (
     LOOSE_C,
     RATIO_THRESHOLD,
     NearestTwo,
@@ -84,7 +84,7 @@ class MemorisationReport:
         Example
         -------
         >>> import torch
-        >>> from rbmem_tutorial.report import memorisation_report
+        >>> from rbmem_tutorial.memorisation.report import memorisation_report
         >>> train = torch.tensor([[0.0, 0.0], [4.0, 0.0]])
         >>> rep = memorisation_report(torch.tensor([[0.1, 0.0], [2.0, 0.0]]), train)
         >>> lo, hi = rep.bootstrap_interval(generator=torch.Generator().manual_seed(0))
@@ -125,7 +125,7 @@ def memorisation_report(
     Example
     -------
     >>> import torch
-    >>> from rbmem_tutorial.report import memorisation_report
+    >>> from rbmem_tutorial.memorisation.report import memorisation_report
     >>> train = torch.tensor([[0.0, 0.0], [4.0, 0.0], [0.0, 4.0]])
     >>> gen = torch.tensor([[0.1, 0.0], [3.9, 0.1], [2.0, 2.0]])
     >>> rep = memorisation_report(gen, train)

@@ -11,8 +11,8 @@ from typing import NamedTuple
 import torch
 
 from rbmem_tutorial._checks import check_positive_int, check_tensor
-from rbmem_tutorial.memorisation import nearest_two
-from rbmem_tutorial.metrics import CHUNK, check_pair, sq_dists
+from rbmem_tutorial.memorisation.distances import CHUNK, check_pair, sq_dists
+from rbmem_tutorial.memorisation.ratio import nearest_two
 
 __all__ = ["GeneralisationGap", "PrecisionRecall", "generalisation_gap", "outlier_rate",
            "precision_recall"]
@@ -94,7 +94,7 @@ def precision_recall(generated, real, k: int = 3) -> PrecisionRecall:
     Example
     -------
     >>> import torch
-    >>> from rbmem_tutorial.coverage import precision_recall
+    >>> from rbmem_tutorial.memorisation.coverage import precision_recall
     >>> x = torch.randn(50, 2, generator=torch.Generator().manual_seed(0))
     >>> precision_recall(x, x)
     PrecisionRecall(precision=1.0, recall=1.0)
@@ -144,12 +144,12 @@ def generalisation_gap(
     Nearest-neighbour distances shrink as a set grows, so the larger of the two sets is
     compared through ``repeats`` random subsets of the smaller one's size (drawn from
     ``generator``), and the subset means are averaged. Distances are exact
-    (:func:`rbmem_tutorial.memorisation.nearest_two`).
+    (:func:`rbmem_tutorial.memorisation.ratio.nearest_two`).
 
     Example
     -------
     >>> import torch
-    >>> from rbmem_tutorial.coverage import generalisation_gap
+    >>> from rbmem_tutorial.memorisation.coverage import generalisation_gap
     >>> train, test = torch.tensor([[0.0], [10.0]]), torch.tensor([[1.0], [11.0]])
     >>> generalisation_gap(train + 0.5, train, test)
     GeneralisationGap(train=0.5, test=0.5, ratio=1.0)

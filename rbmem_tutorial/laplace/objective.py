@@ -12,13 +12,14 @@ regression, z_n = [x_t, t] ↦ y_n = x_1 − x_0, and gives the negative log pos
 
 a Gaussian likelihood with noise standard deviation σ (one number, or one per output dimension)
 and a Gaussian prior θ ~ N(0, λ⁻¹ I), centred at zero unless a ``prior_mean`` m is given
-(then λ/2 ‖θ − m‖²; :func:`~rbmem_tutorial.pipeline.fit_flow_posterior` centres it at θ_SGD).
+(then λ/2 ‖θ − m‖²; :func:`~rbmem_tutorial.laplace.pipeline.fit_flow_posterior` centres it at
+θ_SGD).
 Constants are dropped from L; they come back in the Laplace evidence
 (:mod:`rbmem_tutorial.laplace`).
 
-The frozen draws and σ come from :mod:`rbmem_tutorial.regression_set`, the refinement to a
-stationary point from :mod:`rbmem_tutorial.refinement`, the KFAC factors from
-:mod:`rbmem_tutorial.kronecker`; their public names are importable from here as well.
+The frozen draws and σ come from :mod:`rbmem_tutorial.laplace.regression_set`, the refinement to a
+stationary point from :mod:`rbmem_tutorial.laplace.refinement`, the KFAC factors from
+:mod:`rbmem_tutorial.laplace.kronecker`; their public names are importable from here as well.
 
 Everything here is float64 and a pure function of the flat parameter vector θ, whose entries
 follow ``model.named_parameters()`` order (as ``torch.nn.utils.parameters_to_vector``). See
@@ -36,8 +37,8 @@ import torch
 from torch.func import functional_call, grad, jacrev, jvp, vmap
 
 from rbmem_tutorial._checks import check_module, check_positive, check_positive_int, check_tensor
-from rbmem_tutorial.kronecker import KroneckerFactors, kronecker_factors
-from rbmem_tutorial.params import converted, linear_layers, parameters_vector, unflatten
+from rbmem_tutorial.laplace.kronecker import KroneckerFactors, kronecker_factors
+from rbmem_tutorial.laplace.params import converted, linear_layers, parameters_vector, unflatten
 
 __all__ = ["RegressionObjective"]
 
@@ -51,7 +52,7 @@ class RegressionObjective:
                + \\frac{λ}{2} \\lVert θ − m \\rVert^2
 
     The prior is N(m, λ⁻¹ I). By default it is centred at zero, m = 0, so changing λ moves the
-    minimiser; :func:`~rbmem_tutorial.pipeline.fit_flow_posterior` centres it at the trained
+    minimiser; :func:`~rbmem_tutorial.laplace.pipeline.fit_flow_posterior` centres it at the trained
     parameters instead (``prior_mean``), which keeps the refined mode close to them.
     The model is copied to float64 on the device of ``inputs``; the caller's model is untouched.
 
@@ -185,7 +186,7 @@ class RegressionObjective:
         that is, the prior re-centred at m' (expand (λ/2)‖θ − m'‖²). The result is an
         ordinary ``RegressionObjective`` (the fused MLP kernel, weight subsets and mini-batches
         all apply), with the likelihood term, GGN and Hessian of L. It equals
-        :func:`~rbmem_tutorial.subsets.anchored` ``(L, θ0, 0)`` up to a constant. The tilt
+        :func:`~rbmem_tutorial.laplace.subsets.anchored` ``(L, θ0, 0)`` up to a constant. The tilt
         belongs to this λ: :meth:`with_prior_precision` keeps m', so another λ leaves θ0 no
         longer stationary. The Laplace evidence of a tilted objective is that of the re-centred
         prior, not of the model; tune λ on L itself.
@@ -249,7 +250,7 @@ class RegressionObjective:
         self, theta: torch.Tensor, *, chunk_size: int = 256
     ) -> list[KroneckerFactors]:
         """KFAC factors (A, G) of every ``nn.Linear`` layer, in module order
-        (:func:`~rbmem_tutorial.kronecker.kronecker_factors`)."""
+        (:func:`~rbmem_tutorial.laplace.kronecker.kronecker_factors`)."""
         return kronecker_factors(self, theta, chunk_size=chunk_size)
 
     def linear_layer_slices(self) -> list[tuple[str, slice, slice | None]]:

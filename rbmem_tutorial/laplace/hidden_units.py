@@ -31,7 +31,7 @@ import torch
 from torch import nn
 
 from rbmem_tutorial._checks import check_tensor
-from rbmem_tutorial.params import unflatten
+from rbmem_tutorial.laplace.params import unflatten
 
 
 def _chain(model: nn.Module) -> list[tuple[str, nn.Linear]]:

@@ -3,8 +3,8 @@
 The GGN block of a linear layer is approximated by a Kronecker product N · G ⊗ A of a small
 input factor A and output factor G (Martens & Grosse 2015, arXiv 1503.05671; the KFAC Laplace of
 Ritter, Botev & Barber 2018). :func:`kronecker_factors` computes them for every layer of a
-:class:`~rbmem_tutorial.objective.RegressionObjective` (also as its method
-``kronecker_factors``), and :class:`~rbmem_tutorial.laplace.KronLaplace` inverts them.
+:class:`~rbmem_tutorial.laplace.objective.RegressionObjective` (also as its method
+``kronecker_factors``), and :class:`~rbmem_tutorial.laplace.structures.KronLaplace` inverts them.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import torch
 from torch.func import functional_call
 
 from rbmem_tutorial._checks import check_positive_int
-from rbmem_tutorial.params import linear_layers, unflatten
+from rbmem_tutorial.laplace.params import linear_layers, unflatten
 
 __all__ = ["KroneckerFactors", "kronecker_factors"]
 
@@ -45,7 +45,7 @@ class KroneckerFactors:
 def kronecker_factors(objective, theta: torch.Tensor, *, chunk_size: int = 256
                       ) -> list[KroneckerFactors]:
     """KFAC factors (A, G) of every ``nn.Linear`` layer of a
-    :class:`~rbmem_tutorial.objective.RegressionObjective` ``objective``, in module order.
+    :class:`~rbmem_tutorial.laplace.objective.RegressionObjective` ``objective``, in module order.
 
     See :class:`KroneckerFactors` for the definitions. Each layer must run exactly once per
     forward pass, and the ``nn.Linear`` layers must hold all of the model's parameters.
@@ -56,8 +56,8 @@ def kronecker_factors(objective, theta: torch.Tensor, *, chunk_size: int = 256
     For one layer without bias the approximation is exact: N · G ⊗ A is the GGN.
 
     >>> from torch import nn
-    >>> from rbmem_tutorial.objective import RegressionObjective
-    >>> from rbmem_tutorial.params import parameters_vector
+    >>> from rbmem_tutorial.laplace.objective import RegressionObjective
+    >>> from rbmem_tutorial.laplace.params import parameters_vector
     >>> lin = nn.Linear(3, 2, bias=False)
     >>> obj = RegressionObjective(lin, torch.randn(10, 3), torch.randn(10, 2), 0.5, 1.0)
     >>> theta = parameters_vector(obj.model)

@@ -1,6 +1,6 @@
 """The fitted part of a flow posterior as a plain record: the refined θ*, the tuned λ and the
-refinement records, as :func:`~rbmem_tutorial.pipeline.fit_flow_posterior` computes them, stores
-them in the cache and in saved files, and checks them when they are read back.
+refinement records, as :func:`~rbmem_tutorial.laplace.pipeline.fit_flow_posterior` computes them,
+stores them in the cache and in saved files, and checks them when they are read back.
 """
 
 from __future__ import annotations
@@ -9,15 +9,15 @@ from dataclasses import asdict
 
 import torch
 
-from rbmem_tutorial.prior_tuning import refine_and_tune
-from rbmem_tutorial.refinement import refine_map
+from rbmem_tutorial.laplace.prior_tuning import refine_and_tune
+from rbmem_tutorial.laplace.refinement import refine_map
 
 __all__ = ["check_record", "fit_record", "record_of", "to_float64"]
 
 
 def fit_record(setup, options) -> dict:
-    """Refine θ* and tune λ (:mod:`rbmem_tutorial.prior_tuning`); a plain record for the cache
-    and for files. Nothing to refine for a base point θ_SGD with a given λ."""
+    """Refine θ* and tune λ (:mod:`rbmem_tutorial.laplace.prior_tuning`); a plain record for the
+    cache and for files. Nothing to refine for a base point θ_SGD with a given λ."""
     lam = options["prior_precision"]
     if lam is not None and options["base_point"] != "refined":
         return {"theta_map": None, "prior_precision": lam, "refine_first": None,
@@ -35,7 +35,7 @@ def fit_record(setup, options) -> dict:
 
 
 def record_of(fp) -> dict:
-    """The fitted record of a :class:`~rbmem_tutorial.pipeline.FlowPosterior`."""
+    """The fitted record of a :class:`~rbmem_tutorial.laplace.pipeline.FlowPosterior`."""
     refined = fp.theta_refined
     return {"theta_map": None if refined is None else refined.detach().cpu(),
             "prior_precision": fp.posterior.prior_precision,

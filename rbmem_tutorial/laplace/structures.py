@@ -1,6 +1,6 @@
 """Laplace approximations of the posterior over network parameters, with evidence-tuned prior.
 
-Around a minimiser θ* of the negative log posterior L (:class:`~rbmem_tutorial.objective.
+Around a minimiser θ* of the negative log posterior L (:class:`~rbmem_tutorial.laplace.objective.
 RegressionObjective`), the Laplace approximation is
 
 .. math::
@@ -41,7 +41,7 @@ with residuals r at θ* (the 2π factors of prior and Gaussian integral cancel).
 Bayesian linear regression. With θ* held fixed, as is usual, its derivative in log λ is
 ½(γ − λ‖θ* − m‖²) with γ = Σ_i e_i / (e_i + λ), which decreases in λ: the maximiser is unique
 and is MacKay's fixed point λ = γ / ‖θ* − m‖², which
-:func:`~rbmem_tutorial.prior_tuning.optimal_prior_precision` finds by bracketing. Only the
+:func:`~rbmem_tutorial.laplace.prior_tuning.optimal_prior_precision` finds by bracketing. Only the
 offset from the prior mean enters: a prior centred at θ* itself has no finite maximiser.
 
 **One λ.** The tuned λ becomes the λ of the objective that the posterior carries
@@ -66,8 +66,8 @@ import math
 import torch
 
 from rbmem_tutorial._checks import check_choice
-from rbmem_tutorial.base import LaplacePosterior
-from rbmem_tutorial.objective import RegressionObjective
+from rbmem_tutorial.laplace.base import LaplacePosterior
+from rbmem_tutorial.laplace.objective import RegressionObjective
 
 __all__ = [
     "DiagLaplace",
@@ -129,7 +129,8 @@ class KronLaplace(LaplacePosterior):
 
     With A = U_A diag(a) U_Aᵀ and G = U_G diag(g) U_Gᵀ, P = (U_G ⊗ U_A) diag(N g ⊗ a + λ)
     (U_G ⊗ U_A)ᵀ, so Σ^{1/2} z = U_G (Z / sqrt(N g aᵀ + λ)) U_Aᵀ for Z the latent reshaped to
-    the augmented layer matrix [W | b] (see :class:`~rbmem_tutorial.kronecker.KroneckerFactors`).
+    the augmented layer matrix [W | b] (see
+    :class:`~rbmem_tutorial.laplace.kronecker.KroneckerFactors`).
     Exact, layer by layer, wherever G_n = Σ_j g_{n,j} g_{n,j}ᵀ/σ_j² is the same for every
     example: for a model that is one ``nn.Linear`` layer (any output dimension) and for the
     block of the output layer of any network.
@@ -243,7 +244,7 @@ def fit_laplace(
     objective : RegressionObjective
         The frozen negative log posterior; its own λ is ignored here.
     theta_map : Tensor [D]
-        θ*, ideally refined with :func:`~rbmem_tutorial.refinement.refine_map`.
+        θ*, ideally refined with :func:`~rbmem_tutorial.laplace.refinement.refine_map`.
     structure : {"full", "diag", "kfac", "last_layer"}
     prior_precision : float, optional
         λ; by default the maximiser of the Laplace evidence (:func:`optimal_prior_precision`).
@@ -254,7 +255,7 @@ def fit_laplace(
 
     Example
     -------
-    >>> from rbmem_tutorial.objective import RegressionObjective, parameters_vector
+    >>> from rbmem_tutorial.laplace import RegressionObjective, parameters_vector
     >>> lin = torch.nn.Linear(2, 1)
     >>> obj = RegressionObjective(lin, torch.randn(30, 2), torch.randn(30, 1), 1.0, 1.0)
     >>> post = fit_laplace(obj, parameters_vector(obj.model), "diag", prior_precision=2.0)

@@ -1,8 +1,8 @@
 """The flat parameter vector θ of a network: the shared primitives of chapter 3.
 
 Everything that treats a network as a function of one flat vector θ (the objective, its KFAC
-factors, the sampled nets of :mod:`rbmem_tutorial.posterior`) reads and writes θ through these
-helpers. Its entries follow ``model.named_parameters()`` order (as
+factors, the sampled nets of :mod:`rbmem_tutorial.laplace.sampled_nets`) reads and writes θ through
+these helpers. Its entries follow ``model.named_parameters()`` order (as
 ``torch.nn.utils.parameters_to_vector``).
 """
 

@@ -12,7 +12,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from rbmem_tutorial._checks import check_choice, check_positive, check_positive_int, check_tensor
-from rbmem_tutorial.paths import fm_loss
+from rbmem_tutorial.flows.paths import fm_loss
 
 __all__ = ["train_flow_matching"]
 
@@ -65,7 +65,7 @@ def train_flow_matching(
 
     Example
     -------
-    >>> from rbmem_tutorial.nets import VelocityMLP
+    >>> from rbmem_tutorial.flows.nets import VelocityMLP
     >>> history = train_flow_matching(VelocityMLP(2), torch.randn(8, 2), steps=20, progress=False)
     >>> history.shape
     torch.Size([20])

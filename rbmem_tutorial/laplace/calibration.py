@@ -21,8 +21,8 @@ from dataclasses import dataclass
 import torch
 
 from rbmem_tutorial._checks import check_positive, check_positive_int, check_tensor
-from rbmem_tutorial.memorisation import RATIO_THRESHOLD, memorised_fraction
-from rbmem_tutorial.posterior import generate
+from rbmem_tutorial.laplace.sampled_nets import generate
+from rbmem_tutorial.memorisation.ratio import RATIO_THRESHOLD, memorised_fraction
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,7 @@ Flow matching trains on fresh Monte-Carlo draws of (x_0, t) at every step; a Lap
 approximation needs one fixed function of θ. :func:`flow_matching_regression_set` freezes K
 draws per training point into inputs z = [x_t, t] and targets y = x_1 − x_0, and
 :func:`noise_std_from_residuals` sets the Gaussian likelihood's σ from the residuals of the
-trained net. Both feed :class:`~rbmem_tutorial.objective.RegressionObjective`.
+trained net. Both feed :class:`~rbmem_tutorial.laplace.objective.RegressionObjective`.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from rbmem_tutorial._checks import check_positive_int, check_tensor
-from rbmem_tutorial.objective import RegressionObjective
+from rbmem_tutorial.laplace.objective import RegressionObjective
 
 __all__ = ["flow_matching_regression_set", "noise_std_from_residuals"]
 
@@ -79,12 +79,12 @@ def noise_std_from_residuals(
     ``per_dimension=True`` each output j gets its own σ_j² = (1/N) Σ_n r_{n,j}², returned as a
     float64 tensor [out]; otherwise a float.
 
-    ``source`` is a :class:`~rbmem_tutorial.objective.RegressionObjective` (its data are used
-    unless ``inputs`` and ``targets`` are given) or an ``nn.Module`` (then both are required).
+    ``source`` is a :class:`~rbmem_tutorial.laplace.objective.RegressionObjective` (its data are
+    used unless ``inputs`` and ``targets`` are given) or an ``nn.Module`` (then both are required).
 
     Example
     -------
-    >>> from rbmem_tutorial.params import parameters_vector
+    >>> from rbmem_tutorial.laplace.params import parameters_vector
     >>> lin = torch.nn.Linear(1, 1)
     >>> z = torch.randn(20, 1)
     >>> round(noise_std_from_residuals(lin, parameters_vector(lin), z, lin(z).detach() + 1), 6)

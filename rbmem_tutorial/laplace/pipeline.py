@@ -2,7 +2,7 @@
 chapter and the experiment scripts share.
 
 1. Freeze K draws of (x_0, t) per training point, so the flow-matching loss becomes the fixed
-   regression objective L(θ) of :class:`~rbmem_tutorial.objective.RegressionObjective`.
+   regression objective L(θ) of :class:`~rbmem_tutorial.laplace.objective.RegressionObjective`.
 2. Set the noise σ from the residuals of the trained net θ_SGD.
 3. Refine θ_SGD to a stationary point θ* of L: SGD on fresh draws stops near, not at, a
    minimiser of the frozen objective.
@@ -32,10 +32,12 @@ gradient by a linear term,
     \\tilde L(θ) = L(θ) − ∇L(θ_{\\mathrm{SGD}})^\\top (θ − θ_{\\mathrm{SGD}}),
 
 which is stationary at θ_SGD with the Hessian of L
-(:meth:`~rbmem_tutorial.objective.RegressionObjective.tilted`; the construction of
-:func:`~rbmem_tutorial.subsets.anchored`); its samples are spread around θ_SGD without the drift.
+(:meth:`~rbmem_tutorial.laplace.objective.RegressionObjective.tilted`; the construction of
+:func:`~rbmem_tutorial.laplace.subsets.anchored`); its samples are spread around θ_SGD without the
+drift.
 
-**λ** (``tune``, :mod:`rbmem_tutorial.prior_tuning`). ``"evidence-once"``, the default, tunes
+**λ** (``tune``, :mod:`rbmem_tutorial.laplace.prior_tuning`). ``"evidence-once"``, the default,
+tunes
 λ once at the first θ* and refines θ* at it; λ then need not maximise the evidence at the final
 θ*, and ``tune_history`` records the λ that would. ``"fixed-point"`` alternates tuning and
 refining until λ changes by less than 1%. With the prior centred at θ_SGD that runs towards
@@ -44,7 +46,8 @@ a zero-mean prior it is MacKay's usual fixed point.
 
 **Weight subsets** (chapter 6). With ``param_subset`` the posterior covers only the chosen
 entries S of θ, the others fixed at the base point: the Laplace posterior is fitted to the
-restricted objective L_S (:func:`~rbmem_tutorial.subsets.restrict_objective`), whose geodesics
+restricted objective L_S (:func:`~rbmem_tutorial.laplace.subsets.restrict_objective`), whose
+geodesics
 are the Riemannian samples, and λ is tuned by the evidence of that posterior. θ* is refined on
 the full objective (a stationary point of L is one of L_S).
 
@@ -63,15 +66,20 @@ import torch
 
 from rbmem_tutorial._checks import check_tensor
 from rbmem_tutorial.cache import entry_path, save_atomic, save_entry, use_cached
-from rbmem_tutorial.fitted import check_record, fit_record, record_of, to_float64
-from rbmem_tutorial.laplace import LaplacePosterior, fit_laplace
-from rbmem_tutorial.nets import RegressionAdapter
-from rbmem_tutorial.objective import RegressionObjective, parameters_vector
-from rbmem_tutorial.posterior_options import BASE_POINTS, PRIOR_MEANS, cache_key, check_options
-from rbmem_tutorial.refinement import RefineRecord
-from rbmem_tutorial.regression_set import flow_matching_regression_set, noise_std_from_residuals
+from rbmem_tutorial.flows.nets import RegressionAdapter
+from rbmem_tutorial.laplace.base import LaplacePosterior
+from rbmem_tutorial.laplace.fitted import check_record, fit_record, record_of, to_float64
+from rbmem_tutorial.laplace.objective import RegressionObjective
+from rbmem_tutorial.laplace.options import BASE_POINTS, PRIOR_MEANS, cache_key, check_options
+from rbmem_tutorial.laplace.params import parameters_vector
+from rbmem_tutorial.laplace.refinement import RefineRecord
+from rbmem_tutorial.laplace.regression_set import (
+    flow_matching_regression_set,
+    noise_std_from_residuals,
+)
+from rbmem_tutorial.laplace.structures import fit_laplace
+from rbmem_tutorial.laplace.subsets import ParameterSubset, parameter_subset, restrict_objective
 from rbmem_tutorial.saving import build_net, net_architecture, read_saved, rebuilt, with_checksum
-from rbmem_tutorial.subsets import ParameterSubset, parameter_subset, restrict_objective
 
 __all__ = ["BASE_POINTS", "PRIOR_MEANS", "FlowPosterior", "fit_flow_posterior"]
 
@@ -125,7 +133,7 @@ class FlowPosterior:
 
     Example
     -------
-    >>> from rbmem_tutorial.nets import VelocityMLP
+    >>> from rbmem_tutorial.flows.nets import VelocityMLP
     >>> _ = torch.manual_seed(0)
     >>> fp = fit_flow_posterior(VelocityMLP(2, hidden=(4,)), torch.randn(3, 2),
     ...                         draws_per_point=2, use_cache=False)
@@ -165,7 +173,7 @@ class FlowPosterior:
         Example
         -------
         >>> import tempfile, pathlib
-        >>> from rbmem_tutorial.nets import VelocityMLP
+        >>> from rbmem_tutorial.flows.nets import VelocityMLP
         >>> _ = torch.manual_seed(0)
         >>> fp = fit_flow_posterior(VelocityMLP(2, hidden=(4,)), torch.randn(3, 2),
         ...                         draws_per_point=2, use_cache=False)
@@ -268,7 +276,7 @@ def fit_flow_posterior(
         keyed by the net's parameters, the data and every option that changes them; a damaged
         entry is named on stderr, moved aside and recomputed.
     param_subset : str, optional
-        Weights the posterior covers (:func:`~rbmem_tutorial.subsets.parameter_subset`:
+        Weights the posterior covers (:func:`~rbmem_tutorial.laplace.subsets.parameter_subset`:
         ``"all"``, ``"first"``, ``"last"``, ``"lastK"`` or name patterns of the velocity net);
         ``None`` for all.
     chunk_size : int, optional
@@ -276,7 +284,7 @@ def fit_flow_posterior(
         keep one chunk's Jacobian [chunk, d, D] under 256 MB. Memory only, not results.
     refine_iterations, newton_steps : int
         L-BFGS iterations and Newton-CG steps of each refinement
-        (:func:`~rbmem_tutorial.refinement.refine_map`'s ``max_iter`` and ``newton_steps``).
+        (:func:`~rbmem_tutorial.laplace.refinement.refine_map`'s ``max_iter`` and ``newton_steps``).
         Fewer make large nets affordable on a CPU at the price of a less stationary θ*: check
         ``refine_final.grad_norm_after``.
     prior_mean : {"sgd", "zero"}
@@ -290,7 +298,7 @@ def fit_flow_posterior(
 
     Example
     -------
-    >>> from rbmem_tutorial.nets import VelocityMLP
+    >>> from rbmem_tutorial.flows.nets import VelocityMLP
     >>> _ = torch.manual_seed(0)
     >>> fp = fit_flow_posterior(VelocityMLP(2, hidden=(8,)), torch.randn(4, 2), draws_per_point=4)
     >>> fp.posterior.sample(3).shape

@@ -8,8 +8,8 @@ import torch
 from torch import nn
 
 from rbmem_tutorial._checks import check_positive, check_same_dim, check_tensor
-from rbmem_tutorial.nets import time_column
-from rbmem_tutorial.paths import check_times
+from rbmem_tutorial.flows.nets import time_column
+from rbmem_tutorial.flows.paths import check_times
 
 __all__ = ["EmpiricalOptimalVelocity"]
 

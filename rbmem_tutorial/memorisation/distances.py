@@ -10,8 +10,8 @@ memorised fraction means little on its own: it must come with samples that are s
 - the sliced Wasserstein distance (Bonneel et al. 2015).
 
 Coverage (k-NN precision and recall, the outlier rate, the generalisation gap) is in
-:mod:`rbmem_tutorial.coverage`, the report with the held-out log-likelihood of a flow-matching
-model in :mod:`rbmem_tutorial.quality`.
+:mod:`rbmem_tutorial.memorisation.coverage`, the report with the held-out log-likelihood of a
+flow-matching model in :mod:`rbmem_tutorial.memorisation.quality`.
 
 All functions take ``[N, d]`` tensors (flatten images first) on any device and compute pairwise
 distances in float64, ``chunk_size`` rows at a time.
@@ -66,7 +66,7 @@ def median_heuristic(x) -> float:
     Example
     -------
     >>> import torch
-    >>> from rbmem_tutorial.metrics import median_heuristic
+    >>> from rbmem_tutorial.memorisation.distances import median_heuristic
     >>> median_heuristic(torch.tensor([[0.0], [1.0], [3.0]]))
     2.0
     """
@@ -88,7 +88,7 @@ def default_bandwidths(reference, factors: Sequence[float] = DEFAULT_FACTORS) ->
     Example
     -------
     >>> import torch
-    >>> from rbmem_tutorial.metrics import default_bandwidths
+    >>> from rbmem_tutorial.memorisation.distances import default_bandwidths
     >>> default_bandwidths(torch.tensor([[0.0], [1.0], [3.0]]), factors=(0.5, 1.0))
     [1.0, 2.0]
     """
@@ -119,7 +119,7 @@ def mmd2(x, y, bandwidths: Sequence[float] | None = None) -> float:
     Example
     -------
     >>> import torch
-    >>> from rbmem_tutorial.metrics import mmd2
+    >>> from rbmem_tutorial.memorisation.distances import mmd2
     >>> g = torch.Generator().manual_seed(0)
     >>> x, y = torch.randn(200, 2, generator=g), torch.randn(200, 2, generator=g)
     >>> abs(mmd2(x, y)) < 0.01, mmd2(x + 3, y) > 0.5
@@ -153,7 +153,7 @@ def energy_distance(x, y, *, unbiased: bool = True) -> float:
     Example
     -------
     >>> import torch
-    >>> from rbmem_tutorial.metrics import energy_distance
+    >>> from rbmem_tutorial.memorisation.distances import energy_distance
     >>> x = torch.tensor([[0.0], [1.0]])
     >>> energy_distance(x, x, unbiased=False), energy_distance(x, x)
     (0.0, -1.0)
@@ -201,7 +201,7 @@ def sliced_wasserstein(
     Example
     -------
     >>> import torch
-    >>> from rbmem_tutorial.metrics import sliced_wasserstein
+    >>> from rbmem_tutorial.memorisation.distances import sliced_wasserstein
     >>> x = torch.tensor([[0.0], [1.0]])
     >>> sliced_wasserstein(x, x + 2, p=1.0)
     2.0

@@ -10,9 +10,18 @@ from dataclasses import asdict, dataclass, replace
 import torch
 
 from rbmem_tutorial._checks import check_tensor
-from rbmem_tutorial.coverage import GeneralisationGap, generalisation_gap, precision_recall
-from rbmem_tutorial.flow_matching import log_prob
-from rbmem_tutorial.metrics import default_bandwidths, energy_distance, mmd2, sliced_wasserstein
+from rbmem_tutorial.flows.sampling import log_prob
+from rbmem_tutorial.memorisation.coverage import (
+    GeneralisationGap,
+    generalisation_gap,
+    precision_recall,
+)
+from rbmem_tutorial.memorisation.distances import (
+    default_bandwidths,
+    energy_distance,
+    mmd2,
+    sliced_wasserstein,
+)
 
 __all__ = ["QualityReport", "held_out_log_likelihood", "quality_report"]
 
@@ -20,7 +29,7 @@ __all__ = ["QualityReport", "held_out_log_likelihood", "quality_report"]
 def held_out_log_likelihood(velocity, test, **kwargs) -> float:
     """Mean log-density :math:`\\frac1N\\sum_i \\log p_1(x_i)` of held-out points under a flow.
 
-    Calls :func:`rbmem_tutorial.flow_matching.log_prob` (change of variables along the
+    Calls :func:`rbmem_tutorial.flows.sampling.log_prob` (change of variables along the
     ODE), forwarding ``kwargs`` (``method``, ``rtol``, ``atol``, ``divergence``, ...; not
     ``return_nfe``). A memoriser concentrates its density on the training points and scores
     low on held-out data.
@@ -28,7 +37,7 @@ def held_out_log_likelihood(velocity, test, **kwargs) -> float:
     Example
     -------
     >>> import torch
-    >>> from rbmem_tutorial.quality import held_out_log_likelihood
+    >>> from rbmem_tutorial.memorisation.quality import held_out_log_likelihood
     >>> still = lambda x, t: torch.zeros_like(x)  # p_1 = N(0, I)
     >>> round(held_out_log_likelihood(still, torch.zeros(3, 2)), 4)
     -1.8379
@@ -84,7 +93,7 @@ def quality_report(
     Example
     -------
     >>> import torch
-    >>> from rbmem_tutorial.quality import quality_report
+    >>> from rbmem_tutorial.memorisation.quality import quality_report
     >>> g = torch.Generator().manual_seed(0)
     >>> test, fake = torch.randn(100, 2, generator=g), 2 + torch.randn(100, 2, generator=g)
     >>> rep = quality_report(fake, test, true_samples=torch.randn(100, 2, generator=g))

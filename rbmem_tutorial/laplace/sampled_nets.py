@@ -19,7 +19,7 @@ from torch.func import functional_call, vmap
 from torchdiffeq import odeint
 
 from rbmem_tutorial._checks import check_choice, check_positive, check_positive_int, check_tensor
-from rbmem_tutorial.params import converted, unflatten
+from rbmem_tutorial.laplace.params import converted, unflatten
 
 __all__ = [
     "ADAPTIVE_METHODS",

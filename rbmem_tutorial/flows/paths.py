@@ -17,7 +17,7 @@ from collections.abc import Callable
 import torch
 
 from rbmem_tutorial._checks import check_tensor
-from rbmem_tutorial.nets import time_column
+from rbmem_tutorial.flows.nets import time_column
 
 __all__ = ["Velocity", "cfm_loss", "check_times", "draw", "fm_loss", "linear_path"]
 

@@ -20,7 +20,7 @@ from rbmem_tutorial._checks import (
     check_positive_int,
     check_tensor,
 )
-from rbmem_tutorial.paths import Velocity, draw
+from rbmem_tutorial.flows.paths import Velocity, draw
 
 ADAPTIVE_METHODS = ("dopri5",)
 FIXED_STEP_METHODS = ("rk4", "midpoint", "euler")

@@ -1,8 +1,8 @@
 """Refining trained parameters θ_SGD to a stationary point θ* of the frozen objective.
 
 SGD on fresh flow-matching draws stops near, not at, a minimiser of the frozen loss L(θ) of
-:class:`~rbmem_tutorial.objective.RegressionObjective`, while the Laplace approximation and the
-geodesics of the Riemannian Laplace approximation (Gegenfurtner, Jacobsen & Arvanitidis,
+:class:`~rbmem_tutorial.laplace.objective.RegressionObjective`, while the Laplace approximation and
+the geodesics of the Riemannian Laplace approximation (Gegenfurtner, Jacobsen & Arvanitidis,
 arXiv 2602.00199; Bergamin et al. 2023, arXiv 2306.07158) assume ∇L(θ*) = 0.
 :func:`refine_map` gets there with L-BFGS and a Newton-CG polish and reports what it did as a
 :class:`RefineRecord`.
@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 
 from rbmem_tutorial._checks import check_positive, check_positive_int
-from rbmem_tutorial.objective import RegressionObjective
+from rbmem_tutorial.laplace.objective import RegressionObjective
 
 __all__ = ["RefineRecord", "refine_map"]
 
@@ -52,7 +52,7 @@ def refine_map(
        values, so it stalls once the decrease is at rounding level (‖∇L‖ of roughly
        sqrt(ε·L·‖∇²L‖)).
     2. Up to ``newton_steps`` Newton steps θ ← θ − H⁻¹∇L, with H v from
-       :meth:`~rbmem_tutorial.objective.RegressionObjective.grad_and_hvp` and the solve by
+       :meth:`~rbmem_tutorial.laplace.objective.RegressionObjective.grad_and_hvp` and the solve by
        conjugate gradients (stopped at negative curvature). They use gradients only, so they
        go below that level; a step is kept only if it lowers ‖∇L‖.
 
@@ -65,7 +65,7 @@ def refine_map(
 
     Example
     -------
-    >>> from rbmem_tutorial.params import parameters_vector
+    >>> from rbmem_tutorial.laplace.params import parameters_vector
     >>> lin = torch.nn.Linear(2, 1)
     >>> obj = RegressionObjective(lin, torch.randn(8, 2), torch.randn(8, 1), 1.0, 1.0)
     >>> theta, record = refine_map(obj, parameters_vector(obj.model))

@@ -198,7 +198,7 @@ def nearest_two(
     Example
     -------
     >>> import torch
-    >>> from rbmem_tutorial.memorisation import nearest_two
+    >>> from rbmem_tutorial.memorisation.ratio import nearest_two
     >>> train = torch.tensor([[0.0, 0.0], [3.0, 0.0], [0.0, 5.0]])
     >>> nt = nearest_two(torch.tensor([[1.0, 0.0]]), train)
     >>> nt.d1.item(), nt.d2.item(), nt.i1.item(), nt.i2.item()
@@ -233,7 +233,7 @@ def memorisation_ratio(generated, train, chunk_size: int | None = None) -> torch
     Example
     -------
     >>> import torch
-    >>> from rbmem_tutorial.memorisation import memorisation_ratio
+    >>> from rbmem_tutorial.memorisation.ratio import memorisation_ratio
     >>> train = torch.tensor([[0.0, 0.0], [4.0, 0.0]])
     >>> memorisation_ratio(torch.tensor([[1.0, 0.0]]), train)
     tensor([0.3333], dtype=torch.float64)
@@ -276,7 +276,7 @@ def is_memorised(
     Example
     -------
     >>> import torch
-    >>> from rbmem_tutorial.memorisation import is_memorised
+    >>> from rbmem_tutorial.memorisation.ratio import is_memorised
     >>> train = torch.tensor([[0.0, 0.0], [4.0, 0.0]])
     >>> x = torch.tensor([[1.0, 0.0], [0.5, 0.0]])   # ratios 1/3 and 1/7
     >>> is_memorised(x, train).tolist(), is_memorised(x, train, c=1 / 9).tolist()
@@ -298,7 +298,7 @@ def memorised_fraction(
     Example
     -------
     >>> import torch
-    >>> from rbmem_tutorial.memorisation import memorised_fraction
+    >>> from rbmem_tutorial.memorisation.ratio import memorised_fraction
     >>> train = torch.tensor([[0.0, 0.0], [4.0, 0.0]])
     >>> memorised_fraction(torch.tensor([[0.1, 0.0], [2.0, 0.0]]), train)
     0.5

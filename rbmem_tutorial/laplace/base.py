@@ -12,8 +12,8 @@ import math
 import torch
 
 from rbmem_tutorial._checks import check_positive, check_positive_int
-from rbmem_tutorial.objective import RegressionObjective
-from rbmem_tutorial.prior_tuning import optimal_prior_precision
+from rbmem_tutorial.laplace.objective import RegressionObjective
+from rbmem_tutorial.laplace.prior_tuning import optimal_prior_precision
 
 __all__ = ["LaplacePosterior"]
 
@@ -44,7 +44,7 @@ class LaplacePosterior:
     A model that is one linear layer without bias is Bayesian linear regression: ``"full"``,
     ``"kfac"`` and ``"last_layer"`` are all exact, Σ = (XᵀX/σ² + λI)⁻¹.
 
-    >>> from rbmem_tutorial.laplace import fit_laplace
+    >>> from rbmem_tutorial.laplace.structures import fit_laplace
     >>> x = torch.randn(20, 3, dtype=torch.float64)
     >>> obj = RegressionObjective(torch.nn.Linear(3, 1, bias=False), x, x[:, :1], 0.5, 1.0)
     >>> exact = torch.linalg.inv(x.T @ x / 0.25 + 2.0 * torch.eye(3, dtype=torch.float64))
