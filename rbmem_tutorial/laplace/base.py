@@ -2,7 +2,7 @@
 structure shares (the evidence, λ by the evidence, sampling, the scale α).
 
 The structures themselves (full, diagonal, KFAC, last layer) and :func:`fit_laplace` are in
-:mod:`rbmem_tutorial.laplace.structures`; the maths is in that package's overview.
+:mod:`rbmem_tutorial.laplace.structures`, whose overview gives the maths.
 """
 
 from __future__ import annotations

@@ -13,13 +13,13 @@ regression, z_n = [x_t, t] ↦ y_n = x_1 − x_0, and gives the negative log pos
 a Gaussian likelihood with noise standard deviation σ (one number, or one per output dimension)
 and a Gaussian prior θ ~ N(0, λ⁻¹ I), centred at zero unless a ``prior_mean`` m is given
 (then λ/2 ‖θ − m‖²; :func:`~rbmem_tutorial.laplace.pipeline.fit_flow_posterior` centres it at
-θ_SGD).
-Constants are dropped from L; they come back in the Laplace evidence
-(:mod:`rbmem_tutorial.laplace`).
+θ_SGD). Constants are dropped from L; they come back in the Laplace evidence
+(:mod:`rbmem_tutorial.laplace.base`).
 
 The frozen draws and σ come from :mod:`rbmem_tutorial.laplace.regression_set`, the refinement to a
 stationary point from :mod:`rbmem_tutorial.laplace.refinement`, the KFAC factors from
-:mod:`rbmem_tutorial.laplace.kronecker`; their public names are importable from here as well.
+:mod:`rbmem_tutorial.laplace.kronecker`; the package :mod:`rbmem_tutorial.laplace` gathers
+their public names.
 
 Everything here is float64 and a pure function of the flat parameter vector θ, whose entries
 follow ``model.named_parameters()`` order (as ``torch.nn.utils.parameters_to_vector``). See

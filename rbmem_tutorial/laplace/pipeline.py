@@ -33,8 +33,8 @@ gradient by a linear term,
 
 which is stationary at θ_SGD with the Hessian of L
 (:meth:`~rbmem_tutorial.laplace.objective.RegressionObjective.tilted`; the construction of
-:func:`~rbmem_tutorial.laplace.subsets.anchored`); its samples are spread around θ_SGD without the
-drift.
+:func:`~rbmem_tutorial.laplace.subsets.anchored`); its samples are spread around θ_SGD
+without the drift.
 
 **λ** (``tune``, :mod:`rbmem_tutorial.laplace.prior_tuning`). ``"evidence-once"``, the default,
 tunes
