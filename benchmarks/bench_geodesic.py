@@ -54,17 +54,18 @@ from scipy.integrate import solve_ivp
 from torch import nn
 from torch.func import functional_call, jvp
 
-from rbmem_tutorial import fast_mlp, riemannian
-from rbmem_tutorial.fast_mlp import MLPRegressionKernel
-from rbmem_tutorial.laplace import fit_laplace
-from rbmem_tutorial.objective import (
+from rbmem_tutorial import riemannian
+from rbmem_tutorial.laplace import (
     RegressionObjective,
+    fast_mlp,
+    fit_laplace,
     flow_matching_regression_set,
     noise_std_from_residuals,
     parameters_vector,
     refine_map,
     unflatten,
 )
+from rbmem_tutorial.laplace.fast_mlp import MLPRegressionKernel
 from rbmem_tutorial.riemannian import exp_map
 
 F64 = torch.float64
@@ -77,7 +78,7 @@ DEFAULT_SOLVE = "bosh3 1e-4, fused kernel (default)"
 
 def reference_problem():
     """Objective and diagonal Laplace posterior of the chapter-1 reference net."""
-    from rbmem_tutorial.pipeline import fit_flow_posterior
+    from rbmem_tutorial.laplace import fit_flow_posterior
     from rbmem_tutorial.reference import REFERENCE, load_or_train
 
     flow = load_or_train(REFERENCE, progress=False)

@@ -30,14 +30,13 @@ import time
 import torch
 from torch import nn
 
-from rbmem_tutorial.fast_mlp import MLPRegressionKernel
-from rbmem_tutorial.image_nets import VelocityConvNet
-from rbmem_tutorial.nets import RegressionAdapter, VelocityMLP
-from rbmem_tutorial.objective import RegressionObjective, parameters_vector
+from rbmem_tutorial.flows import RegressionAdapter, VelocityConvNet, VelocityMLP
+from rbmem_tutorial.laplace import RegressionObjective, parameters_vector
+from rbmem_tutorial.laplace.fast_mlp import MLPRegressionKernel
 from rbmem_tutorial.riemannian import FisherMetric, MongeMetric, default_tolerance
 from rbmem_tutorial.riemannian.generic import RowDerivatives
 from rbmem_tutorial.riemannian.solve import shoot, solver_options
-from rbmem_tutorial.toys import Banana
+from rbmem_tutorial.riemannian.toys import Banana
 
 F64 = torch.float64
 

@@ -1,65 +1,89 @@
 """rbmem_tutorial: reducing memorisation in flow matching through Riemannian Bayesian inference.
 
-The package follows the book, one module per idea:
+The tree follows the book, one sub-package per part:
 
-- :mod:`.data`, :mod:`.nets`, :mod:`.flow_matching`, :mod:`.reference`: chapter 1, flow matching;
-- :mod:`.memorisation`, :mod:`.metrics`: chapter 2, detecting memorisation and measuring quality;
-  :mod:`.calibration`: chapter 7, matching methods at the same memorised fraction;
-- chapters 3 and 4, Laplace: :mod:`.regression_set` (flow matching frozen into regression),
-  :mod:`.objective` (the loss L(θ) and its curvature; :mod:`.kronecker` for KFAC),
-  :mod:`.refinement` (θ_SGD → θ*), :mod:`.laplace`, :mod:`.prior_tuning` (λ by the evidence),
-  :mod:`.hidden_units`, :mod:`.posterior` (generating with sampled nets) and
-  :mod:`.pipeline` (trained flow → posterior; options in :mod:`.posterior_options`);
-- :mod:`.riemannian` (with the fused kernel :mod:`.fast_mlp`) and :mod:`.toys` (posteriors
-  known in closed form): chapters 5 and 6, Riemannian Laplace;
-- :mod:`.image_nets`, :mod:`.subsets`, :mod:`.experiments`: chapters 7 and 8, images, weight
-  subsets and mini-batches, and the experiment scripts;
-- :mod:`.cache` (trained models and posteriors on disk) and :mod:`.saving` (files to share).
+- :mod:`.flows` — chapter 1, flow matching: paths and loss, training, sampling, the nets;
+- :mod:`.memorisation` — chapter 2, the ratio test and sample quality against held-out data;
+- :mod:`.laplace` — chapters 3 and 4, the Laplace approximation of the velocity net, from the frozen
+  regression set to the posterior and generating with sampled nets (and chapter 7's calibration,
+  chapter 8's weight subsets);
+- :mod:`.riemannian` — chapters 5 and 6, geodesics and the Riemannian Laplace sampler (and the toy
+  posteriors known in closed form);
+- :mod:`.experiments` — chapters 7 and 8, the studies and their command line;
+- shared by all: :mod:`.data` (data sets), :mod:`.reference` (the trained reference flow),
+  :mod:`.cache` and :mod:`.cache_listing` (work kept on disk), :mod:`.saving` (files to share),
+  :mod:`.widgets` (the chapters' controls).
 
-Reference: Gegenfurtner, Jacobsen and Arvanitidis, "Reducing Memorisation in Generative Models
-via Riemannian Bayesian Inference", arXiv:2602.00199.
+This module only gathers the names the book uses. Reference: Gegenfurtner, Jacobsen and
+Arvanitidis, "Reducing Memorisation in Generative Models via Riemannian Bayesian Inference",
+arXiv:2602.00199.
 """
 
-from .calibration import Calibration, calibrate, calibrate_scale
-from .data import DATASETS, TOY_DATASETS, load_dataset, load_image_file, sample_dataset
-from .flow_matching import (
+from rbmem_tutorial._version import __version__ as __version__  # re-exported
+from rbmem_tutorial.data import (
+    DATASETS,
+    TOY_DATASETS,
+    load_dataset,
+    load_image_file,
+    sample_dataset,
+)
+from rbmem_tutorial.flows import (
     EmpiricalOptimalVelocity,
+    RegressionAdapter,
+    VelocityConvNet,
+    VelocityMLP,
     cfm_loss,
     linear_path,
     log_prob,
     sample,
     train_flow_matching,
 )
-from .hidden_units import hidden_unit_sizes, units_in_use
-from .image_nets import VelocityConvNet
-from .laplace import LaplacePosterior, fit_laplace
-from .memorisation import (
-    MemorisationReport,
-    is_memorised,
-    memorisation_ratio,
-    memorisation_report,
-    memorised_fraction,
-    nearest_two,
+from rbmem_tutorial.laplace import (
+    Calibration,
+    FlowPosterior,
+    ParameterSubset,
+    RefineRecord,
+    anchored,
+    calibrate,
+    calibrate_scale,
+    fit_flow_posterior,
+    flow_matching_regression_set,
+    generate,
+    hidden_unit_sizes,
+    minibatch_objective,
+    noise_std_from_residuals,
+    optimal_prior_precision,
+    parameter_subset,
+    parameters_vector,
+    refine_map,
+    restrict_objective,
+    unflatten,
+    units_in_use,
+    velocity_uncertainty,
 )
-from .metrics import (
+from rbmem_tutorial.laplace.base import LaplacePosterior
+from rbmem_tutorial.laplace.objective import RegressionObjective
+from rbmem_tutorial.laplace.structures import fit_laplace
+from rbmem_tutorial.memorisation import (
+    MemorisationReport,
     energy_distance,
     generalisation_gap,
     held_out_log_likelihood,
+    memorisation_report,
     mmd2,
     outlier_rate,
     precision_recall,
     quality_report,
     sliced_wasserstein,
 )
-from .nets import RegressionAdapter, VelocityMLP
-from .objective import RegressionObjective, parameters_vector, unflatten
-from .pipeline import FlowPosterior, fit_flow_posterior
-from .posterior import generate, velocity_uncertainty
-from .prior_tuning import optimal_prior_precision
-from .reference import REFERENCE, FlowConfig, load_or_train
-from .refinement import RefineRecord, refine_map
-from .regression_set import flow_matching_regression_set, noise_std_from_residuals
-from .riemannian import (
+from rbmem_tutorial.memorisation.ratio import (
+    is_memorised,
+    memorisation_ratio,
+    memorised_fraction,
+    nearest_two,
+)
+from rbmem_tutorial.reference import REFERENCE, FlowConfig, load_or_train
+from rbmem_tutorial.riemannian import (
     TEMPERATURE_PRESETS,
     FisherMetric,
     GeodesicResult,
@@ -72,16 +96,7 @@ from .riemannian import (
     geodesic_acceleration,
     linearised_objective,
 )
-from .subsets import (
-    ParameterSubset,
-    anchored,
-    minibatch_objective,
-    parameter_subset,
-    restrict_objective,
-)
-from .toys import Banana, BayesianLinearRegression, gaussian_w2
-
-__version__ = "0.1.0"
+from rbmem_tutorial.riemannian.toys import Banana, BayesianLinearRegression, gaussian_w2
 
 __all__ = [
     "Banana", "BayesianLinearRegression", "Calibration", "DATASETS", "EmpiricalOptimalVelocity",

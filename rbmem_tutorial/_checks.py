@@ -105,3 +105,9 @@ def check_writable_folder(folder, what: str, fix: str) -> Path:
     except OSError as err:
         raise ValueError(f"{what} is not a writable folder ({err.strerror}); {fix}") from None
     return folder
+
+
+def check_module(name: str, value):
+    """Check that ``value`` is a ``torch.nn.Module``."""
+    if not isinstance(value, torch.nn.Module):
+        raise TypeError(f"{name} must be a torch.nn.Module, got {type(value).__name__}.")

@@ -10,9 +10,10 @@ Inside it carries a signature: its own file name and a SHA-256 of its contents. 
 signature does not verify (a truncated write, a flipped bit, a file of another program, a
 pickled object, a record that lacks a required key) is named on stderr, renamed to
 ``<name>.damaged`` and computed again by :func:`load_cached`; a caller that finds a verified
-record unusable (wrong shapes) sets it aside with :func:`set_aside`. :func:`entries` and
-:func:`clear` (``rbmem cache list|clear``) touch only files with an entry's exact name form
-whose signature verifies, and the ``.damaged`` files set aside from them: a user's
+record unusable (wrong shapes) sets it aside with :func:`set_aside`.
+:func:`~rbmem_tutorial.cache_listing.entries` and :func:`~rbmem_tutorial.cache_listing.clear`
+(``rbmem cache list|clear``) touch only files with an entry's exact name form whose signature
+verifies, and the ``.damaged`` files set aside from them: a user's
 ``flow-myproject.pt`` or a folder named ``flow-dir.pt`` is never listed, renamed or deleted.
 
 **When the computation changes.** Every key includes :data:`ENTRY_VERSIONS`, one version per
@@ -35,13 +36,12 @@ import os
 import re
 import sys
 import tempfile
-import time
 from pathlib import Path
-from typing import NamedTuple
 
 import torch
 
-from ._checks import check_writable_folder
+from rbmem_tutorial import _version
+from rbmem_tutorial._checks import check_writable_folder
 
 CACHE_ENV = "RBMEM_CACHE"
 DEFAULT_CACHE = "~/.cache/rbmem_tutorial"
@@ -122,9 +122,9 @@ ENTRY_VERSIONS = {"flow": 2, "study-flow": 2, "posterior": 2, "checkpoints": 1}
 #: The key of an entry's signature: ``{"name": file name, "checksum": SHA-256 of the rest}``.
 SIGNATURE = "rbmem_cache_entry"
 
-_NAME = re.compile(r"(?P<prefix>study-flow-|flow-(?:[a-z0-9_]+-)?|posterior-|checkpoints-)"
-                   r"[0-9a-f]{20}"
-                   r"\.pt(?P<damaged>\.damaged)?")
+ENTRY_NAME = re.compile(r"(?P<prefix>study-flow-|flow-(?:[a-z0-9_]+-)?|posterior-|checkpoints-)"
+                        r"[0-9a-f]{20}"
+                        r"\.pt(?P<damaged>\.damaged)?")
 
 
 def entry_path(kind: str, key, label: str | None = None) -> Path:
@@ -137,14 +137,12 @@ def entry_path(kind: str, key, label: str | None = None) -> Path:
     >>> entry_path("posterior", {"a": 1}).name[:10], len(entry_path("flow", {}, "moons").name)
     ('posterior-', 34)
     """
-    from . import __version__
-
     if kind not in KINDS:
         raise ValueError(f"unknown cache kind {kind!r}; choose one of {', '.join(KINDS)}.")
     if label is not None and not re.fullmatch(r"[a-z0-9_]+", label):
         raise ValueError(f"cache label {label!r} must be lower-case letters, digits or _.")
     stamp = digest({"key": key, "kind": kind, "entry_version": ENTRY_VERSIONS[kind],
-                    "version": __version__})[:20]
+                    "version": _version.__version__})[:20]
     return cache_dir() / f"{KINDS[kind]}{label + '-' if label else ''}{stamp}.pt"
 
 
@@ -169,7 +167,7 @@ def save_entry(record: dict, path: Path) -> None:
     save_atomic(signed, path)
 
 
-def _verify(path: Path, required: tuple[str, ...] = ()) -> tuple[dict | None, str | None]:
+def verify_entry(path: Path, required: tuple[str, ...] = ()) -> tuple[dict | None, str | None]:
     """``(record, None)`` for an entry whose signature verifies, else ``(None, problem)``."""
     try:
         record = torch.load(path, weights_only=True, map_location="cpu")
@@ -230,7 +228,7 @@ def load_cached(path: Path, required: tuple[str, ...] = ()) -> dict | None:
     if not path.is_file():
         raise ValueError(f"the cache entry {path} is not a file; move it out of the cache "
                          "folder.")
-    record, problem = _verify(path, required)
+    record, problem = verify_entry(path, required)
     if problem is None:
         return record
     set_aside(path, problem)
@@ -279,132 +277,3 @@ def check_cache_writable() -> Path:
     """
     return check_writable_folder(cache_dir(), f"the model cache {cache_dir()}",
                                  f"set {CACHE_ENV} to a writable folder.")
-
-
-
-class CacheEntry(NamedTuple):
-    """One file of the cache: its kind, a summary of what it holds, size and modification."""
-
-    path: Path
-    kind: str
-    summary: str
-    size: int
-    modified: float
-
-
-def _kind(path: Path) -> str | None:
-    """The kind of an entry's name (``None`` for any other name or anything not a file)."""
-    match = _NAME.fullmatch(path.name)
-    if match is None or path.is_symlink() or not path.is_file():
-        return None
-    prefix = match["prefix"]
-    return next(kind for kind, start in KINDS.items() if prefix.startswith(start))
-
-
-def _summary(record: dict, kind: str) -> str:
-    if kind == "checkpoints":
-        steps = record["steps"]
-        return (f"{len(steps)} checkpoints of {record['weights'].shape[1]} weights, "
-                f"{int(steps[0])} to {int(steps[-1])} Adam steps")
-    if kind == "posterior":
-        final = (record.get("refine_final") or {}).get("grad_norm_after", float("nan"))
-        return (f"MAP of {record['theta_map'].numel()} weights, prior precision "
-                f"{float(record['prior_precision']):.3g}, final |grad| {final:.2e}")
-    state = record["state_dict"]
-    weights = [v for k, v in state.items() if k.endswith("weight")]
-    count = sum(v.numel() for v in state.values())
-    shapes = ", ".join("x".join(map(str, v.shape)) for v in weights[:6])
-    seconds = float(record.get("train_seconds", record.get("seconds", 0.0)))
-    text = f"{count} weights (layers {shapes}), trained in {seconds:.0f} s"
-    config = record.get("config")
-    if isinstance(config, dict):
-        text += ", " + ", ".join(f"{k}={v}" for k, v in config.items() if k != "train")
-    return text
-
-
-def _describe(path: Path, kind: str, summarise: bool) -> str | None:
-    """The summary of an entry, ``"damaged"`` for one set aside, ``None`` when ``path`` is not
-    a verified entry (then it is not this package's to touch)."""
-    if path.name.endswith(".damaged"):
-        return "damaged"
-    record, problem = _verify(path)
-    if problem is not None:
-        return None
-    if not summarise:
-        return ""
-    try:
-        return _summary(record, kind)
-    except (KeyError, TypeError, AttributeError, ValueError) as err:
-        return f"unexpected contents ({type(err).__name__})"
-
-
-def entries(kind: str | None = None, summarise: bool = True) -> list[CacheEntry]:
-    """This package's entries in the cache folder, oldest first: files of an entry's name
-    whose signature verifies, and entries set aside as ``.damaged`` (module notes); only those
-    of ``kind`` when given; ``summarise`` describes what each holds.
-
-    Example
-    -------
-    >>> import tempfile
-    >>> previous = os.environ.get(CACHE_ENV)
-    >>> os.environ[CACHE_ENV] = tempfile.mkdtemp()
-    >>> path = entry_path("posterior", {"net": "a"})
-    >>> save_entry({"theta_map": torch.zeros(3), "prior_precision": 2.0,
-    ...             "refine_final": {"grad_norm_after": 1e-6}}, path)
-    >>> (cache_dir() / "posterior-final.pt").write_text("a user's file")
-    13
-    >>> [(e.kind, e.summary) for e in entries()]
-    [('posterior', 'MAP of 3 weights, prior precision 2, final |grad| 1.00e-06')]
-    >>> [e.path == path for e in clear(kind="posterior")], [e.path for e in entries()]
-    ([True], [])
-    >>> _ = os.environ.pop(CACHE_ENV)
-    >>> os.environ.update({} if previous is None else {CACHE_ENV: previous})
-    """
-    if kind is not None and kind not in KINDS:
-        raise ValueError(f"unknown cache kind {kind!r}; choose one of {', '.join(KINDS)}.")
-    folder = cache_dir()
-    if not folder.is_dir():
-        return []
-    found = []
-    for path in sorted(folder.iterdir()):
-        found_kind = _kind(path)
-        if found_kind is None or (kind is not None and found_kind != kind):
-            continue
-        summary = _describe(path, found_kind, summarise)
-        if summary is None:
-            continue
-        with contextlib.suppress(FileNotFoundError):  # deleted by another process meanwhile
-            stat = path.stat()
-            found.append(CacheEntry(path, found_kind, summary, stat.st_size, stat.st_mtime))
-    return sorted(found, key=lambda entry: entry.modified)
-
-
-def clear(kind: str | None = None, older_than_days: float | None = None) -> list[CacheEntry]:
-    """Delete this package's entries (:func:`entries`; of ``kind``, and older than
-    ``older_than_days`` when given); returns what was deleted. Nothing else is touched.
-
-    Example
-    -------
-    >>> import tempfile
-    >>> previous = os.environ.get(CACHE_ENV)
-    >>> os.environ[CACHE_ENV] = tempfile.mkdtemp()
-    >>> old, new = entry_path("flow", "old"), entry_path("flow", "new")
-    >>> save_entry({"state_dict": {}}, old)
-    >>> os.utime(old, (0, 0))  # last modified in 1970
-    >>> save_entry({"state_dict": {}}, new)
-    >>> (cache_dir() / "flow-myproject.pt").write_text("not ours")
-    8
-    >>> [e.path == old for e in clear(older_than_days=30)]
-    [True]
-    >>> sorted(p.name for p in cache_dir().iterdir()) == sorted([new.name, "flow-myproject.pt"])
-    True
-    >>> _ = os.environ.pop(CACHE_ENV)
-    >>> os.environ.update({} if previous is None else {CACHE_ENV: previous})
-    """
-    cutoff = None if older_than_days is None else time.time() - 86400.0 * older_than_days
-    deleted = []
-    for entry in entries(kind, summarise=False):
-        if cutoff is None or entry.modified < cutoff:
-            entry.path.unlink(missing_ok=True)
-            deleted.append(entry)
-    return deleted

@@ -347,7 +347,7 @@ def split_images(
 
     A permutation seeded with ``seed`` picks the first ``n_train`` images for training and the
     next ``n_test`` for testing (as for the digits). Rows are ``C·H·W`` vectors in
-    channel-major order, as the velocity nets of :mod:`rbmem_tutorial.image_nets` expect;
+    channel-major order, as the velocity nets of :mod:`rbmem_tutorial.flows.image_nets` expect;
     ``row.reshape(C, H, W)`` gives the image back.
 
     Example

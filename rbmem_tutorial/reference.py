@@ -20,8 +20,8 @@ import torch
 from rbmem_tutorial._checks import check_choice, check_positive, check_positive_int
 from rbmem_tutorial.cache import entry_path, save_atomic, save_entry, use_cached
 from rbmem_tutorial.data import DATASETS, dataset_dim, load_dataset
-from rbmem_tutorial.flow_matching import train_flow_matching
-from rbmem_tutorial.nets import ACTIVATIONS, VelocityMLP
+from rbmem_tutorial.flows.nets import ACTIVATIONS, VelocityMLP
+from rbmem_tutorial.flows.training import train_flow_matching
 from rbmem_tutorial.saving import read_saved, rebuilt, with_checksum
 
 _KIND, _FORMAT = "rbmem_tutorial.TrainedFlow", 1
@@ -38,7 +38,7 @@ class FlowConfig:
     n_train, n_test : int
         Sizes of the training and held-out sets.
     hidden : tuple of int
-        Hidden widths of the :class:`rbmem_tutorial.nets.VelocityMLP`.
+        Hidden widths of the :class:`rbmem_tutorial.flows.nets.VelocityMLP`.
     activation : str
         ``"silu"`` or ``"tanh"``.
     time_features : int
@@ -238,7 +238,7 @@ def build_model(config: FlowConfig) -> VelocityMLP:
 def load_or_train(config: FlowConfig = REFERENCE, progress: bool = True) -> TrainedFlow:
     """Load the trained model of ``config`` from the cache, or train and cache it.
 
-    Training runs on the CPU with :func:`rbmem_tutorial.flow_matching.train_flow_matching`;
+    Training runs on the CPU with :func:`rbmem_tutorial.flows.training.train_flow_matching`;
     call ``torch.set_num_threads(1)`` first for toy-sized nets on small CPUs.
 
     Parameters

@@ -10,8 +10,8 @@ Files written before checksums were stored are read without that check.
 
 Velocity nets are stored as their architecture (a small dict, :func:`net_architecture`) and
 their ``state_dict``; :func:`build_net` rebuilds them. The book's
-:class:`~rbmem_tutorial.nets.VelocityMLP` and :class:`~rbmem_tutorial.image_nets.VelocityConvNet`
-are supported.
+:class:`~rbmem_tutorial.flows.nets.VelocityMLP` and
+:class:`~rbmem_tutorial.flows.image_nets.VelocityConvNet` are supported.
 
 Cache entries, which are not meant to be shared, are read by
 :func:`rbmem_tutorial.cache.load_cached`.
@@ -25,8 +25,8 @@ import torch
 from torch import nn
 
 from rbmem_tutorial.cache import digest
-from rbmem_tutorial.image_nets import VelocityConvNet
-from rbmem_tutorial.nets import ACTIVATIONS, VelocityMLP
+from rbmem_tutorial.flows.image_nets import VelocityConvNet
+from rbmem_tutorial.flows.nets import ACTIVATIONS, VelocityMLP
 
 __all__ = ["build_net", "net_architecture", "read_saved", "rebuilt", "with_checksum"]
 

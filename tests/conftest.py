@@ -72,8 +72,8 @@ def tiny_flow():
 
 def tiny_posterior():
     """A FlowPosterior of a three-unit net on three points, to save and load."""
-    from rbmem_tutorial.nets import VelocityMLP
-    from rbmem_tutorial.pipeline import fit_flow_posterior
+    from rbmem_tutorial.flows import VelocityMLP
+    from rbmem_tutorial.laplace import fit_flow_posterior
 
     torch.manual_seed(0)
     return fit_flow_posterior(VelocityMLP(2, hidden=(3,)), torch.linspace(-1, 1, 6).reshape(3, 2),

@@ -3,7 +3,7 @@
 import torch
 from torch import nn
 
-from rbmem_tutorial.objective import RegressionObjective, parameters_vector
+from rbmem_tutorial.laplace import RegressionObjective, parameters_vector
 
 F64 = torch.float64
 

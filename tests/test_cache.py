@@ -8,15 +8,14 @@ import torch
 
 from rbmem_tutorial.cache import (
     cache_dir,
-    clear,
     digest,
-    entries,
     entry_path,
     load_cached,
     save_atomic,
     save_entry,
     use_cached,
 )
+from rbmem_tutorial.cache_listing import clear, entries
 
 ENTRY = "posterior-0123456789abcdef0123.pt"
 

@@ -12,8 +12,8 @@ from rbmem_tutorial.cache import ENTRY_VERSIONS
 from rbmem_tutorial.experiments.flows import trained_flow
 from rbmem_tutorial.experiments.replicates import checkpoints
 from rbmem_tutorial.experiments.tradeoff import TradeoffConfig
-from rbmem_tutorial.nets import VelocityMLP
-from rbmem_tutorial.pipeline import fit_flow_posterior
+from rbmem_tutorial.flows import VelocityMLP
+from rbmem_tutorial.laplace import fit_flow_posterior
 from rbmem_tutorial.reference import FlowConfig, load_or_train
 
 #: kind: (the version these fingerprints belong to, the fingerprint).

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from rbmem_tutorial.calibration import calibrate, calibrate_scale
+from rbmem_tutorial.laplace import calibrate, calibrate_scale
 from rbmem_tutorial.memorisation import memorised_fraction
 
 SCALES = [0.02 * 1.06**k for k in range(100)]
@@ -86,7 +86,7 @@ def test_bad_input_is_refused():
 
 
 def test_calibrate_scale_gives_each_sample_its_own_noise(monkeypatch):
-    import rbmem_tutorial.calibration as calibration
+    import rbmem_tutorial.laplace.calibration as calibration
 
     seen = []
     original = calibration.generate
@@ -114,9 +114,10 @@ def test_calibrate_scale_gives_each_sample_its_own_noise(monkeypatch):
 def test_docstring_examples_run():
     import doctest
 
-    from rbmem_tutorial import calibration, metrics
     from rbmem_tutorial.experiments import matched_stats, replicates
+    from rbmem_tutorial.laplace import calibration
+    from rbmem_tutorial.memorisation import coverage, distances, quality
 
-    for module in (calibration, matched_stats, replicates, metrics):
+    for module in (calibration, matched_stats, replicates, distances, coverage, quality):
         result = doctest.testmod(module, optionflags=doctest.ELLIPSIS)
         assert result.attempted > 0 and result.failed == 0, module.__name__

@@ -11,7 +11,7 @@ from conftest import cuda, in_private_cache, results_by_key, run_study_in_two_pr
 from rbmem_tutorial.experiments import __main__ as cli
 from rbmem_tutorial.experiments import tradeoff
 from rbmem_tutorial.experiments.resume import config_from_record
-from rbmem_tutorial.image_nets import build_velocity_net
+from rbmem_tutorial.flows import build_velocity_net
 from rbmem_tutorial.memorisation import memorisation_report
 
 pytestmark = pytest.mark.usefixtures("private_cache")  # a model cache of their own

@@ -25,7 +25,7 @@ from rbmem_tutorial.experiments import __main__ as cli
 from rbmem_tutorial.experiments import store, tradeoff
 from rbmem_tutorial.experiments.map_check import MIN_PRECISION_FRACTION, map_quality_warning
 from rbmem_tutorial.experiments.resume import CELL_FIELDS, differences
-from rbmem_tutorial.posterior import generate
+from rbmem_tutorial.laplace import generate
 from rbmem_tutorial.reference import cache_path
 
 pytestmark = pytest.mark.usefixtures("private_cache")

@@ -1,4 +1,5 @@
-"""Tests for rbmem_tutorial.fast_mlp: the fused gradient + HVP against autograd in float64."""
+"""Tests for rbmem_tutorial.laplace.fast_mlp: the fused gradient + HVP against autograd in
+float64."""
 
 import doctest
 
@@ -6,10 +7,9 @@ import pytest
 import torch
 from torch import nn
 
-from rbmem_tutorial import fast_mlp
-from rbmem_tutorial.fast_mlp import MLPRegressionKernel, supports_model
-from rbmem_tutorial.nets import RegressionAdapter, VelocityMLP
-from rbmem_tutorial.objective import RegressionObjective, parameters_vector
+from rbmem_tutorial.flows import RegressionAdapter, VelocityMLP
+from rbmem_tutorial.laplace import RegressionObjective, fast_mlp, parameters_vector
+from rbmem_tutorial.laplace.fast_mlp import MLPRegressionKernel, supports_model
 
 F64 = torch.float64
 

@@ -1,20 +1,18 @@
-"""Tests of rbmem_tutorial.flow_matching against hand computations and closed forms."""
+"""Tests of rbmem_tutorial.flows.sampling against hand computations and closed forms."""
 
 import math
 
 import pytest
 import torch
 
-from rbmem_tutorial.flow_matching import (
-    METHODS,
+from rbmem_tutorial.flows import (
     EmpiricalOptimalVelocity,
+    VelocityMLP,
     cfm_loss,
     linear_path,
-    log_prob,
-    sample,
     train_flow_matching,
 )
-from rbmem_tutorial.nets import VelocityMLP
+from rbmem_tutorial.flows.sampling import METHODS, log_prob, sample
 
 F64 = torch.float64
 
@@ -431,6 +429,7 @@ def test_log_prob_rejects_bad_input(kwargs, error, match):
 def test_docstring_examples_run():
     import doctest
 
-    from rbmem_tutorial import flow_matching
+    from rbmem_tutorial.flows import optimal, paths, sampling, training
 
-    assert doctest.testmod(flow_matching).failed == 0
+    for module in (paths, training, optimal, sampling):
+        assert doctest.testmod(module).failed == 0, module.__name__

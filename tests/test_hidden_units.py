@@ -4,9 +4,8 @@ import pytest
 import torch
 from torch import nn
 
-from rbmem_tutorial.hidden_units import hidden_unit_sizes, units_in_use
-from rbmem_tutorial.nets import VelocityMLP
-from rbmem_tutorial.objective import parameters_vector, unflatten
+from rbmem_tutorial.flows import VelocityMLP
+from rbmem_tutorial.laplace import hidden_unit_sizes, parameters_vector, unflatten, units_in_use
 
 
 def test_sizes_match_a_loop_over_every_weight_touching_a_unit(generator):

@@ -4,11 +4,14 @@ import pytest
 import torch
 from torch.func import functional_call
 
-from rbmem_tutorial import fast_mlp
-from rbmem_tutorial.image_nets import VelocityConvNet, build_velocity_net
-from rbmem_tutorial.laplace import fit_laplace
-from rbmem_tutorial.nets import RegressionAdapter, VelocityMLP
-from rbmem_tutorial.objective import RegressionObjective, parameters_vector, unflatten
+from rbmem_tutorial.flows import RegressionAdapter, VelocityConvNet, VelocityMLP, build_velocity_net
+from rbmem_tutorial.laplace import (
+    RegressionObjective,
+    fast_mlp,
+    fit_laplace,
+    parameters_vector,
+    unflatten,
+)
 from rbmem_tutorial.riemannian import exp_map
 
 

@@ -13,10 +13,12 @@ from rbmem_tutorial.laplace import (
     FullLaplace,
     KronLaplace,
     LastLayerLaplace,
+    RegressionObjective,
     fit_laplace,
     optimal_prior_precision,
+    parameters_vector,
+    refine_map,
 )
-from rbmem_tutorial.objective import RegressionObjective, parameters_vector, refine_map
 
 STRUCTURES = ["full", "diag", "kfac", "last_layer"]
 SIGMA = torch.tensor([0.5, 1.3], dtype=torch.float64)

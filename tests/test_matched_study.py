@@ -18,7 +18,7 @@ from rbmem_tutorial.experiments.matched_study import (
     run_cell,
     unit_tangents,
 )
-from rbmem_tutorial.metrics import energy_distance, outlier_rate
+from rbmem_tutorial.memorisation import energy_distance, outlier_rate
 
 STUDY = Path(__file__).resolve().parents[1] / "book" / "data" / "matched-study"
 

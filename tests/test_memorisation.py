@@ -5,7 +5,6 @@ import math
 import pytest
 import torch
 
-from rbmem_tutorial import memorisation as mem
 from rbmem_tutorial.memorisation import (
     NearestTwo,
     is_memorised,
@@ -14,6 +13,7 @@ from rbmem_tutorial.memorisation import (
     memorised_fraction,
     nearest_two,
 )
+from rbmem_tutorial.memorisation import ratio as mem
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 

@@ -1,4 +1,4 @@
-"""Tests for rbmem_tutorial.metrics: sample quality against held-out data."""
+"""Tests for rbmem_tutorial.memorisation.distances: sample quality against held-out data."""
 
 import math
 
@@ -6,7 +6,7 @@ import pytest
 import scipy.stats
 import torch
 
-from rbmem_tutorial.metrics import (
+from rbmem_tutorial.memorisation import (
     GeneralisationGap,
     default_bandwidths,
     energy_distance,

@@ -1,4 +1,5 @@
-"""Tests of rbmem_tutorial.nets: structure, parameter count, features, time handling, adapter."""
+"""Tests of rbmem_tutorial.flows.nets: structure, parameter count, features, time handling,
+adapter."""
 
 import math
 
@@ -7,7 +8,7 @@ import torch
 from torch import nn
 from torch.nn.utils import parameters_to_vector
 
-from rbmem_tutorial.nets import RegressionAdapter, VelocityMLP, time_column
+from rbmem_tutorial.flows import RegressionAdapter, VelocityMLP, time_column
 
 
 def test_reference_architecture_has_4546_parameters():
@@ -118,6 +119,6 @@ def test_regression_adapter_rejects_bad_input():
 def test_docstring_examples_run():
     import doctest
 
-    from rbmem_tutorial import nets
+    from rbmem_tutorial.flows import nets
 
     assert doctest.testmod(nets).failed == 0

@@ -1,11 +1,11 @@
-"""Tests for rbmem_tutorial.objective: the frozen regression objective and its curvature."""
+"""Tests for rbmem_tutorial.laplace.objective: the frozen regression objective and its curvature."""
 
 import pytest
 import torch
 from conftest import cuda
 from torch import nn
 
-from rbmem_tutorial.objective import (
+from rbmem_tutorial.laplace import (
     RegressionObjective,
     flow_matching_regression_set,
     noise_std_from_residuals,
@@ -316,8 +316,8 @@ def test_cuda_follows_the_inputs():
 
 def test_tilted_objective_is_stationary_at_its_point_with_the_same_hessian():
     """L̃(θ) = L(θ) − ∇L(θ0)ᵀ(θ − θ0) + const: zero gradient at θ0, L's Hessian everywhere,
-    and the anchored loss of rbmem_tutorial.subsets with a zero target up to a constant."""
-    from rbmem_tutorial.subsets import anchored
+    and the anchored loss of rbmem_tutorial.laplace.subsets with a zero target up to a constant."""
+    from rbmem_tutorial.laplace import anchored
 
     torch.manual_seed(0)
     net = nn.Sequential(nn.Linear(3, 6), nn.Tanh(), nn.Linear(6, 2))

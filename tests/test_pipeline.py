@@ -8,10 +8,14 @@ from torch.func import functional_call
 
 from rbmem_tutorial.cache import entry_path
 from rbmem_tutorial.data import load_dataset
-from rbmem_tutorial.flow_matching import train_flow_matching
-from rbmem_tutorial.nets import VelocityMLP
-from rbmem_tutorial.objective import flow_matching_regression_set, parameters_vector, unflatten
-from rbmem_tutorial.pipeline import FlowPosterior, fit_flow_posterior
+from rbmem_tutorial.flows import VelocityMLP, train_flow_matching
+from rbmem_tutorial.laplace import (
+    FlowPosterior,
+    fit_flow_posterior,
+    flow_matching_regression_set,
+    parameters_vector,
+    unflatten,
+)
 
 
 @pytest.fixture
@@ -204,7 +208,7 @@ def test_a_damaged_cache_entry_is_named_moved_aside_and_recomputed(tiny_flow, ca
     ({"param_subset": "nothing*"}, "nothing"),
 ])
 def test_bad_values_are_rejected_before_any_work(tiny_flow, monkeypatch, bad, match):
-    import rbmem_tutorial.pipeline as pipeline
+    import rbmem_tutorial.laplace.pipeline as pipeline
 
     def no_work(*args, **kwargs):
         raise AssertionError("work started before the options were checked")

@@ -1,4 +1,5 @@
-"""Tests for rbmem_tutorial.posterior: generation over parameter samples, velocity spread."""
+"""Tests for rbmem_tutorial.laplace.sampled_nets: generation over parameter samples, velocity
+spread."""
 
 import pytest
 import torch
@@ -7,8 +8,7 @@ from torch import nn
 from torch.func import functional_call
 from torchdiffeq import odeint
 
-from rbmem_tutorial.objective import parameters_vector, unflatten
-from rbmem_tutorial.posterior import generate, velocity_uncertainty
+from rbmem_tutorial.laplace import generate, parameters_vector, unflatten, velocity_uncertainty
 
 
 class TinyVelocity(nn.Module):

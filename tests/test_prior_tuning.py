@@ -8,9 +8,8 @@ import torch
 from scipy.optimize import minimize_scalar
 from torch import nn
 
-from rbmem_tutorial.laplace import fit_laplace
-from rbmem_tutorial.objective import RegressionObjective
-from rbmem_tutorial.prior_tuning import TUNE_RTOL, refine_and_tune
+from rbmem_tutorial.laplace import RegressionObjective, fit_laplace
+from rbmem_tutorial.laplace.prior_tuning import TUNE_RTOL, refine_and_tune
 
 F64 = torch.float64
 SIGMA = 0.4

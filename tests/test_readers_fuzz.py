@@ -11,10 +11,11 @@ import pytest
 import torch
 from conftest import tiny_flow, tiny_posterior
 
-from rbmem_tutorial.cache import entries, entry_path, load_cached, save_entry, use_cached
+from rbmem_tutorial.cache import entry_path, load_cached, save_entry, use_cached
+from rbmem_tutorial.cache_listing import entries
 from rbmem_tutorial.experiments import resume, run_record, store, tradeoff
-from rbmem_tutorial.nets import VelocityMLP
-from rbmem_tutorial.pipeline import FlowPosterior
+from rbmem_tutorial.flows import VelocityMLP
+from rbmem_tutorial.laplace import FlowPosterior
 from rbmem_tutorial.reference import TrainedFlow
 
 CASES = 24  # damaged copies per reader and kind of damage

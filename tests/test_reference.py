@@ -8,7 +8,7 @@ import torch
 
 from rbmem_tutorial.cache import cache_dir
 from rbmem_tutorial.data import load_dataset
-from rbmem_tutorial.flow_matching import train_flow_matching
+from rbmem_tutorial.flows import train_flow_matching
 from rbmem_tutorial.reference import (
     REFERENCE,
     FlowConfig,
@@ -55,10 +55,10 @@ def test_cache_key_depends_on_every_field(cache):
 
 
 def test_cache_key_depends_on_the_package_version(cache, monkeypatch):
-    import rbmem_tutorial
+    from rbmem_tutorial import _version
 
     before = cache_path(TINY)
-    monkeypatch.setattr(rbmem_tutorial, "__version__", "0.0.0-test")
+    monkeypatch.setattr(_version, "__version__", "0.0.0-test")
     assert cache_path(TINY) != before
 
 

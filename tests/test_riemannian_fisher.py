@@ -10,8 +10,7 @@ import torch
 from torch.func import jacfwd, jacrev
 from torchdiffeq import odeint
 
-from rbmem_tutorial.laplace import fit_laplace
-from rbmem_tutorial.objective import RegressionObjective, parameters_vector
+from rbmem_tutorial.laplace import RegressionObjective, fit_laplace, parameters_vector
 from rbmem_tutorial.riemannian import exp_map
 from rbmem_tutorial.riemannian.fisher import FisherMetric
 

@@ -6,12 +6,11 @@ import pytest
 import torch
 from torch import nn
 
-from rbmem_tutorial.image_nets import VelocityConvNet
-from rbmem_tutorial.nets import RegressionAdapter
-from rbmem_tutorial.objective import RegressionObjective, parameters_vector
+from rbmem_tutorial.flows import RegressionAdapter, VelocityConvNet
+from rbmem_tutorial.laplace import RegressionObjective, parameters_vector
 from rbmem_tutorial.riemannian import MongeMetric, exp_map
 from rbmem_tutorial.riemannian.generic import RowDerivatives, supports
-from rbmem_tutorial.toys import Banana
+from rbmem_tutorial.riemannian.toys import Banana
 
 F64 = torch.float64
 

@@ -6,14 +6,14 @@ import torch
 from conftest import cuda
 from riemannian_cases import F64, SmoothLoss, random_point, regression, small_mlp, tight
 
-from rbmem_tutorial import fast_mlp
+from rbmem_tutorial.laplace import fast_mlp
 from rbmem_tutorial.riemannian import (
     GeodesicSolveError,
     exp_map,
     geodesic_acceleration,
     monge,
 )
-from rbmem_tutorial.toys import Banana
+from rbmem_tutorial.riemannian.toys import Banana
 
 
 def christoffel_acceleration(loss, theta, velocity):

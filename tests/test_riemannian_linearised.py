@@ -5,7 +5,7 @@ import torch
 from riemannian_cases import F64, random_point, regression, small_mlp, tight
 from torch import nn
 
-from rbmem_tutorial.objective import RegressionObjective, parameters_vector
+from rbmem_tutorial.laplace import RegressionObjective, parameters_vector
 from rbmem_tutorial.riemannian import (
     exp_map,
     linearised_objective,

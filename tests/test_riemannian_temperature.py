@@ -7,8 +7,7 @@ import pytest
 import torch
 from riemannian_cases import F64, SmoothLoss, random_point, regression, small_mlp, tight
 
-from rbmem_tutorial import fast_mlp
-from rbmem_tutorial.objective import RegressionObjective, parameters_vector
+from rbmem_tutorial.laplace import RegressionObjective, fast_mlp, parameters_vector
 from rbmem_tutorial.riemannian import (
     MongeMetric,
     RiemannianLaplace,

@@ -7,9 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from rbmem_tutorial.laplace import fit_laplace
-from rbmem_tutorial.objective import RegressionObjective, parameters_vector
-from rbmem_tutorial.refinement import refine_map
+from rbmem_tutorial.laplace import RegressionObjective, fit_laplace, parameters_vector, refine_map
 from rbmem_tutorial.riemannian import DEFAULT_TOLERANCES, default_tolerance, exp_map
 
 F64 = torch.float64

@@ -4,8 +4,7 @@ import pytest
 import torch
 from conftest import tiny_flow, tiny_posterior
 
-from rbmem_tutorial.image_nets import VelocityConvNet
-from rbmem_tutorial.nets import VelocityMLP
+from rbmem_tutorial.flows import VelocityConvNet, VelocityMLP
 from rbmem_tutorial.saving import build_net, net_architecture, read_saved
 
 
@@ -72,7 +71,7 @@ CHANGES = {  # what a damaged or edited file may look like
 @pytest.mark.parametrize("change", sorted(CHANGES))
 @pytest.mark.parametrize("kind", ["flow", "posterior"])
 def test_a_changed_saved_file_is_one_error_line(kind, change, tmp_path):
-    from rbmem_tutorial.pipeline import FlowPosterior
+    from rbmem_tutorial.laplace import FlowPosterior
     from rbmem_tutorial.reference import TrainedFlow
 
     saved, cls = (tiny_flow(), TrainedFlow) if kind == "flow" else (tiny_posterior(), FlowPosterior)

@@ -13,8 +13,8 @@ from scipy.optimize import brentq
 from rbmem_tutorial.experiments import __main__ as cli
 from rbmem_tutorial.experiments import cell_compute, geodesic_cells, tradeoff
 from rbmem_tutorial.experiments.drift import DriftSolveError, gradient_flow_to_loss
-from rbmem_tutorial.nets import VelocityMLP
-from rbmem_tutorial.pipeline import fit_flow_posterior
+from rbmem_tutorial.flows import VelocityMLP
+from rbmem_tutorial.laplace import fit_flow_posterior
 
 A = torch.tensor([0.5, 2.0, 10.0], dtype=torch.float64)  # L = ½ Σ a_i θ_i², anisotropic
 

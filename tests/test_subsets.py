@@ -3,18 +3,17 @@
 import pytest
 import torch
 
-from rbmem_tutorial import fast_mlp
-from rbmem_tutorial.image_nets import VelocityConvNet
-from rbmem_tutorial.laplace import fit_laplace
-from rbmem_tutorial.nets import RegressionAdapter, VelocityMLP
-from rbmem_tutorial.objective import RegressionObjective
-from rbmem_tutorial.riemannian import exp_map
-from rbmem_tutorial.subsets import (
+from rbmem_tutorial.flows import RegressionAdapter, VelocityConvNet, VelocityMLP
+from rbmem_tutorial.laplace import (
+    RegressionObjective,
     anchored,
+    fast_mlp,
+    fit_laplace,
     minibatch_objective,
     parameter_subset,
     restrict_objective,
 )
+from rbmem_tutorial.riemannian import exp_map
 
 F64 = torch.float64
 

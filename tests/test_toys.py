@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from rbmem_tutorial.toys import Banana, BayesianLinearRegression, gaussian_w2
+from rbmem_tutorial.riemannian.toys import Banana, BayesianLinearRegression, gaussian_w2
 
 F64 = torch.float64
 

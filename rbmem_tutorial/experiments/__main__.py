@@ -45,12 +45,12 @@ from pathlib import Path
 
 import matplotlib
 
-from .. import __version__
-from ..cache import check_cache_writable
-from . import cache_command, resume, run_record, store
-from .geodesic_cells import parse_temperature
-from .glossary import glossary
-from .tradeoff import (
+from rbmem_tutorial._version import __version__
+from rbmem_tutorial.cache import check_cache_writable
+from rbmem_tutorial.experiments import cache_command, resume, run_record, store
+from rbmem_tutorial.experiments.geodesic_cells import parse_temperature
+from rbmem_tutorial.experiments.glossary import glossary
+from rbmem_tutorial.experiments.tradeoff import (
     METHODS,
     PROFILES,
     CellError,
@@ -255,7 +255,7 @@ def main(argv: list[str] | None = None) -> int:
     matplotlib.use("Agg")
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["matched"]:
-        from .matched_run import main as matched
+        from rbmem_tutorial.experiments.matched_run import main as matched
 
         return matched(argv[1:])
     args = _parser().parse_args(argv)

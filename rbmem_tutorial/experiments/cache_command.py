@@ -11,7 +11,8 @@ from __future__ import annotations
 import argparse
 import time
 
-from ..cache import KINDS, cache_dir, clear, entries
+from rbmem_tutorial.cache import KINDS, cache_dir
+from rbmem_tutorial.cache_listing import clear, entries
 
 
 def add_parser(studies) -> None:

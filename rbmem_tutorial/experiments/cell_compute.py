@@ -16,22 +16,23 @@ from dataclasses import asdict, dataclass, field, replace
 import numpy as np
 import torch
 
-from ..data import TOY_DATASETS, sample_dataset
-from ..memorisation import LOOSE_C, RATIO_THRESHOLD, memorisation_report
-from ..metrics import quality_report
-from ..objective import parameters_vector
-from ..pipeline import fit_flow_posterior
-from ..posterior import generate
-from ..riemannian import common_drift, linearised_objective
-from ..subsets import anchored, minibatch_objective
-from .flows import trained_flow
-from .geodesic_cells import (
+from rbmem_tutorial.data import TOY_DATASETS, sample_dataset
+from rbmem_tutorial.experiments.flows import trained_flow
+from rbmem_tutorial.experiments.geodesic_cells import (
     DRIFT_CONTROLS,
     TEMPERED,
     drift_control_sample,
     empty_diagnostics,
     geodesic_samples,
 )
+from rbmem_tutorial.laplace.params import parameters_vector
+from rbmem_tutorial.laplace.pipeline import fit_flow_posterior
+from rbmem_tutorial.laplace.sampled_nets import generate
+from rbmem_tutorial.laplace.subsets import anchored, minibatch_objective
+from rbmem_tutorial.memorisation.quality import quality_report
+from rbmem_tutorial.memorisation.ratio import LOOSE_C, RATIO_THRESHOLD
+from rbmem_tutorial.memorisation.report import memorisation_report
+from rbmem_tutorial.riemannian import common_drift, linearised_objective
 
 
 @dataclass
@@ -41,7 +42,8 @@ class SeedContext:
     ``geodesic_losses`` maps each geodesic method to the loss whose geodesics give its samples:
     the posterior's objective (restricted to the weight subset, if any), or its linearisation
     at the base point; on a mini-batch if asked for, then anchored so that its gradient at the
-    base point is the full one (:func:`rbmem_tutorial.subsets.anchored`). ``ensemble_losses``
+    base point is the full one (:func:`rbmem_tutorial.laplace.subsets.anchored`).
+    ``ensemble_losses``
     keeps, for each Riemannian cell computed here (keyed by cell key), its mean loss, its mean
     weights θ̄ and their loss, for the controls that pair with it.
     """
@@ -61,7 +63,7 @@ def seed_context(config, train_seed: int, progress: bool = False) -> SeedContext
     """Train (or load) the nets of one seed and fit the posterior; on ``config.device``.
 
     The posterior's prior mean and base point are ``config.prior_mean`` and
-    ``config.base_point`` (:func:`rbmem_tutorial.pipeline.fit_flow_posterior`).
+    ``config.base_point`` (:func:`rbmem_tutorial.laplace.pipeline.fit_flow_posterior`).
     """
     device = torch.device(config.device)
     trained = trained_flow(config, train_seed, config.steps, progress)

@@ -39,7 +39,7 @@ from dataclasses import dataclass
 import torch
 from torchdiffeq import odeint
 
-from .._checks import check_positive, check_positive_int, check_tensor
+from rbmem_tutorial._checks import check_positive, check_positive_int, check_tensor
 
 
 class DriftSolveError(RuntimeError):

@@ -8,8 +8,8 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import numpy as np
 
-from ..memorisation import LOOSE_C, RATIO_THRESHOLD
-from .matched import curve_label, curves, t_interval
+from rbmem_tutorial.experiments.matched import curve_label, curves, t_interval
+from rbmem_tutorial.memorisation.ratio import LOOSE_C, RATIO_THRESHOLD
 
 COLOURS = {"map": "black", "early-stop": "grey", "isotropic": "tab:green",
            "laplace": "tab:blue", "riemannian": "tab:red", "riemannian-linearised": "tab:orange",

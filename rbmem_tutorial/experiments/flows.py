@@ -14,11 +14,11 @@ from typing import NamedTuple
 
 import torch
 
-from ..cache import entry_path, save_entry, use_cached
-from ..data import DataSplit, image_shape, load_dataset, load_image_file, split_images
-from ..flow_matching import train_flow_matching
-from ..image_nets import build_velocity_net
-from ..reference import load_or_train
+from rbmem_tutorial.cache import entry_path, save_entry, use_cached
+from rbmem_tutorial.data import DataSplit, image_shape, load_dataset, load_image_file, split_images
+from rbmem_tutorial.flows.image_nets import build_velocity_net
+from rbmem_tutorial.flows.training import train_flow_matching
+from rbmem_tutorial.reference import load_or_train
 
 
 class StudyFlow(NamedTuple):

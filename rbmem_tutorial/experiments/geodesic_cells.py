@@ -42,9 +42,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ..riemannian import GeodesicSolveError, exp_map
-from ..riemannian.temperature import check_temperature
-from .drift import gradient_flow_to_loss
+from rbmem_tutorial.experiments.drift import gradient_flow_to_loss
+from rbmem_tutorial.riemannian import GeodesicSolveError, exp_map
+from rbmem_tutorial.riemannian.temperature import check_temperature
 
 GEODESIC = ("riemannian", "riemannian-linearised", "riemannian-fisher")
 DRIFT_CONTROLS = ("drift-control", "drift-control-centre")

@@ -43,7 +43,7 @@ from pathlib import Path
 import numpy as np
 from scipy import stats
 
-from .geodesic_cells import TEMPERED
+from rbmem_tutorial.experiments.geodesic_cells import TEMPERED
 
 LEVELS = (0.45, 0.30, "floor")
 METRICS = ("mmd2", "precision", "recall")

@@ -20,8 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
-from . import store
-from .matched_stats import LEVELS, matched_rows, paired
+from rbmem_tutorial.experiments import store
+from rbmem_tutorial.experiments.matched_stats import LEVELS, matched_rows, paired
 
 COLOURS = {"map": "k", "early-stop": "tab:orange", "ensemble": "tab:olive",
            "isotropic": "tab:green", "laplace": "tab:blue", "riemannian-mean": "darkred",

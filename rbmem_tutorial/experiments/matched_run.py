@@ -20,10 +20,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..riemannian import GeodesicSolveError
-from . import store
-from .matched_study import METHODS, MatchedConfig, cell_key, failed_cell, run_cell
-from .replicates import replicate
+from rbmem_tutorial.experiments import store
+from rbmem_tutorial.experiments.matched_study import (
+    METHODS,
+    MatchedConfig,
+    cell_key,
+    failed_cell,
+    run_cell,
+)
+from rbmem_tutorial.experiments.replicates import replicate
+from rbmem_tutorial.riemannian import GeodesicSolveError
 
 
 def prepare(config: MatchedConfig, out: Path) -> None:
@@ -107,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         run(config, out, reverse=args.reverse,
             log=lambda text: print(text, file=sys.stderr, flush=True))
-    from .matched_stats import write_tables
+    from rbmem_tutorial.experiments.matched_stats import write_tables
 
     write_tables(out)
     return 0

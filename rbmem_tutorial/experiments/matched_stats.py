@@ -20,8 +20,8 @@ from pathlib import Path
 import numpy as np
 from scipy import stats
 
-from . import store
-from .matched import t_interval
+from rbmem_tutorial.experiments import store
+from rbmem_tutorial.experiments.matched import t_interval
 
 PRIMARY_METRIC = "energy"
 PRIMARY = [("laplace", "early-stop"), ("riemannian-mean", "early-stop"),

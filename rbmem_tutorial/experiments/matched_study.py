@@ -13,7 +13,7 @@ primary comparisons before the run):
   (θ, x₀) pair: a posterior's ``weight_samples`` nets each push their own ``points /
   weight_samples`` noises, a single net pushes all of them. All methods of a replicate use
   the same noise and tangent draws (paired), drawn separately for calibration and scoring.
-- **Matched by calibration** (:func:`rbmem_tutorial.calibration.calibrate`): for each level
+- **Matched by calibration** (:func:`rbmem_tutorial.laplace.calibration.calibrate`): for each level
   (memorised 0.45, 0.30 and the replicate's true-sample floor) the knob is searched on the
   calibration draws until the memorised fraction is within ``tolerance``; quality is scored at
   that knob on fresh draws. Every knob the search visits is a point of the method's curve.
@@ -31,13 +31,14 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 
-from ..calibration import calibrate
-from ..memorisation import LOOSE_C, memorised_fraction
-from ..metrics import energy_distance, mmd2, outlier_rate, precision_recall
-from ..posterior import generate
-from ..riemannian import exp_map
-from .cell_compute import coordinate_generator
-from .replicates import STEP_GRID, Replicate
+from rbmem_tutorial.experiments.cell_compute import coordinate_generator
+from rbmem_tutorial.experiments.replicates import STEP_GRID, Replicate
+from rbmem_tutorial.laplace.calibration import calibrate
+from rbmem_tutorial.laplace.sampled_nets import generate
+from rbmem_tutorial.memorisation.coverage import outlier_rate, precision_recall
+from rbmem_tutorial.memorisation.distances import energy_distance, mmd2
+from rbmem_tutorial.memorisation.ratio import LOOSE_C, memorised_fraction
+from rbmem_tutorial.riemannian import exp_map
 
 SINGLE = ("map", "early-stop", "ensemble")
 GEODESIC = {  # method: (metric, temperature, largest scale, solver, rtol)

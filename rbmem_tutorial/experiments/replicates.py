@@ -18,13 +18,13 @@ from functools import cached_property
 
 import torch
 
-from ..cache import entry_path, load_cached, save_entry
-from ..data import load_dataset, sample_dataset
-from ..flow_matching import train_flow_matching
-from ..memorisation import memorised_fraction
-from ..objective import parameters_vector
-from ..pipeline import FlowPosterior, fit_flow_posterior
-from ..reference import (
+from rbmem_tutorial.cache import entry_path, load_cached, save_entry
+from rbmem_tutorial.data import load_dataset, sample_dataset
+from rbmem_tutorial.flows.training import train_flow_matching
+from rbmem_tutorial.laplace.params import parameters_vector
+from rbmem_tutorial.laplace.pipeline import FlowPosterior, fit_flow_posterior
+from rbmem_tutorial.memorisation.ratio import memorised_fraction
+from rbmem_tutorial.reference import (
     REFERENCE,
     FlowConfig,
     build_model,

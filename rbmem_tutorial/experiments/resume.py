@@ -1,7 +1,7 @@
 """Resuming a study in an existing output folder without mixing results of other options.
 
 A folder's ``config.json`` records the options of its cells. A rerun into the same folder is
-compared field by field with it (every field of :class:`~.tradeoff.TradeoffConfig`, so fields
+compared field by field with it (every field of :class:`~.config.TradeoffConfig`, so fields
 added later are compared too): options in :data:`CELL_FIELDS` only add cells, and the study
 is extended to the union of the saved and the new values; any other difference would change
 the numbers of the cells already there, so the rerun is refused with the differing fields
@@ -20,7 +20,9 @@ import shutil
 from dataclasses import MISSING, asdict, fields, replace
 from pathlib import Path
 
-from . import run_record, store
+from rbmem_tutorial.experiments import run_record, store
+from rbmem_tutorial.experiments.config import TradeoffConfig
+from rbmem_tutorial.experiments.flows import study_images
 
 #: Fields whose values index cells: new values add cells, the finished ones stay valid.
 CELL_FIELDS = ("train_seeds", "sample_seeds", "scales", "methods", "temperatures")
@@ -84,8 +86,6 @@ def _held_out(config, n_test: int | None) -> int:
     """The held-out size that ``n_test`` gives in ``config`` (``None``: the default rule)."""
     if n_test is not None:
         return n_test
-    from .flows import study_images
-
     images = study_images(config)
     return replace(config, n_test=None).held_out_size(None if images is None else len(images))
 
@@ -226,11 +226,9 @@ def clear_study(out) -> None:
 
 
 def load_study_config(out):
-    """The :class:`~.tradeoff.TradeoffConfig` saved in folder ``out`` (for ``merge``), on the
+    """The :class:`~.config.TradeoffConfig` saved in folder ``out`` (for ``merge``), on the
     CPU, with a relative data path resolved against the folder; fields this version does not
     know are named in the error."""
-    from .tradeoff import TradeoffConfig
-
     out = Path(out)
     if not out.is_dir():
         raise FileNotFoundError(f"--out {out} is not a folder; pass the folder of a study.")
@@ -257,10 +255,8 @@ def load_study_config(out):
 
 
 def config_from_record(record: dict, **overrides):
-    """The :class:`~.tradeoff.TradeoffConfig` of a ``config.json`` record (JSON lists become
+    """The :class:`~.config.TradeoffConfig` of a ``config.json`` record (JSON lists become
     tuples; the data hash is not a field), with ``overrides`` replacing fields."""
-    from .tradeoff import TradeoffConfig
-
     record = {k: tuple(v) if isinstance(v, list) else v for k, v in record.items()
               if k != DATA_HASH}
     return TradeoffConfig(**{**record, **overrides})

@@ -30,8 +30,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .. import __version__
-from . import store
+from rbmem_tutorial._version import __version__
+from rbmem_tutorial.experiments import store
 
 
 def _now() -> str:

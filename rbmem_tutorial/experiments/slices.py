@@ -25,9 +25,14 @@ from pathlib import Path
 
 import numpy as np
 
-from .cell_compute import SeedContext, parameter_samples, run_cell, seed_context
-from .matched import curve_label, matched_table
-from .tradeoff import Cell, TradeoffConfig, cells
+from rbmem_tutorial.experiments.cell_compute import (
+    SeedContext,
+    parameter_samples,
+    run_cell,
+    seed_context,
+)
+from rbmem_tutorial.experiments.matched import curve_label, matched_table
+from rbmem_tutorial.experiments.tradeoff import Cell, TradeoffConfig, cells
 
 
 @dataclass

@@ -33,7 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .._checks import check_writable_folder
+from rbmem_tutorial._checks import check_writable_folder
 
 #: What reading a damaged ``.json`` or ``.npz`` raises (found by tests/test_readers_fuzz.py).
 UNREADABLE = (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError, EOFError,

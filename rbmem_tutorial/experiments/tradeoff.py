@@ -1,7 +1,8 @@
 """The trade-off study: memorisation against sample quality, per posterior and scale.
 
 For each training seed the study trains the MAP velocity net (and an early-stopped one), builds
-the frozen objective and a Laplace posterior (:func:`rbmem_tutorial.pipeline.fit_flow_posterior`),
+the frozen objective and a Laplace posterior
+(:func:`rbmem_tutorial.laplace.pipeline.fit_flow_posterior`),
 then fills one *cell* per (method, scale, training seed, sampling seed):
 
 - ``map``: the refined mode θ*; ``early-stop``: the net after ``early_steps`` SGD steps;
@@ -28,8 +29,8 @@ other cells ran, in what order, or on how many processes.
 
 Scaling up (chapter 8): images (``dataset="digits"`` or a user's ``data_file``) with an MLP or
 the convolutional net (``net="conv"``); a posterior over a weight subset (``param_subset``,
-see :mod:`rbmem_tutorial.subsets`); geodesics on a fixed mini-batch of ``geodesic_batch`` frozen
-pairs; profiles sized for one GPU. Several processes share the work cell by cell (a cell's
+see :mod:`rbmem_tutorial.laplace.subsets`); geodesics on a fixed mini-batch of ``geodesic_batch``
+frozen pairs; profiles sized for one GPU. Several processes share the work cell by cell (a cell's
 parameter samples are not split across processes).
 """
 
@@ -43,171 +44,30 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .._checks import check_choice, check_positive, check_positive_int
-from ..data import DATASETS, DIGITS_COUNT, TOY_DATASETS
-from ..image_nets import NETS
-from ..laplace import _STRUCTURES as STRUCTURES  # the structures fit_laplace accepts
-from ..pipeline import BASE_POINTS, PRIOR_MEANS
-from ..reference import REFERENCE, FlowConfig
-from ..subsets import parameter_subset
-from . import resume, store
-from .cell_compute import (
+from rbmem_tutorial._checks import check_choice
+from rbmem_tutorial.data import DIGITS_COUNT
+from rbmem_tutorial.experiments import resume, store
+from rbmem_tutorial.experiments.cell_compute import (
     SeedContext,
     parameter_samples,  # noqa: F401  (chapter 7 calls it from here)
     run_cell,
     seed_context,
 )
-from .cell_errors import CellError, cell_failure
-from .flows import study_data, study_image_shape, study_images, study_net, trained_flow
-from .geodesic_cells import TEMPERED, check_temperatures, temperature_key
-from .map_check import annotate as annotate_map_quality
-from .map_check import map_quality_warning
-from .progress import StudyProgress
-
-METHODS = ("map", "early-stop", "isotropic", "laplace", "riemannian", "riemannian-linearised",
-           "riemannian-fisher", "drift-control", "drift-control-centre", "ensemble-centre")
-SCALED = METHODS[2:]
-
-
-@dataclass(frozen=True)
-class TradeoffConfig:
-    """Everything that determines a trade-off study (saved beside its results).
-
-    ``dataset`` is ``"file"`` exactly when ``data_file`` names a user's image array. ``hidden``
-    holds the MLP's widths, ``channels`` the conv net's channels per level. ``n_test`` ``None``
-    picks the held-out size: for the toy sets max(2000, generated samples); for images all the
-    images not used for training (half of them score quality, the other half are the
-    true-sample baseline). ``param_subset`` ``None`` puts the posterior on every weight;
-    ``geodesic_batch`` ``None`` runs geodesics on all frozen pairs. ``prior_mean`` and
-    ``base_point`` go to :func:`~rbmem_tutorial.pipeline.fit_flow_posterior`;
-    ``temperatures`` are the Monge metric's temperatures (numbers, ``"sum"``, ``"mean"``,
-    ``"data-mean"``), over which the tempered methods' cells are expanded
-    (:mod:`.geodesic_cells`). ``geodesic_rtol`` (= atol) ``None`` solves each cell's geodesics
-    at its metric's and temperature's :func:`~rbmem_tutorial.riemannian.default_tolerance`.
-    """
-
-    dataset: str = REFERENCE.dataset
-    n_train: int = REFERENCE.n_train
-    hidden: tuple[int, ...] = REFERENCE.hidden
-    steps: int = REFERENCE.steps
-    early_steps: int = REFERENCE.steps // 5
-    batch_size: int = REFERENCE.batch_size
-    lr: float = REFERENCE.lr
-    methods: tuple[str, ...] = ("map", "early-stop", "isotropic", "laplace", "riemannian")
-    scales: tuple[float, ...] = (0.25, 0.5, 1.0)
-    structure: str = "diag"
-    draws_per_point: int = 16
-    train_seeds: tuple[int, ...] = (0,)
-    sample_seeds: tuple[int, ...] = (0,)
-    n_param_samples: int = 8
-    n_x0: int = 250
-    rtol: float = 1e-5
-    geodesic_rtol: float | None = None
-    max_geodesic_steps: int = 4000
-    device: str = "cpu"
-    profile: str = "custom"
-    net: str = "mlp"
-    channels: tuple[int, ...] = (32, 64)
-    data_file: str | None = None
-    n_test: int | None = None
-    param_subset: str | None = None
-    geodesic_batch: int | None = None
-    refine_iterations: int = 1000
-    newton_steps: int = 10
-    prior_mean: str = "sgd"
-    base_point: str = "refined"
-    temperatures: tuple = ("sum",)
-
-    def __post_init__(self):
-        check_choice("dataset", self.dataset, (*DATASETS, "file"))
-        if (self.dataset == "file") != (self.data_file is not None):
-            raise ValueError("a data file and dataset 'file' go together: pass --data-file PATH "
-                             "without --dataset, or a built-in --dataset without --data-file.")
-        check_choice("net", self.net, NETS)
-        if self.net == "conv" and self.dataset in TOY_DATASETS:
-            raise ValueError(f"net 'conv' needs images; {self.dataset!r} is 2-D: use net 'mlp'.")
-        check_positive_int("n_train", self.n_train, minimum=2)
-        check_positive_int("steps", self.steps)
-        check_positive_int("early_steps", self.early_steps)
-        if self.early_steps >= self.steps:
-            raise ValueError(f"early_steps ({self.early_steps}) must be fewer Adam steps than "
-                             f"steps ({self.steps}): the early-stopped baseline stops before the "
-                             "MAP net; lower --early-steps or raise --steps.")
-        check_positive_int("batch_size", self.batch_size)
-        check_positive("lr", self.lr)
-        check_choice("structure", self.structure, STRUCTURES)
-        tolerances = ("rtol",) if self.geodesic_rtol is None else ("rtol", "geodesic_rtol")
-        for name in tolerances:
-            if not 0 < check_positive(name, getattr(self, name)) < 1:
-                raise ValueError(f"{name} is a relative tolerance and must be below 1, got "
-                                 f"{getattr(self, name)}; try 1e-4.")
-        for name in ("draws_per_point", "max_geodesic_steps"):
-            check_positive_int(name, getattr(self, name))
-        for name in ("refine_iterations", "newton_steps"):
-            check_positive_int(name, getattr(self, name), minimum=0)
-        for name in ("hidden", "channels"):
-            if not getattr(self, name):
-                raise ValueError(f"{name} is empty; pass at least one width.")
-            for width in getattr(self, name):
-                check_positive_int(name, width)
-        if not self.methods:
-            raise ValueError("methods is empty; pass at least one of " + ", ".join(METHODS))
-        for method in self.methods:
-            check_choice("method", method, METHODS)
-        if not self.scales and set(self.methods) & set(SCALED):
-            raise ValueError("scales is empty; pass at least one posterior scale, e.g. 0.5.")
-        for scale in self.scales:
-            check_positive("scale", scale)
-        keys = [scale_key(scale) for scale in self.scales]
-        if len(set(keys)) < len(keys):
-            same = sorted({k for k in keys if keys.count(k) > 1})
-            raise ValueError(f"scales {list(self.scales)} repeat the cell key(s) {same} (scales "
-                             "are keyed to 6 significant digits); pass distinct scales.")
-        for name in ("train_seeds", "sample_seeds"):
-            if not getattr(self, name):
-                raise ValueError(f"{name} is empty; pass at least one seed.")
-            for seed in getattr(self, name):
-                check_positive_int(name, seed, minimum=0)
-        check_choice("prior_mean", self.prior_mean, PRIOR_MEANS)
-        check_choice("base_point", self.base_point, BASE_POINTS)
-        check_temperatures(self.temperatures, methods=self.methods,
-                           geodesic_batch=self.geodesic_batch)
-        if self.n_test is not None:
-            check_positive_int("n_test", self.n_test, minimum=2)
-        if self.geodesic_batch is not None:
-            check_positive_int("geodesic_batch", self.geodesic_batch)
-        check_positive_int("n_param_samples", self.n_param_samples)
-        check_positive_int("n_x0", self.n_x0, minimum=2)
-        check_choice("device", self.device.split(":")[0], ("cpu", "cuda"))
-        if self.device.startswith("cuda") and not torch.cuda.is_available():
-            raise ValueError("--device cuda was asked for, but no CUDA device is available.")
-
-    def flow_config(self, train_seed: int, steps: int | None = None) -> FlowConfig:
-        """The trained model of one training seed (the data set is the same for every seed)."""
-        return FlowConfig(
-            dataset=self.dataset, n_train=self.n_train, hidden=tuple(self.hidden),
-            steps=steps or self.steps, batch_size=self.batch_size, lr=self.lr,
-            seed=train_seed, n_test=self.held_out_size(),
-        )
-
-    def held_out_size(self, count: int | None = None) -> int:
-        """Held-out set size (see the class notes); ``count`` is the number of images of a
-        data file."""
-        if self.n_test is not None:
-            return self.n_test
-        if self.dataset in TOY_DATASETS:
-            return max(REFERENCE.n_test, self.n_generated)
-        return (DIGITS_COUNT if count is None else count) - self.n_train
-
-    @property
-    def n_generated(self) -> int:
-        return self.n_param_samples * self.n_x0
-
-    @property
-    def net_widths(self) -> tuple[int, ...]:
-        """The widths of the velocity net: ``hidden`` for the MLP, ``channels`` for the conv."""
-        return self.hidden if self.net == "mlp" else self.channels
-
+from rbmem_tutorial.experiments.cell_errors import CellError, cell_failure
+from rbmem_tutorial.experiments.config import METHODS, SCALED, TradeoffConfig, scale_key
+from rbmem_tutorial.experiments.flows import (
+    study_data,
+    study_image_shape,
+    study_images,
+    study_net,
+    trained_flow,
+)
+from rbmem_tutorial.experiments.geodesic_cells import TEMPERED, temperature_key
+from rbmem_tutorial.experiments.map_check import annotate as annotate_map_quality
+from rbmem_tutorial.experiments.map_check import map_quality_warning
+from rbmem_tutorial.experiments.progress import StudyProgress
+from rbmem_tutorial.laplace.subsets import parameter_subset
+from rbmem_tutorial.memorisation.ratio import nearest_two
 
 DIGITS = dict(dataset="digits", lr=2e-3, methods=METHODS[:5])
 PROFILES = {
@@ -256,11 +116,6 @@ def check_config(config: TradeoffConfig) -> None:
     train, _ = study_data(config, images)
     if config.param_subset is not None:
         parameter_subset(study_net(config, train.shape[1], images), config.param_subset)
-
-
-def scale_key(scale: float) -> str:
-    """The text of a posterior scale in cell keys (``%g``: 6 significant digits)."""
-    return f"{scale:g}"
 
 
 @dataclass(frozen=True)
@@ -408,7 +263,11 @@ def run_study(config: TradeoffConfig, out, *, progress: bool = True, rank: int =
 
 def finish(config: TradeoffConfig, out) -> list[dict]:
     """Merge every finished cell into ``results.csv``/``results.json`` and draw the figures."""
-    from .figures import frontier_figure, image_samples_figure, samples_figure
+    from rbmem_tutorial.experiments.figures import (
+        frontier_figure,
+        image_samples_figure,
+        samples_figure,
+    )
 
     images = study_images(config)
     train = study_data(config, images).train
@@ -451,8 +310,6 @@ def write_preview(out, rows: list[dict], train: torch.Tensor, count: int = PREVI
     [cells], ``samples`` [cells, P, d] (float32), ``nearest`` and ``second`` [cells, P],
     ``ratio`` [cells, P], ``train`` [n, d].
     """
-    from ..memorisation import nearest_two
-
     keys, samples, nearest, second, ratio = [], [], [], [], []
     for row in rows:
         cell = np.load(Path(out) / "cells" / f"{row['key']}.npz")["samples"][:count]

@@ -1,4 +1,5 @@
 """Riemannian Laplace: geodesics of a metric on parameter space and the sampler built on them.
+Chapters 5 and 6 (Riemannian Laplace, choosing the metric) teach it; chapter 7 uses it to reduce memorisation.
 
 Map of the subpackage:
 
@@ -16,19 +17,24 @@ Map of the subpackage:
   network (``metric="fisher"``);
 - :mod:`.linearised` — the loss of the network linearised at θ*;
 - :mod:`.sampler` — :class:`RiemannianLaplace`, Laplace tangent vectors through ``Exp_θ*``;
-- :mod:`.diagnostics` — per-sample travel and loss rise, and :func:`common_drift`.
+- :mod:`.diagnostics` — per-sample travel and loss rise, and :func:`common_drift`;
+- :mod:`.toys` — posteriors known in closed form (a banana, Bayesian linear regression).
 """
 
-from ._checks import F64
-from .diagnostics import common_drift
-from .fisher import FisherMetric
-from .geodesic import METRICS, build_metric, exp_map, geodesic_acceleration
-from .linearised import LinearisedObjective, linearised_objective
-from .monge import MongeMetric
-from .sampler import RiemannianLaplace
-from .solve import ADAPTIVE_METHODS, GeodesicResult, GeodesicSolveError
-from .temperature import TEMPERATURE_PRESETS, data_mean_objective, resolve_temperature
-from .tolerances import DEFAULT_TOLERANCES, default_tolerance
+from rbmem_tutorial.riemannian._checks import F64
+from rbmem_tutorial.riemannian.diagnostics import common_drift
+from rbmem_tutorial.riemannian.fisher import FisherMetric
+from rbmem_tutorial.riemannian.geodesic import METRICS, build_metric, exp_map, geodesic_acceleration
+from rbmem_tutorial.riemannian.linearised import LinearisedObjective, linearised_objective
+from rbmem_tutorial.riemannian.monge import MongeMetric
+from rbmem_tutorial.riemannian.sampler import RiemannianLaplace
+from rbmem_tutorial.riemannian.solve import ADAPTIVE_METHODS, GeodesicResult, GeodesicSolveError
+from rbmem_tutorial.riemannian.temperature import (
+    TEMPERATURE_PRESETS,
+    data_mean_objective,
+    resolve_temperature,
+)
+from rbmem_tutorial.riemannian.tolerances import DEFAULT_TOLERANCES, default_tolerance
 
 __all__ = [
     "ADAPTIVE_METHODS", "DEFAULT_TOLERANCES", "F64", "METRICS", "TEMPERATURE_PRESETS",

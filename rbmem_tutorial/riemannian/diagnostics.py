@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import torch
 
-from ._checks import check_float64
+from rbmem_tutorial.riemannian._checks import check_float64
 
 
 def endpoint_diagnostics(metric, theta0, v, endpoints) -> dict:

@@ -6,7 +6,7 @@ Metric" (AISTATS 2024, arXiv 2311.02766) show that the metric ``I + ∇L∇Lᵀ`
 the data grow, and propose RLA-F: the same exponential-map construction with the Fisher
 information of the likelihood plus the prior's precision as the metric.
 
-**The metric.** For the objective of :class:`~rbmem_tutorial.objective.RegressionObjective`,
+**The metric.** For the objective of :class:`~rbmem_tutorial.laplace.objective.RegressionObjective`,
 
     L(θ) = ½ (f(θ) − y)ᵀ Σ⁻¹ (f(θ) − y) + (λ/2) ‖θ − m‖²,
 
@@ -44,8 +44,9 @@ system (a Cholesky factorisation, M³/3 flops) instead of a D × D one (D² memo
 Two routes form JJᵀ (or J, for the D × D system), f''[ċ, ċ] and Jᵀw (``gram``):
 
 - ``"mlp"`` (a plain MLP, ``nn.Sequential(Linear, SiLU|Tanh, ..., Linear)``, as
-  :mod:`rbmem_tutorial.fast_mlp` supports): one hand-written forward pass carries the first and
-  second directional derivatives (R a_l, R² a_l, as in :mod:`~rbmem_tutorial.fast_mlp`), so
+  :mod:`rbmem_tutorial.laplace.fast_mlp` supports): one hand-written forward pass carries the first
+  and
+  second directional derivatives (R a_l, R² a_l, as in :mod:`~rbmem_tutorial.laplace.fast_mlp`), so
   f''[ċ, ċ] = R² a_L. The Jacobian row of output (n, j) in a layer's [W | b] is
   δ_{n,j} ⊗ [h_n; 1] (δ the output's gradient at the layer's pre-activation, h_n the layer's
   input), so JJᵀ = Σ_layers (δδᵀ) ⊙ (h̃h̃ᵀ) with δ from ``out`` backward passes, and
@@ -87,8 +88,8 @@ v ~ N(0, G(θ*)⁻¹) makes J_h(θ*) v, hence h(Exp_θ*(v)) − h(θ*), exactly 
 **When those samples are exact.** That makes h(θ) − h(θ*) standard normal, so the samples
 θ = h⁻¹(h(θ*) + z) have the density N(h(θ) − h(θ*); 0, I) · abs(det J_h(θ)), while the posterior
 is ∝ N(h(θ) − h(θ*); 0, I). The two agree exactly when abs(det J_h) is constant, which is the
-condition the exactness needs. The banana of :mod:`rbmem_tutorial.toys` meets it (det J_u =
-1/(σ₁σ₂)); the 1-D target −log p(θ) = ½(θ + θ³/3)² does not (h' = 1 + θ²): RLA-F gives
+condition the exactness needs. The banana of :mod:`rbmem_tutorial.riemannian.toys` meets it (det J_u
+= 1/(σ₁σ₂)); the 1-D target −log p(θ) = ½(θ + θ³/3)² does not (h' = 1 + θ²): RLA-F gives
 E θ² = 0.531 against the exact 0.387 (both by quadrature; a Monte Carlo run gave
 0.527 ± 0.008; ``tests/test_riemannian_fisher.py`` checks it through :func:`exp_map`). In the
 infinite-data limit the posterior concentrates where J_h is nearly constant, so the error
@@ -100,7 +101,7 @@ book therefore reads Fisher samples as an approximation, judged like the others 
 memorisation and quality, not as exact posterior samples.
 
 This package draws v ~ N(0, α² (GGN + λI)⁻¹), the tangent Gaussian of the Euclidean Laplace
-posterior (:meth:`~rbmem_tutorial.laplace.LaplacePosterior.sample_tangent`), and solves the
+posterior (:meth:`~rbmem_tutorial.laplace.base.LaplacePosterior.sample_tangent`), and solves the
 geodesic with this class. For a linear model (f = Zθ) G is constant, geodesics are straight,
 and RLA-F is the Euclidean Laplace, the exact posterior N(μ, (ZᵀΣ⁻¹Z + λI)⁻¹).
 
@@ -118,7 +119,7 @@ Deviations from the paper:
 Example
 -------
 >>> import torch
->>> from rbmem_tutorial.objective import RegressionObjective, parameters_vector
+>>> from rbmem_tutorial.laplace import RegressionObjective, parameters_vector
 >>> torch.manual_seed(0)  # doctest: +ELLIPSIS
 <torch._C.Generator object at ...>
 >>> net = torch.nn.Sequential(torch.nn.Linear(2, 4), torch.nn.Tanh(), torch.nn.Linear(4, 1))
@@ -139,11 +140,10 @@ from __future__ import annotations
 import torch
 from torch.func import jacrev, jvp, vmap
 
-from rbmem_tutorial import fast_mlp
 from rbmem_tutorial._checks import check_choice
-
-from ._checks import F64, check_float64, check_points
-from .fisher_mlp import MLPFisherPasses
+from rbmem_tutorial.laplace import fast_mlp
+from rbmem_tutorial.riemannian._checks import F64, check_float64, check_points
+from rbmem_tutorial.riemannian.fisher_mlp import MLPFisherPasses
 
 __all__ = ["GRAM_METHODS", "FisherMetric"]
 
@@ -186,7 +186,7 @@ class FisherMetric:
         if missing:
             raise TypeError(
                 f"objective must be a RegressionObjective (it lacks {', '.join(missing)}), got "
-                f"{type(objective).__name__}; build one with rbmem_tutorial.objective."
+                f"{type(objective).__name__}; build one with rbmem_tutorial.laplace.objective."
                 "RegressionObjective(model, inputs, targets, noise_std, prior_precision)."
             )
         check_choice("gram", gram, GRAM_METHODS)
@@ -211,7 +211,7 @@ class FisherMetric:
         Example
         -------
         >>> import torch
-        >>> from rbmem_tutorial.objective import RegressionObjective
+        >>> from rbmem_tutorial.laplace.objective import RegressionObjective
         >>> lin = torch.nn.Linear(2, 1)  # f is linear in θ: straight geodesics
         >>> objective = RegressionObjective(lin, torch.randn(4, 2), torch.randn(4, 1), 1.0, 1.0)
         >>> theta, v = torch.zeros(3, dtype=torch.float64), torch.ones(3, dtype=torch.float64)
@@ -298,7 +298,7 @@ class FisherMetric:
         if gram == "mlp" and not supported:
             raise ValueError(
                 "gram='mlp' needs a RegressionObjective on nn.Sequential(Linear, SiLU|Tanh, ..., "
-                "Linear) (see rbmem_tutorial.fast_mlp); use gram='jacobian' for this model."
+                "Linear) (see rbmem_tutorial.laplace.fast_mlp); use gram='jacobian' for this model."
             )
         if gram == "jacobian" or not supported:
             return None

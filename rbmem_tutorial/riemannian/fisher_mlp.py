@@ -1,6 +1,6 @@
 """The Fisher geodesic's acceleration through a plain MLP by hand-written passes, rows batched.
 
-For ``nn.Sequential(Linear, SiLU|Tanh, ..., Linear)`` (:mod:`rbmem_tutorial.fast_mlp`) the
+For ``nn.Sequential(Linear, SiLU|Tanh, ..., Linear)`` (:mod:`rbmem_tutorial.laplace.fast_mlp`) the
 acceleration of :mod:`~rbmem_tutorial.riemannian.fisher`,
 
     c̈ = −Jᵀ (J Jᵀ + λΣ)⁻¹ f''[ċ, ċ]          (Woodbury, M < D),
@@ -22,7 +22,7 @@ column of ones, λΣ, λI, the identity that seeds the δ) is built once.
 Example
 -------
 >>> import torch
->>> from rbmem_tutorial.objective import RegressionObjective, parameters_vector
+>>> from rbmem_tutorial.laplace import RegressionObjective, parameters_vector
 >>> torch.manual_seed(0)  # doctest: +ELLIPSIS
 <torch._C.Generator object at ...>
 >>> net = torch.nn.Sequential(torch.nn.Linear(1, 3), torch.nn.Tanh(), torch.nn.Linear(3, 1))
@@ -39,9 +39,8 @@ from __future__ import annotations
 
 import torch
 
-from rbmem_tutorial import fast_mlp
-
-from ._checks import F64
+from rbmem_tutorial.laplace import fast_mlp
+from rbmem_tutorial.riemannian._checks import F64
 
 __all__ = ["MLPFisherPasses"]
 
@@ -56,7 +55,7 @@ class MLPFisherPasses:
     Parameters
     ----------
     objective : RegressionObjective
-        On a model that :func:`rbmem_tutorial.fast_mlp.supports`.
+        On a model that :func:`rbmem_tutorial.laplace.fast_mlp.supports`.
     """
 
     def __init__(self, objective):

@@ -1,7 +1,8 @@
 """The generic path: gradient and curvature of a regression loss on any network, rows batched.
 
-For a :class:`~rbmem_tutorial.objective.RegressionObjective` whose model the fused MLP kernel
-(:mod:`rbmem_tutorial.fast_mlp`) does not cover (a convolutional net, the banana's model, an
+For a :class:`~rbmem_tutorial.laplace.objective.RegressionObjective` whose model the fused MLP
+kernel
+(:mod:`rbmem_tutorial.laplace.fast_mlp`) does not cover (a convolutional net, the banana's model, an
 MLP with other activations), the Monge geodesic needs, per evaluation and per row ``s``,
 
     ∇L(θ_s)  and  v_sᵀ∇²L(θ_s) v_s,
@@ -16,7 +17,7 @@ any ``nn.Module`` whose examples do not interact (no batch norm) works.
 Example
 -------
 >>> import torch
->>> from rbmem_tutorial.toys import Banana
+>>> from rbmem_tutorial.riemannian.toys import Banana
 >>> objective = Banana().regression_objective()
 >>> derivatives = RowDerivatives(objective)
 >>> theta = torch.tensor([[0.0, 0.0], [1.0, 0.5]], dtype=torch.float64)
@@ -32,7 +33,7 @@ from __future__ import annotations
 import torch
 from torch.func import grad, jvp, vmap
 
-from rbmem_tutorial.objective import RegressionObjective
+from rbmem_tutorial.laplace.objective import RegressionObjective
 
 __all__ = ["RowDerivatives", "supports"]
 

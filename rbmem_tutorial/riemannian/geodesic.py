@@ -35,20 +35,19 @@ from __future__ import annotations
 import torch
 
 from rbmem_tutorial._checks import check_choice
-from rbmem_tutorial.objective import RegressionObjective
-
-from ._checks import check_float64, check_velocity
-from .fisher import FisherMetric
-from .monge import MongeMetric
-from .solve import (
+from rbmem_tutorial.laplace.objective import RegressionObjective
+from rbmem_tutorial.riemannian._checks import check_float64, check_velocity
+from rbmem_tutorial.riemannian.fisher import FisherMetric
+from rbmem_tutorial.riemannian.monge import MongeMetric
+from rbmem_tutorial.riemannian.solve import (
     ADAPTIVE_METHODS,
     GeodesicResult,
     GeodesicSolveError,
     shoot,
     solver_options,
 )
-from .temperature import check_temperature, resolve_temperature
-from .tolerances import default_tolerance
+from rbmem_tutorial.riemannian.temperature import check_temperature, resolve_temperature
+from rbmem_tutorial.riemannian.tolerances import default_tolerance
 
 __all__ = [
     "ADAPTIVE_METHODS", "METRICS", "GeodesicResult", "GeodesicSolveError", "build_metric",
@@ -121,7 +120,7 @@ def geodesic_acceleration(
 
     equals ``−Γᵏᵢⱼ θ̇ⁱ θ̇ʲ`` for the Christoffel symbols of ``I + ∇L∇Lᵀ/T²``. It costs one
     gradient and the curvature ``θ̇ᵀ∇²L θ̇``: an HVP in general, a cheaper second-order forward
-    pass for MLP regression objectives (:mod:`rbmem_tutorial.fast_mlp`).
+    pass for MLP regression objectives (:mod:`rbmem_tutorial.laplace.fast_mlp`).
 
     Parameters
     ----------

@@ -11,7 +11,7 @@ import warnings
 
 import torch
 
-from ._checks import check_float64, check_points
+from rbmem_tutorial.riemannian._checks import check_float64, check_points
 
 
 class LinearisedObjective:

@@ -12,7 +12,7 @@ cheaper by a second-order forward pass); no D×D matrix is formed.
 ``loss`` is any twice-differentiable scalar function of a flat float64 parameter vector, in one
 of these forms, checked in this order:
 
-1. a ``RegressionObjective`` on a plain MLP that :func:`rbmem_tutorial.fast_mlp.supports`
+1. a ``RegressionObjective`` on a plain MLP that :func:`rbmem_tutorial.laplace.fast_mlp.supports`
    (gradient and curvature in one hand-written pass, batched over samples);
 2. any other ``RegressionObjective`` (a convolutional net, any ``nn.Module``): ``torch.func``
    forward-over-reverse, vmapped over the rows of a batch (:mod:`.generic`);
@@ -35,10 +35,9 @@ from functools import partial
 
 import torch
 
-from rbmem_tutorial import fast_mlp
-
-from . import generic
-from .temperature import resolve_temperature
+from rbmem_tutorial.laplace import fast_mlp
+from rbmem_tutorial.riemannian import generic
+from rbmem_tutorial.riemannian.temperature import resolve_temperature
 
 
 def _check_scalar_loss(loss, theta: torch.Tensor) -> None:

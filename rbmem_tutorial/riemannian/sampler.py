@@ -5,13 +5,12 @@ from __future__ import annotations
 import torch
 
 from rbmem_tutorial._checks import check_choice, check_positive_int
-
-from ._checks import check_float64
-from .geodesic import METRICS, build_metric
-from .linearised import linearised_objective
-from .solve import shoot, solver_options
-from .temperature import check_temperature
-from .tolerances import default_tolerance
+from rbmem_tutorial.riemannian._checks import check_float64
+from rbmem_tutorial.riemannian.geodesic import METRICS, build_metric
+from rbmem_tutorial.riemannian.linearised import linearised_objective
+from rbmem_tutorial.riemannian.solve import shoot, solver_options
+from rbmem_tutorial.riemannian.temperature import check_temperature
+from rbmem_tutorial.riemannian.tolerances import default_tolerance
 
 
 class RiemannianLaplace:

@@ -19,9 +19,8 @@ import torch
 from torchdiffeq import odeint
 
 from rbmem_tutorial._checks import check_choice, check_positive, check_positive_int
-
-from ._checks import F64
-from .diagnostics import endpoint_diagnostics
+from rbmem_tutorial.riemannian._checks import F64
+from rbmem_tutorial.riemannian.diagnostics import endpoint_diagnostics
 
 __all__ = ["ADAPTIVE_METHODS", "GeodesicResult", "GeodesicSolveError", "shoot", "solver_options"]
 

@@ -41,9 +41,8 @@ from __future__ import annotations
 import math
 
 from rbmem_tutorial._checks import check_positive
-from rbmem_tutorial.objective import RegressionObjective
-
-from .linearised import LinearisedObjective, linearised_objective
+from rbmem_tutorial.laplace.objective import RegressionObjective
+from rbmem_tutorial.riemannian.linearised import LinearisedObjective, linearised_objective
 
 TEMPERATURE_PRESETS = ("sum", "mean", "data-mean")
 

@@ -33,8 +33,7 @@ new net's tolerance against a tight solve (chapter 8 does it on the digits net, 
 from __future__ import annotations
 
 from rbmem_tutorial._checks import check_choice
-
-from .temperature import check_temperature
+from rbmem_tutorial.riemannian.temperature import check_temperature
 
 __all__ = ["DEFAULT_TOLERANCES", "default_tolerance"]
 

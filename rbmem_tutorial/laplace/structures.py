@@ -1,6 +1,6 @@
 """Laplace approximations of the posterior over network parameters, with evidence-tuned prior.
 
-Around a minimiser θ* of the negative log posterior L (:class:`~rbmem_tutorial.objective.
+Around a minimiser θ* of the negative log posterior L (:class:`~rbmem_tutorial.laplace.objective.
 RegressionObjective`), the Laplace approximation is
 
 .. math::
@@ -41,7 +41,7 @@ with residuals r at θ* (the 2π factors of prior and Gaussian integral cancel).
 Bayesian linear regression. With θ* held fixed, as is usual, its derivative in log λ is
 ½(γ − λ‖θ* − m‖²) with γ = Σ_i e_i / (e_i + λ), which decreases in λ: the maximiser is unique
 and is MacKay's fixed point λ = γ / ‖θ* − m‖², which
-:func:`~rbmem_tutorial.prior_tuning.optimal_prior_precision` finds by bracketing. Only the
+:func:`~rbmem_tutorial.laplace.prior_tuning.optimal_prior_precision` finds by bracketing. Only the
 offset from the prior mean enters: a prior centred at θ* itself has no finite maximiser.
 
 **One λ.** The tuned λ becomes the λ of the objective that the posterior carries
@@ -65,9 +65,9 @@ import math
 
 import torch
 
-from rbmem_tutorial._checks import check_choice, check_positive, check_positive_int
-from rbmem_tutorial.objective import RegressionObjective
-from rbmem_tutorial.prior_tuning import optimal_prior_precision
+from rbmem_tutorial._checks import check_choice
+from rbmem_tutorial.laplace.base import LaplacePosterior
+from rbmem_tutorial.laplace.objective import RegressionObjective
 
 __all__ = [
     "DiagLaplace",
@@ -77,141 +77,7 @@ __all__ = [
     "LastLayerLaplace",
     "STRUCTURES",
     "fit_laplace",
-    "optimal_prior_precision",
 ]
-
-class LaplacePosterior:
-    """Gaussian posterior N(θ*, α² Σ) with Σ⁻¹ = U diag(e + λ) Uᵀ; base of the structures.
-
-    Build it with :func:`fit_laplace`. Subclasses compute the spectrum e and the map
-    z ↦ Σ^{1/2} z; everything else is shared.
-
-    Attributes
-    ----------
-    mean : Tensor [D]
-        θ*.
-    objective : RegressionObjective
-        The objective with the posterior's λ (tuned or given).
-    prior_precision : float
-        λ.
-    scale : float
-        α ≥ 0, multiplies the standard deviation of samples and tangents.
-    gradient_norm : float
-        ‖∇L(θ*)‖ under ``objective`` (0 at an exact MAP; see the module notes).
-    structure : str
-        ``"full"``, ``"diag"``, ``"kfac"`` or ``"last_layer"``.
-
-    Example
-    -------
-    A model that is one linear layer without bias is Bayesian linear regression: ``"full"``,
-    ``"kfac"`` and ``"last_layer"`` are all exact, Σ = (XᵀX/σ² + λI)⁻¹.
-
-    >>> from rbmem_tutorial.objective import RegressionObjective
-    >>> x = torch.randn(20, 3, dtype=torch.float64)
-    >>> obj = RegressionObjective(torch.nn.Linear(3, 1, bias=False), x, x[:, :1], 0.5, 1.0)
-    >>> exact = torch.linalg.inv(x.T @ x / 0.25 + 2.0 * torch.eye(3, dtype=torch.float64))
-    >>> [torch.allclose(fit_laplace(obj, torch.zeros(3, dtype=torch.float64), name, 2.0)
-    ...                 .covariance(), exact) for name in ("full", "kfac", "last_layer")]
-    [True, True, True]
-    """
-
-    structure = ""
-
-    def __init__(self, objective, theta_map, prior_precision=None, *, scale=1.0, chunk_size=256):
-        if not isinstance(objective, RegressionObjective):
-            raise TypeError(
-                f"objective must be a RegressionObjective, got {type(objective).__name__}."
-            )
-        self.mean = objective._check_theta(theta_map).detach().clone()
-        self.num_params = objective.num_params
-        self._fit(objective, check_positive_int("chunk_size", chunk_size))
-        weights = objective._precision_weights()
-        self._data_fit = float(objective.data_fit(self.mean))
-        log_2pi_var = float(torch.log(2 * math.pi / weights).sum())
-        self._log_norm = -0.5 * objective.num_examples * log_2pi_var
-        offset = objective.prior_offset(self.mean)
-        self._prior_sq_norm = float(offset[self._integrated].square().sum())
-        if prior_precision is None:
-            prior_precision = optimal_prior_precision(self._eigenvalues, self._prior_sq_norm)
-        self.prior_precision = check_positive("prior_precision", prior_precision)
-        self.objective = objective.with_prior_precision(self.prior_precision)
-        self.scale = scale
-        self.gradient_norm = float(self.objective.grad(self.mean).norm())
-
-    @property
-    def scale(self) -> float:
-        """α: samples are θ* + α Σ^{1/2} z, so their covariance is α² Σ."""
-        return self._scale
-
-    @scale.setter
-    def scale(self, value):
-        self._scale = check_positive("scale", value, allow_zero=True)
-
-    def log_marginal_likelihood(self, prior_precision: float | None = None) -> float:
-        """Laplace evidence log p(D | λ) at θ* (module notes), at λ or the posterior's own."""
-        lam = self.prior_precision if prior_precision is None else prior_precision
-        lam = check_positive("prior_precision", lam)
-        k = self._eigenvalues.numel()
-        log_det = float(torch.log(self._eigenvalues + lam).sum())
-        return (
-            -self._data_fit
-            + self._log_norm
-            - 0.5 * lam * self._prior_sq_norm
-            + 0.5 * k * math.log(lam)
-            - 0.5 * log_det
-        )
-
-    def evidence_optimum(self) -> float:
-        """The λ that maximises :meth:`log_marginal_likelihood` at this θ* (MacKay's fixed point
-        λ = γ/‖θ* − m‖²); it differs from ``prior_precision`` when that λ was tuned elsewhere."""
-        return optimal_prior_precision(self._eigenvalues, self._prior_sq_norm)
-
-    def sample_tangent(self, n: int, generator: torch.Generator | None = None, scale=None):
-        """Tangent vectors v = α Σ^{1/2} z, z ~ N(0, I): [n, D] (geodesic initial velocities)."""
-        alpha = self.scale if scale is None else check_positive("scale", scale, allow_zero=True)
-        n = check_positive_int("n", n)
-        device = generator.device if generator is not None else self.mean.device
-        z = torch.randn(
-            n, self._eigenvalues.numel(), generator=generator, dtype=torch.float64, device=device
-        )
-        return alpha * self._tangent_from_latent(z.to(self.mean.device))
-
-    def sample(self, n: int, generator: torch.Generator | None = None, scale=None):
-        """Posterior samples θ* + α Σ^{1/2} z: [n, D] flat parameter vectors."""
-        return self.mean + self.sample_tangent(n, generator, scale)
-
-    @property
-    def variance(self) -> torch.Tensor:
-        """Marginal variances of the samples, diag(α² Σ)  [D]."""
-        return self.scale**2 * self._unit_variance()
-
-    def covariance(self) -> torch.Tensor:
-        """The sampling covariance α² Σ as a dense D×D matrix (small nets)."""
-        root = self._tangent_from_latent(
-            torch.eye(self._eigenvalues.numel(), dtype=torch.float64, device=self.mean.device)
-        )
-        return self.scale**2 * root.T @ root
-
-    def __repr__(self):
-        return (
-            f"{type(self).__name__}(D={self.num_params}, prior_precision={self.prior_precision:.4g}"
-            f", scale={self.scale:.4g}, gradient_norm={self.gradient_norm:.3g})"
-        )
-
-    def _inverse_std(self):
-        return (self._eigenvalues + self.prior_precision).rsqrt()
-
-    # Subclasses set self._eigenvalues [k] and self._integrated (slice of θ with a prior in
-    # the evidence) in _fit, and map latents z [n, k] to Σ^{1/2} z [n, D].
-    def _fit(self, objective, chunk_size):
-        raise NotImplementedError
-
-    def _tangent_from_latent(self, z):
-        raise NotImplementedError
-
-    def _unit_variance(self):
-        raise NotImplementedError
-
 
 class FullLaplace(LaplacePosterior):
     """P = GGN + λI with the exact D×D GGN, eigendecomposed once: GGN = U diag(e) Uᵀ."""
@@ -263,7 +129,8 @@ class KronLaplace(LaplacePosterior):
 
     With A = U_A diag(a) U_Aᵀ and G = U_G diag(g) U_Gᵀ, P = (U_G ⊗ U_A) diag(N g ⊗ a + λ)
     (U_G ⊗ U_A)ᵀ, so Σ^{1/2} z = U_G (Z / sqrt(N g aᵀ + λ)) U_Aᵀ for Z the latent reshaped to
-    the augmented layer matrix [W | b] (see :class:`~rbmem_tutorial.kronecker.KroneckerFactors`).
+    the augmented layer matrix [W | b] (see
+    :class:`~rbmem_tutorial.laplace.kronecker.KroneckerFactors`).
     Exact, layer by layer, wherever G_n = Σ_j g_{n,j} g_{n,j}ᵀ/σ_j² is the same for every
     example: for a model that is one ``nn.Linear`` layer (any output dimension) and for the
     block of the output layer of any network.
@@ -377,7 +244,7 @@ def fit_laplace(
     objective : RegressionObjective
         The frozen negative log posterior; its own λ is ignored here.
     theta_map : Tensor [D]
-        θ*, ideally refined with :func:`~rbmem_tutorial.refinement.refine_map`.
+        θ*, ideally refined with :func:`~rbmem_tutorial.laplace.refinement.refine_map`.
     structure : {"full", "diag", "kfac", "last_layer"}
     prior_precision : float, optional
         λ; by default the maximiser of the Laplace evidence (:func:`optimal_prior_precision`).
@@ -388,7 +255,7 @@ def fit_laplace(
 
     Example
     -------
-    >>> from rbmem_tutorial.objective import RegressionObjective, parameters_vector
+    >>> from rbmem_tutorial.laplace import RegressionObjective, parameters_vector
     >>> lin = torch.nn.Linear(2, 1)
     >>> obj = RegressionObjective(lin, torch.randn(30, 2), torch.randn(30, 1), 1.0, 1.0)
     >>> post = fit_laplace(obj, parameters_vector(obj.model), "diag", prior_precision=2.0)

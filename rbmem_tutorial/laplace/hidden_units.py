@@ -30,8 +30,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ._checks import check_tensor
-from .objective import unflatten
+from rbmem_tutorial._checks import check_tensor
+from rbmem_tutorial.laplace.params import unflatten
 
 
 def _chain(model: nn.Module) -> list[tuple[str, nn.Linear]]:

@@ -3,24 +3,21 @@
 The GGN block of a linear layer is approximated by a Kronecker product N · G ⊗ A of a small
 input factor A and output factor G (Martens & Grosse 2015, arXiv 1503.05671; the KFAC Laplace of
 Ritter, Botev & Barber 2018). :func:`kronecker_factors` computes them for every layer of a
-:class:`~rbmem_tutorial.objective.RegressionObjective` (also as its method
-``kronecker_factors``), and :class:`~rbmem_tutorial.laplace.KronLaplace` inverts them.
+:class:`~rbmem_tutorial.laplace.objective.RegressionObjective` (also as its method
+``kronecker_factors``), and :class:`~rbmem_tutorial.laplace.structures.KronLaplace` inverts them.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import torch
-from torch import nn
+from torch.func import functional_call
 
 from rbmem_tutorial._checks import check_positive_int
+from rbmem_tutorial.laplace.params import linear_layers, unflatten
 
-if TYPE_CHECKING:
-    from rbmem_tutorial.objective import RegressionObjective
-
-__all__ = ["KroneckerFactors", "kronecker_factors", "linear_layers"]
+__all__ = ["KroneckerFactors", "kronecker_factors"]
 
 
 @dataclass(frozen=True)
@@ -45,10 +42,10 @@ class KroneckerFactors:
     bias: slice | None
 
 
-def kronecker_factors(
-    objective: RegressionObjective, theta: torch.Tensor, *, chunk_size: int = 256
-) -> list[KroneckerFactors]:
-    """KFAC factors (A, G) of every ``nn.Linear`` layer, in module order.
+def kronecker_factors(objective, theta: torch.Tensor, *, chunk_size: int = 256
+                      ) -> list[KroneckerFactors]:
+    """KFAC factors (A, G) of every ``nn.Linear`` layer of a
+    :class:`~rbmem_tutorial.laplace.objective.RegressionObjective` ``objective``, in module order.
 
     See :class:`KroneckerFactors` for the definitions. Each layer must run exactly once per
     forward pass, and the ``nn.Linear`` layers must hold all of the model's parameters.
@@ -58,7 +55,9 @@ def kronecker_factors(
     -------
     For one layer without bias the approximation is exact: N · G ⊗ A is the GGN.
 
-    >>> from rbmem_tutorial.objective import RegressionObjective, parameters_vector
+    >>> from torch import nn
+    >>> from rbmem_tutorial.laplace.objective import RegressionObjective
+    >>> from rbmem_tutorial.laplace.params import parameters_vector
     >>> lin = nn.Linear(3, 2, bias=False)
     >>> obj = RegressionObjective(lin, torch.randn(10, 3), torch.randn(10, 2), 0.5, 1.0)
     >>> theta = parameters_vector(obj.model)
@@ -66,12 +65,12 @@ def kronecker_factors(
     >>> torch.allclose(obj.num_examples * torch.kron(factors.G, factors.A), obj.ggn(theta))
     True
     """
-    theta = objective._check_theta(theta)
+    theta = objective.check_theta(theta)
     layers = linear_layers(objective.model)
     _check_linear_cover(layers, objective.num_params)
     a_sums = [None] * len(layers)
     g_sums = [None] * len(layers)
-    weights = objective._precision_weights()
+    weights = objective.precision_weights()
     for start in range(0, objective.num_examples, check_positive_int("chunk_size", chunk_size)):
         chunk = objective.inputs[start : start + chunk_size]
         acts, grads = _layer_inputs_and_output_grads(objective, theta, chunk, layers)
@@ -86,30 +85,6 @@ def kronecker_factors(
         for k, (name, _, weight, bias) in enumerate(layers)
     ]
 
-
-def linear_layers(model: nn.Module) -> list[tuple[str, nn.Linear, slice, slice | None]]:
-    """(name, module, weight slice, bias slice or None) of every ``nn.Linear`` layer of
-    ``model``, in module order; the slices index the flat θ of ``named_parameters`` order.
-
-    Example
-    -------
-    >>> net = nn.Sequential(nn.Linear(3, 2), nn.Tanh(), nn.Linear(2, 1, bias=False))
-    >>> [(name, weight, bias) for name, _, weight, bias in linear_layers(net)]
-    [('0', slice(0, 6, None), slice(6, 8, None)), ('2', slice(8, 10, None), None)]
-    """
-    offsets, offset = {}, 0
-    for name, p in model.named_parameters():
-        offsets[name] = slice(offset, offset + p.numel())
-        offset += p.numel()
-    layers = []
-    for name, module in model.named_modules():
-        if not isinstance(module, nn.Linear):
-            continue
-        prefix = f"{name}." if name else ""
-        weight = offsets[prefix + "weight"]
-        bias = offsets[prefix + "bias"] if module.bias is not None else None
-        layers.append((name, module, weight, bias))
-    return layers
 
 def _check_linear_cover(layers, num_params):
     covered = sum(module.weight.numel() for _, module, _, _ in layers)
@@ -130,7 +105,8 @@ def _layer_inputs_and_output_grads(objective, theta, chunk, layers):
 
     handles = [module.register_forward_hook(hook) for _, module, _, _ in layers]
     try:
-        outputs = objective._forward(theta.detach().requires_grad_(True), chunk)
+        theta = theta.detach().requires_grad_(True)
+        outputs = functional_call(objective.model, unflatten(objective.model, theta), (chunk,))
     finally:
         for handle in handles:
             handle.remove()

@@ -22,9 +22,9 @@ which the Laplace and geodesic code needs: they differentiate the network twice.
 The time-embedding layers are ``nn.Linear``; the image path is ``nn.Conv2d``. KFAC
 (:mod:`rbmem_tutorial.laplace`) covers ``nn.Linear`` layers only, so for this net use the diagonal
 structure, or KFAC on a weight subset made of its linear layers
-(:mod:`rbmem_tutorial.subsets`). Geodesics use the generic ``torch.func`` gradient and
-Hessian-vector product of :class:`~rbmem_tutorial.objective.RegressionObjective` (the fused kernel
-of :mod:`rbmem_tutorial.fast_mlp` handles MLPs only).
+(:mod:`rbmem_tutorial.laplace.subsets`). Geodesics use the generic ``torch.func`` gradient and
+Hessian-vector product of :class:`~rbmem_tutorial.laplace.objective.RegressionObjective` (the fused
+kernel of :mod:`rbmem_tutorial.laplace.fast_mlp` handles MLPs only).
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ import torch
 from torch import nn
 
 from rbmem_tutorial._checks import check_choice, check_positive_int
-from rbmem_tutorial.nets import ACTIVATIONS, VelocityMLP, time_column
+from rbmem_tutorial.flows.nets import ACTIVATIONS, VelocityMLP, time_column
 
 NETS = ("mlp", "conv")
 

@@ -12,13 +12,14 @@ regression, z_n = [x_t, t] ↦ y_n = x_1 − x_0, and gives the negative log pos
 
 a Gaussian likelihood with noise standard deviation σ (one number, or one per output dimension)
 and a Gaussian prior θ ~ N(0, λ⁻¹ I), centred at zero unless a ``prior_mean`` m is given
-(then λ/2 ‖θ − m‖²; :func:`~rbmem_tutorial.pipeline.fit_flow_posterior` centres it at θ_SGD).
-Constants are dropped from L; they come back in the Laplace evidence
-(:mod:`rbmem_tutorial.laplace`).
+(then λ/2 ‖θ − m‖²; :func:`~rbmem_tutorial.laplace.pipeline.fit_flow_posterior` centres it at
+θ_SGD). Constants are dropped from L; they come back in the Laplace evidence
+(:mod:`rbmem_tutorial.laplace.base`).
 
-The frozen draws and σ come from :mod:`rbmem_tutorial.regression_set`, the refinement to a
-stationary point from :mod:`rbmem_tutorial.refinement`, the KFAC factors from
-:mod:`rbmem_tutorial.kronecker`; their public names are importable from here as well.
+The frozen draws and σ come from :mod:`rbmem_tutorial.laplace.regression_set`, the refinement to a
+stationary point from :mod:`rbmem_tutorial.laplace.refinement`, the KFAC factors from
+:mod:`rbmem_tutorial.laplace.kronecker`; the package :mod:`rbmem_tutorial.laplace` gathers
+their public names.
 
 Everything here is float64 and a pure function of the flat parameter vector θ, whose entries
 follow ``model.named_parameters()`` order (as ``torch.nn.utils.parameters_to_vector``). See
@@ -33,64 +34,13 @@ import copy
 from collections.abc import Iterator
 
 import torch
-from torch import nn
 from torch.func import functional_call, grad, jacrev, jvp, vmap
 
-from rbmem_tutorial._checks import check_positive, check_positive_int, check_tensor
-from rbmem_tutorial.kronecker import KroneckerFactors, kronecker_factors, linear_layers
-from rbmem_tutorial.refinement import RefineRecord, refine_map
-from rbmem_tutorial.regression_set import flow_matching_regression_set, noise_std_from_residuals
+from rbmem_tutorial._checks import check_module, check_positive, check_positive_int, check_tensor
+from rbmem_tutorial.laplace.kronecker import KroneckerFactors, kronecker_factors
+from rbmem_tutorial.laplace.params import converted, linear_layers, parameters_vector, unflatten
 
-__all__ = [
-    "KroneckerFactors",
-    "RefineRecord",
-    "RegressionObjective",
-    "flow_matching_regression_set",
-    "noise_std_from_residuals",
-    "parameters_vector",
-    "refine_map",
-    "unflatten",
-]
-
-
-def parameters_vector(model: nn.Module) -> torch.Tensor:
-    """Return the model's parameters as one detached flat vector, in ``named_parameters`` order.
-
-    Example
-    -------
-    >>> parameters_vector(torch.nn.Linear(3, 2)).shape
-    torch.Size([8])
-    """
-    _check_module("model", model)
-    return torch.cat([p.detach().reshape(-1) for _, p in model.named_parameters()])
-
-
-def unflatten(model: nn.Module, theta: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Split a flat vector θ into a ``{name: tensor}`` dict like ``model.named_parameters()``.
-
-    The tensors are views of θ, so gradients flow back to θ and the function works under
-    ``torch.func.vmap`` (θ batched) as well. Use the result with
-    ``torch.func.functional_call(model, unflatten(model, theta), args)``.
-
-    Example
-    -------
-    >>> lin = torch.nn.Linear(3, 2)
-    >>> params = unflatten(lin, torch.arange(8.0))
-    >>> params["bias"].tolist()
-    [6.0, 7.0]
-    """
-    _check_module("model", model)
-    count = sum(p.numel() for p in model.parameters())
-    if theta.shape[-1] != count:
-        raise ValueError(
-            f"theta has {theta.shape[-1]} entries but the model has {count} parameters; "
-            "build theta with parameters_vector(model) from the same architecture."
-        )
-    params, offset = {}, 0
-    for name, p in model.named_parameters():
-        params[name] = theta[offset : offset + p.numel()].view(p.shape)
-        offset += p.numel()
-    return params
+__all__ = ["RegressionObjective"]
 
 
 class RegressionObjective:
@@ -102,7 +52,7 @@ class RegressionObjective:
                + \\frac{λ}{2} \\lVert θ − m \\rVert^2
 
     The prior is N(m, λ⁻¹ I). By default it is centred at zero, m = 0, so changing λ moves the
-    minimiser; :func:`~rbmem_tutorial.pipeline.fit_flow_posterior` centres it at the trained
+    minimiser; :func:`~rbmem_tutorial.laplace.pipeline.fit_flow_posterior` centres it at the trained
     parameters instead (``prior_mean``), which keeps the refined mode close to them.
     The model is copied to float64 on the device of ``inputs``; the caller's model is untouched.
 
@@ -140,7 +90,7 @@ class RegressionObjective:
     """
 
     def __init__(self, model, inputs, targets, noise_std, prior_precision, prior_mean=None):
-        _check_module("model", model)
+        check_module("model", model)
         inputs = check_tensor("inputs", inputs, ndim=2, min_rows=1)
         targets = check_tensor("targets", targets, ndim=2, min_rows=1)
         if inputs.shape[0] != targets.shape[0]:
@@ -149,7 +99,7 @@ class RegressionObjective:
                 f"and {targets.shape[0]}."
             )
         device = inputs.device
-        self.model = _converted(model, torch.float64, device)
+        self.model = converted(model, torch.float64, device)
         self.inputs = inputs.to(torch.float64)
         self.targets = targets.to(device=device, dtype=torch.float64)
         self.noise_std = _check_noise_std(noise_std, targets.shape[1], device)
@@ -157,7 +107,7 @@ class RegressionObjective:
         self.num_params = sum(p.numel() for p in self.model.parameters())
         self.prior_mean = None
         if prior_mean is not None:
-            self.prior_mean = self._check_theta(prior_mean).detach().to(torch.float64)
+            self.prior_mean = self.check_theta(prior_mean).detach().to(torch.float64)
         self.num_examples = inputs.shape[0]
         self._check_output_shape()
 
@@ -180,13 +130,13 @@ class RegressionObjective:
 
     def value(self, theta: torch.Tensor) -> torch.Tensor:
         """L(θ) as a 0-d float64 tensor (differentiable when θ requires grad)."""
-        return self._loss(self._check_theta(theta))
+        return self._loss(self.check_theta(theta))
 
     __call__ = value
 
     def grad(self, theta: torch.Tensor) -> torch.Tensor:
         """∇L(θ) [D], by reverse mode (``torch.func.grad``)."""
-        return grad(self._loss)(self._check_theta(theta))
+        return grad(self._loss)(self.check_theta(theta))
 
     def grad_and_hvp(self, theta: torch.Tensor, v: torch.Tensor):
         """∇L(θ) and the Hessian-vector product ∇²L(θ) v, forward-over-reverse.
@@ -199,7 +149,7 @@ class RegressionObjective:
         grad : Tensor [D]
         hvp : Tensor [D], or [S, D] when v is [S, D]
         """
-        theta = self._check_theta(theta)
+        theta = self.check_theta(theta)
         v = check_tensor("v", v, ndim=(1, 2)).to(theta)
         if v.shape[-1] != self.num_params:
             raise ValueError(
@@ -217,7 +167,7 @@ class RegressionObjective:
 
     def data_fit(self, theta: torch.Tensor) -> torch.Tensor:
         """The likelihood term ½ Σ_n Σ_j (f_θ(z_n)_j − y_{n,j})² / σ_j² (L without the prior)."""
-        return self._data_fit(self._check_theta(theta))
+        return self._data_fit(self.check_theta(theta))
 
     def with_prior_precision(self, prior_precision: float) -> RegressionObjective:
         """A copy with another λ (sharing model and data), e.g. after evidence tuning."""
@@ -236,7 +186,7 @@ class RegressionObjective:
         that is, the prior re-centred at m' (expand (λ/2)‖θ − m'‖²). The result is an
         ordinary ``RegressionObjective`` (the fused MLP kernel, weight subsets and mini-batches
         all apply), with the likelihood term, GGN and Hessian of L. It equals
-        :func:`~rbmem_tutorial.subsets.anchored` ``(L, θ0, 0)`` up to a constant. The tilt
+        :func:`~rbmem_tutorial.laplace.subsets.anchored` ``(L, θ0, 0)`` up to a constant. The tilt
         belongs to this λ: :meth:`with_prior_precision` keeps m', so another λ leaves θ0 no
         longer stationary. The Laplace evidence of a tilted objective is that of the re-centred
         prior, not of the model; tune λ on L itself.
@@ -249,7 +199,7 @@ class RegressionObjective:
         >>> float(obj.tilted(theta0).grad(theta0).abs().max()) < 1e-12
         True
         """
-        theta0 = self._check_theta(theta0).detach()
+        theta0 = self.check_theta(theta0).detach()
         mean = torch.zeros_like(theta0) if self.prior_mean is None else self.prior_mean
         other = copy.copy(self)
         other.prior_mean = mean + self.grad(theta0) / self.prior_precision
@@ -282,7 +232,7 @@ class RegressionObjective:
         """
         width = self._columns(columns).stop - self._columns(columns).start
         total = torch.zeros(width, width, dtype=torch.float64, device=self.inputs.device)
-        weights = self._precision_weights().sqrt()[:, None]
+        weights = self.precision_weights().sqrt()[:, None]
         for jac in self._jacobian_chunks(theta, None, columns, chunk_size):
             scaled = (jac * weights).reshape(-1, width)
             total += scaled.T @ scaled
@@ -291,7 +241,7 @@ class RegressionObjective:
     def ggn_diagonal(self, theta: torch.Tensor, *, chunk_size: int = 256) -> torch.Tensor:
         """Exact diagonal of the GGN, Σ_n Σ_j J_{n,j,d}² / σ_j²  [D], without a D×D matrix."""
         total = torch.zeros(self.num_params, dtype=torch.float64, device=self.inputs.device)
-        weights = self._precision_weights()[:, None]
+        weights = self.precision_weights()[:, None]
         for jac in self._jacobian_chunks(theta, None, None, chunk_size):
             total += (jac.square() * weights).sum(dim=(0, 1))
         return total
@@ -300,12 +250,34 @@ class RegressionObjective:
         self, theta: torch.Tensor, *, chunk_size: int = 256
     ) -> list[KroneckerFactors]:
         """KFAC factors (A, G) of every ``nn.Linear`` layer, in module order
-        (:func:`~rbmem_tutorial.kronecker.kronecker_factors`)."""
+        (:func:`~rbmem_tutorial.laplace.kronecker.kronecker_factors`)."""
         return kronecker_factors(self, theta, chunk_size=chunk_size)
 
     def linear_layer_slices(self) -> list[tuple[str, slice, slice | None]]:
         """(name, weight slice, bias slice or None) of every ``nn.Linear`` layer, in order."""
         return [(name, weight, bias) for name, _, weight, bias in linear_layers(self.model)]
+
+    def prior_offset(self, theta: torch.Tensor) -> torch.Tensor:
+        """θ − m, the displacement from the prior mean (θ itself when m = 0)."""
+        return theta if self.prior_mean is None else theta - self.prior_mean
+
+    def precision_weights(self) -> torch.Tensor:
+        """1/σ_j² as a tensor [out]."""
+        out = self.targets.shape[1]
+        return (1.0 / self.noise_std**2) * torch.ones(
+            out, dtype=torch.float64, device=self.targets.device
+        )
+
+    def check_theta(self, theta: torch.Tensor) -> torch.Tensor:
+        """θ checked against the model (a finite vector of length D), as float64 on the
+        objective's device; a clear error otherwise."""
+        theta = check_tensor("theta", theta, ndim=1)
+        if theta.shape[0] != self.num_params:
+            raise ValueError(
+                f"theta has {theta.shape[0]} entries but the model has {self.num_params} "
+                "parameters; build it with parameters_vector(model) for this architecture."
+            )
+        return theta.to(device=self.inputs.device, dtype=torch.float64)
 
     # -- internals ---------------------------------------------------------------------------
 
@@ -314,31 +286,11 @@ class RegressionObjective:
 
     def _data_fit(self, theta):
         residual = self._forward(theta, self.inputs) - self.targets
-        return 0.5 * (residual.square() * self._precision_weights()).sum()
+        return 0.5 * (residual.square() * self.precision_weights()).sum()
 
     def _loss(self, theta):
         prior = self.prior_offset(theta).square().sum()
         return self._data_fit(theta) + 0.5 * self.prior_precision * prior
-
-    def prior_offset(self, theta: torch.Tensor) -> torch.Tensor:
-        """θ − m, the displacement from the prior mean (θ itself when m = 0)."""
-        return theta if self.prior_mean is None else theta - self.prior_mean
-
-    def _precision_weights(self):
-        """1/σ_j² as a tensor [out]."""
-        out = self.targets.shape[1]
-        return (1.0 / self.noise_std**2) * torch.ones(
-            out, dtype=torch.float64, device=self.targets.device
-        )
-
-    def _check_theta(self, theta):
-        theta = check_tensor("theta", theta, ndim=1)
-        if theta.shape[0] != self.num_params:
-            raise ValueError(
-                f"theta has {theta.shape[0]} entries but the model has {self.num_params} "
-                "parameters; build it with parameters_vector(model) for this architecture."
-            )
-        return theta.to(device=self.inputs.device, dtype=torch.float64)
 
     def _check_inputs(self, inputs):
         inputs = check_tensor("inputs", inputs, ndim=2, min_rows=1)
@@ -370,7 +322,7 @@ class RegressionObjective:
         return columns
 
     def _jacobian_chunks(self, theta, inputs, columns, chunk_size) -> Iterator[torch.Tensor]:
-        theta = self._check_theta(theta).detach()
+        theta = self.check_theta(theta).detach()
         inputs = self.inputs if inputs is None else self._check_inputs(inputs)
         cols = self._columns(columns)
         head, tail = theta[: cols.start], theta[cols.stop :]
@@ -384,11 +336,6 @@ class RegressionObjective:
         for start in range(0, inputs.shape[0], step):
             yield per_example(theta[cols], inputs[start : start + step])
 
-def _check_module(name, model):
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"{name} must be a torch.nn.Module, got {type(model).__name__}.")
-
-
 def _check_noise_std(noise_std, out_dim, device):
     if not isinstance(noise_std, torch.Tensor) or noise_std.ndim == 0:
         return check_positive("noise_std", noise_std)
@@ -399,8 +346,3 @@ def _check_noise_std(noise_std, out_dim, device):
             f"output), got {noise_std.tolist()}."
         )
     return noise_std.to(device=device, dtype=torch.float64)
-
-
-def _converted(model: nn.Module, dtype: torch.dtype, device: torch.device) -> nn.Module:
-    """A copy of ``model`` with parameters and buffers of ``dtype`` on ``device``."""
-    return copy.deepcopy(model).to(device=device, dtype=dtype)

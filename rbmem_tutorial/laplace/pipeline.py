@@ -2,7 +2,7 @@
 chapter and the experiment scripts share.
 
 1. Freeze K draws of (x_0, t) per training point, so the flow-matching loss becomes the fixed
-   regression objective L(θ) of :class:`~rbmem_tutorial.objective.RegressionObjective`.
+   regression objective L(θ) of :class:`~rbmem_tutorial.laplace.objective.RegressionObjective`.
 2. Set the noise σ from the residuals of the trained net θ_SGD.
 3. Refine θ_SGD to a stationary point θ* of L: SGD on fresh draws stops near, not at, a
    minimiser of the frozen objective.
@@ -32,10 +32,12 @@ gradient by a linear term,
     \\tilde L(θ) = L(θ) − ∇L(θ_{\\mathrm{SGD}})^\\top (θ − θ_{\\mathrm{SGD}}),
 
 which is stationary at θ_SGD with the Hessian of L
-(:meth:`~rbmem_tutorial.objective.RegressionObjective.tilted`; the construction of
-:func:`~rbmem_tutorial.subsets.anchored`); its samples are spread around θ_SGD without the drift.
+(:meth:`~rbmem_tutorial.laplace.objective.RegressionObjective.tilted`; the construction of
+:func:`~rbmem_tutorial.laplace.subsets.anchored`); its samples are spread around θ_SGD
+without the drift.
 
-**λ** (``tune``, :mod:`rbmem_tutorial.prior_tuning`). ``"evidence-once"``, the default, tunes
+**λ** (``tune``, :mod:`rbmem_tutorial.laplace.prior_tuning`). ``"evidence-once"``, the default,
+tunes
 λ once at the first θ* and refines θ* at it; λ then need not maximise the evidence at the final
 θ*, and ``tune_history`` records the λ that would. ``"fixed-point"`` alternates tuning and
 refining until λ changes by less than 1%. With the prior centred at θ_SGD that runs towards
@@ -44,7 +46,8 @@ a zero-mean prior it is MacKay's usual fixed point.
 
 **Weight subsets** (chapter 8). With ``param_subset`` the posterior covers only the chosen
 entries S of θ, the others fixed at the base point: the Laplace posterior is fitted to the
-restricted objective L_S (:func:`~rbmem_tutorial.subsets.restrict_objective`), whose geodesics
+restricted objective L_S (:func:`~rbmem_tutorial.laplace.subsets.restrict_objective`), whose
+geodesics
 are the Riemannian samples, and λ is tuned by the evidence of that posterior. θ* is refined on
 the full objective (a stationary point of L is one of L_S).
 
@@ -56,22 +59,27 @@ from __future__ import annotations
 
 import copy
 import inspect
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
-from ._checks import check_tensor
-from .cache import entry_path, save_atomic, save_entry, use_cached
-from .laplace import LaplacePosterior, fit_laplace
-from .nets import RegressionAdapter
-from .objective import RegressionObjective, parameters_vector
-from .posterior_options import BASE_POINTS, PRIOR_MEANS, cache_key, check_options
-from .prior_tuning import refine_and_tune
-from .refinement import RefineRecord, refine_map
-from .regression_set import flow_matching_regression_set, noise_std_from_residuals
-from .saving import build_net, net_architecture, read_saved, rebuilt, with_checksum
-from .subsets import ParameterSubset, parameter_subset, restrict_objective
+from rbmem_tutorial._checks import check_tensor
+from rbmem_tutorial.cache import entry_path, save_atomic, save_entry, use_cached
+from rbmem_tutorial.flows.nets import RegressionAdapter
+from rbmem_tutorial.laplace.base import LaplacePosterior
+from rbmem_tutorial.laplace.fitted import check_record, fit_record, record_of, to_float64
+from rbmem_tutorial.laplace.objective import RegressionObjective
+from rbmem_tutorial.laplace.options import BASE_POINTS, PRIOR_MEANS, cache_key, check_options
+from rbmem_tutorial.laplace.params import parameters_vector
+from rbmem_tutorial.laplace.refinement import RefineRecord
+from rbmem_tutorial.laplace.regression_set import (
+    flow_matching_regression_set,
+    noise_std_from_residuals,
+)
+from rbmem_tutorial.laplace.structures import fit_laplace
+from rbmem_tutorial.laplace.subsets import ParameterSubset, parameter_subset, restrict_objective
+from rbmem_tutorial.saving import build_net, net_architecture, read_saved, rebuilt, with_checksum
 
 __all__ = ["BASE_POINTS", "PRIOR_MEANS", "FlowPosterior", "fit_flow_posterior"]
 
@@ -125,7 +133,7 @@ class FlowPosterior:
 
     Example
     -------
-    >>> from rbmem_tutorial.nets import VelocityMLP
+    >>> from rbmem_tutorial.flows.nets import VelocityMLP
     >>> _ = torch.manual_seed(0)
     >>> fp = fit_flow_posterior(VelocityMLP(2, hidden=(4,)), torch.randn(3, 2),
     ...                         draws_per_point=2, use_cache=False)
@@ -165,7 +173,7 @@ class FlowPosterior:
         Example
         -------
         >>> import tempfile, pathlib
-        >>> from rbmem_tutorial.nets import VelocityMLP
+        >>> from rbmem_tutorial.flows.nets import VelocityMLP
         >>> _ = torch.manual_seed(0)
         >>> fp = fit_flow_posterior(VelocityMLP(2, hidden=(4,)), torch.randn(3, 2),
         ...                         draws_per_point=2, use_cache=False)
@@ -180,7 +188,7 @@ class FlowPosterior:
         record = {
             "kind": _KIND, "format": _FORMAT, "options": dict(self.options),
             "net": net_architecture(self.velocity_net), "net_state": cpu,
-            "train": self.train.detach().cpu(), "fitted": _fitted_record(self),
+            "train": self.train.detach().cpu(), "fitted": record_of(self),
             "theta_sgd": self.theta_sgd.cpu(), "theta_map": self.theta_map.cpu(),
             "prior_precision": self.posterior.prior_precision, "noise_std": self.noise_std,
             "base_grad_norm": self.base_grad_norm,
@@ -210,7 +218,7 @@ class FlowPosterior:
             net, train = net.to(device), train.to(device)
         options = check_options(net, record["options"])
         fitted = record["fitted"]
-        fitted["theta_map"] = _to(fitted["theta_map"], train.device)
+        fitted["theta_map"] = to_float64(fitted["theta_map"], train.device)
         fp = _assemble(_Setup(net, train, options), options, fitted)
         if not torch.equal(fp.theta_sgd.cpu(), record["theta_sgd"]):
             raise ValueError(f"{path}: the stored net does not give the stored θ_SGD; the file "
@@ -268,7 +276,7 @@ def fit_flow_posterior(
         keyed by the net's parameters, the data and every option that changes them; a damaged
         entry is named on stderr, moved aside and recomputed.
     param_subset : str, optional
-        Weights the posterior covers (:func:`~rbmem_tutorial.subsets.parameter_subset`:
+        Weights the posterior covers (:func:`~rbmem_tutorial.laplace.subsets.parameter_subset`:
         ``"all"``, ``"first"``, ``"last"``, ``"lastK"`` or name patterns of the velocity net);
         ``None`` for all.
     chunk_size : int, optional
@@ -276,7 +284,7 @@ def fit_flow_posterior(
         keep one chunk's Jacobian [chunk, d, D] under 256 MB. Memory only, not results.
     refine_iterations, newton_steps : int
         L-BFGS iterations and Newton-CG steps of each refinement
-        (:func:`~rbmem_tutorial.refinement.refine_map`'s ``max_iter`` and ``newton_steps``).
+        (:func:`~rbmem_tutorial.laplace.refinement.refine_map`'s ``max_iter`` and ``newton_steps``).
         Fewer make large nets affordable on a CPU at the price of a less stationary θ*: check
         ``refine_final.grad_norm_after``.
     prior_mean : {"sgd", "zero"}
@@ -290,7 +298,7 @@ def fit_flow_posterior(
 
     Example
     -------
-    >>> from rbmem_tutorial.nets import VelocityMLP
+    >>> from rbmem_tutorial.flows.nets import VelocityMLP
     >>> _ = torch.manual_seed(0)
     >>> fp = fit_flow_posterior(VelocityMLP(2, hidden=(8,)), torch.randn(4, 2), draws_per_point=4)
     >>> fp.posterior.sample(3).shape
@@ -307,12 +315,12 @@ def fit_flow_posterior(
     setup = _Setup(velocity_net, train, options)
     path = entry_path("posterior", cache_key(setup, options))
     required = ("theta_map", "prior_precision", "refine_first", "refine_final")
-    fitted = use_cached(path, required, lambda r: _checked(r, setup)) if use_cache else None
+    fitted = use_cached(path, required, lambda r: check_record(r, setup)) if use_cache else None
     if fitted is None:
-        fitted = _refine_and_tune(setup, options)
+        fitted = fit_record(setup, options)
         if use_cache and fitted["theta_map"] is not None:
             save_entry(fitted, path)
-    fitted["theta_map"] = _to(fitted["theta_map"], setup.theta_sgd.device)
+    fitted["theta_map"] = to_float64(fitted["theta_map"], setup.theta_sgd.device)
     return _assemble(setup, options, fitted)
 
 
@@ -350,25 +358,6 @@ class _Setup:
                            chunk_size=self.chunk_size)
 
 
-def _refine_and_tune(setup, options) -> dict:
-    """Refine θ* and tune λ (:mod:`rbmem_tutorial.prior_tuning`); a plain record for the cache
-    and for files. Nothing to refine for a base point θ_SGD with a given λ."""
-    lam = options["prior_precision"]
-    if lam is not None and options["base_point"] != "refined":
-        return {"theta_map": None, "prior_precision": lam, "refine_first": None,
-                "refine_final": None, "tune_history": []}
-    refine = {"max_iter": options["refine_iterations"], "newton_steps": options["newton_steps"]}
-    if lam is None:
-        return refine_and_tune(
-            setup.objective, setup.theta_sgd,
-            lambda objective, theta: setup.laplace(objective, theta, None).prior_precision,
-            tune=options["tune"], max_rounds=options["max_tune_rounds"], **refine)
-    theta, first = refine_map(setup.objective, setup.theta_sgd, **refine)
-    theta, final = refine_map(setup.objective.with_prior_precision(lam), theta, **refine)
-    return {"theta_map": theta.detach().cpu(), "prior_precision": lam,
-            "refine_first": asdict(first), "refine_final": asdict(final), "tune_history": []}
-
-
 def _assemble(setup, options, fitted) -> FlowPosterior:
     """The posterior at the base point from the refined θ* and λ (fresh, cached or loaded)."""
     lam = fitted["prior_precision"]
@@ -386,27 +375,3 @@ def _assemble(setup, options, fitted) -> FlowPosterior:
         fitted["theta_map"], list(fitted.get("tune_history", [])), options,
         setup.velocity_net, setup.train,
     )
-
-
-def _fitted_record(fp: FlowPosterior) -> dict:
-    refined = fp.theta_refined
-    return {"theta_map": None if refined is None else refined.detach().cpu(),
-            "prior_precision": fp.posterior.prior_precision,
-            "refine_first": None if fp.refine_first is None else asdict(fp.refine_first),
-            "refine_final": None if fp.refine_final is None else asdict(fp.refine_final),
-            "tune_history": list(fp.tune_history)}
-
-
-def _checked(fitted: dict, setup: _Setup) -> dict:
-    """A cached fit, checked to match the net of ``setup`` (else a ``ValueError``)."""
-    theta = fitted["theta_map"]
-    if theta is not None and tuple(theta.shape) != tuple(setup.theta_sgd.shape):
-        raise ValueError(f"θ* of shape {tuple(theta.shape)} for a net of "
-                         f"{setup.theta_sgd.numel()} weights")
-    if not float(fitted["prior_precision"]) > 0:
-        raise ValueError(f"prior precision {fitted['prior_precision']}, not a positive number")
-    return fitted
-
-
-def _to(theta, device):
-    return None if theta is None else theta.to(device=device, dtype=torch.float64)

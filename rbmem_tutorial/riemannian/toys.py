@@ -39,7 +39,7 @@ import torch
 from torch import nn
 
 from rbmem_tutorial._checks import check_positive, check_positive_int, check_tensor
-from rbmem_tutorial.objective import RegressionObjective
+from rbmem_tutorial.laplace.objective import RegressionObjective
 
 F64 = torch.float64
 
@@ -148,7 +148,7 @@ class Banana:
         return self.inverse_outputs(u0.unsqueeze(-2) + times[:, None] * du.unsqueeze(-2))
 
     def regression_objective(self, prior_precision: float = 1e-10) -> RegressionObjective:
-        """The banana as a :class:`~rbmem_tutorial.objective.RegressionObjective`.
+        """The banana as a :class:`~rbmem_tutorial.laplace.objective.RegressionObjective`.
 
         One input, targets ``(0, 0)``, per-output noise ``(σ₁, σ₂)`` and a prior
         ``N(0, λ⁻¹I)`` (the objective needs ``λ > 0``; the default is negligible), so that
@@ -244,8 +244,8 @@ class BayesianLinearRegression:
         return (w - self.posterior_mean) @ A, ((v @ A) * v).sum(-1)
 
     def regression_objective(self) -> RegressionObjective:
-        """The same posterior as a :class:`~rbmem_tutorial.objective.RegressionObjective` of a
-        bias-free ``nn.Linear(d, 1)`` (its weight is ``w``), e.g. for ``metric="fisher"``."""
+        """The same posterior as a :class:`~rbmem_tutorial.laplace.objective.RegressionObjective` of
+        a bias-free ``nn.Linear(d, 1)`` (its weight is ``w``), e.g. for ``metric="fisher"``."""
         model = nn.Linear(self.inputs.shape[1], 1, bias=False).to(F64)
         return RegressionObjective(
             model, self.inputs, self.targets[:, None], self.noise_std, self.prior_precision

@@ -4,20 +4,16 @@ Flow matching trains on fresh Monte-Carlo draws of (x_0, t) at every step; a Lap
 approximation needs one fixed function of θ. :func:`flow_matching_regression_set` freezes K
 draws per training point into inputs z = [x_t, t] and targets y = x_1 − x_0, and
 :func:`noise_std_from_residuals` sets the Gaussian likelihood's σ from the residuals of the
-trained net. Both feed :class:`~rbmem_tutorial.objective.RegressionObjective`.
+trained net. Both feed :class:`~rbmem_tutorial.laplace.objective.RegressionObjective`.
 """
 
 from __future__ import annotations
-
-from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
 from rbmem_tutorial._checks import check_positive_int, check_tensor
-
-if TYPE_CHECKING:
-    from rbmem_tutorial.objective import RegressionObjective
+from rbmem_tutorial.laplace.objective import RegressionObjective
 
 __all__ = ["flow_matching_regression_set", "noise_std_from_residuals"]
 
@@ -83,19 +79,17 @@ def noise_std_from_residuals(
     ``per_dimension=True`` each output j gets its own σ_j² = (1/N) Σ_n r_{n,j}², returned as a
     float64 tensor [out]; otherwise a float.
 
-    ``source`` is a :class:`~rbmem_tutorial.objective.RegressionObjective` (its data are used
-    unless ``inputs`` and ``targets`` are given) or an ``nn.Module`` (then both are required).
+    ``source`` is a :class:`~rbmem_tutorial.laplace.objective.RegressionObjective` (its data are
+    used unless ``inputs`` and ``targets`` are given) or an ``nn.Module`` (then both are required).
 
     Example
     -------
-    >>> from rbmem_tutorial.objective import parameters_vector
+    >>> from rbmem_tutorial.laplace.params import parameters_vector
     >>> lin = torch.nn.Linear(1, 1)
     >>> z = torch.randn(20, 1)
     >>> round(noise_std_from_residuals(lin, parameters_vector(lin), z, lin(z).detach() + 1), 6)
     1.0
     """
-    from rbmem_tutorial.objective import RegressionObjective  # objective.py re-exports this module
-
     if isinstance(source, RegressionObjective):
         inputs = source.inputs if inputs is None else inputs
         targets = source.targets if targets is None else targets
@@ -104,7 +98,7 @@ def noise_std_from_residuals(
         raise ValueError("pass inputs and targets when source is a model, not an objective.")
     objective = RegressionObjective(source, inputs, targets, 1.0, 1.0)
     with torch.no_grad():
-        residual = objective.predict(objective._check_theta(theta)) - objective.targets
+        residual = objective.predict(objective.check_theta(theta)) - objective.targets
     variance = residual.square().mean(dim=0) if per_dimension else residual.square().mean()
     if bool((variance <= 0).any()):
         raise ValueError(

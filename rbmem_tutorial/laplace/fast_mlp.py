@@ -28,8 +28,8 @@ Explicit matmuls with leading batch dimensions let ``S`` parameter vectors (each
 direction) share one pass, which is what batched geodesic solves need
 (:mod:`rbmem_tutorial.riemannian`).
 
-A :class:`~rbmem_tutorial.nets.RegressionAdapter` around a
-:class:`~rbmem_tutorial.nets.VelocityMLP` is supported too: its fixed input features of
+A :class:`~rbmem_tutorial.flows.nets.RegressionAdapter` around a
+:class:`~rbmem_tutorial.flows.nets.VelocityMLP` is supported too: its fixed input features of
 ``z = [x_t, t]`` are computed once and its ``net`` is the Sequential above.
 """
 
@@ -39,8 +39,8 @@ import torch
 from torch import nn
 
 from rbmem_tutorial._checks import check_positive, check_tensor
-from rbmem_tutorial.nets import RegressionAdapter, VelocityMLP
-from rbmem_tutorial.objective import RegressionObjective
+from rbmem_tutorial.flows.nets import RegressionAdapter, VelocityMLP
+from rbmem_tutorial.laplace.objective import RegressionObjective
 
 
 def _silu(a):

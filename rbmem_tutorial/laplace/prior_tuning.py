@@ -28,8 +28,8 @@ import torch
 from scipy.optimize import brentq
 
 from rbmem_tutorial._checks import check_choice, check_positive, check_positive_int, check_tensor
-from rbmem_tutorial.objective import RegressionObjective
-from rbmem_tutorial.refinement import refine_map
+from rbmem_tutorial.laplace.objective import RegressionObjective
+from rbmem_tutorial.laplace.refinement import refine_map
 
 __all__ = ["TUNE_RTOL", "TUNINGS", "optimal_prior_precision", "refine_and_tune"]
 
@@ -96,20 +96,21 @@ def refine_and_tune(objective: RegressionObjective, theta, evidence_optimum, *,
     max_rounds : int
         Refinements at most for ``"fixed-point"``; a warning if λ has not settled by then.
     **refine
-        Passed to :func:`~rbmem_tutorial.refinement.refine_map`.
+        Passed to :func:`~rbmem_tutorial.laplace.refinement.refine_map`.
 
     Returns
     -------
     dict
         ``theta_map`` (θ*, on the CPU), ``prior_precision`` (the λ at which θ* is stationary),
-        ``refine_first`` and ``refine_final`` (:class:`~rbmem_tutorial.refinement.RefineRecord`
+        ``refine_first`` and ``refine_final``
+        (:class:`~rbmem_tutorial.laplace.refinement.RefineRecord`
         as dicts) and ``tune_history``: one row per refinement with ``refined_at`` (its λ),
         ``offset_norm`` (‖θ* − m‖) and ``evidence_optimum`` (the maximiser at that θ*).
 
     Example
     -------
     >>> import torch
-    >>> from rbmem_tutorial.laplace import fit_laplace
+    >>> from rbmem_tutorial.laplace.structures import fit_laplace
     >>> g = torch.Generator().manual_seed(0)
     >>> z = torch.randn(40, 2, generator=g)
     >>> y = z @ torch.tensor([[1.0], [-2.0]]) + 0.5 * torch.randn(40, 1, generator=g)

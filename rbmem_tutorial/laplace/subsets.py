@@ -14,7 +14,8 @@ so ∇L_S = (∇L)_S and ∇²L_S = (∇²L)_{SS}. The Laplace posterior and the
 Riemannian Laplace approximation (Bergamin et al. 2023, arXiv 2306.07158) then live in the
 k-dimensional space of θ_S (k chosen entries), and a sample is θ* with its S entries replaced
 (:meth:`ParameterSubset.embed`). The restricted objective is an ordinary
-:class:`~rbmem_tutorial.objective.RegressionObjective` whose model holds only the chosen tensors
+:class:`~rbmem_tutorial.laplace.objective.RegressionObjective` whose model holds only the chosen
+tensors
 as parameters (the others become buffers), so every Laplace structure works on it; KFAC needs
 the chosen tensors to fill whole ``nn.Linear`` layers.
 
@@ -54,9 +55,9 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from rbmem_tutorial import fast_mlp
 from rbmem_tutorial._checks import check_positive_int, check_tensor
-from rbmem_tutorial.objective import RegressionObjective
+from rbmem_tutorial.laplace import fast_mlp
+from rbmem_tutorial.laplace.objective import RegressionObjective
 
 __all__ = [
     "SUBSET_PRESETS",
@@ -262,7 +263,7 @@ def restrict_objective(
     """
     if not isinstance(objective, RegressionObjective):
         raise TypeError("objective must be a RegressionObjective.")
-    theta = objective._check_theta(theta)
+    theta = objective.check_theta(theta)
     if subset.num_params != objective.num_params:
         raise ValueError(f"the subset was made for {subset.num_params} parameters, the "
                          f"objective has {objective.num_params}; make it on the same net.")
@@ -308,7 +309,7 @@ class AnchoredObjective:
 
     Has ``value``, ``grad`` and ``grad_and_hvp`` (what :mod:`rbmem_tutorial.riemannian` needs);
     the derivatives of a plain MLP regression loss come from the fused kernel of
-    :mod:`rbmem_tutorial.fast_mlp`. Build it with :func:`anchored`.
+    :mod:`rbmem_tutorial.laplace.fast_mlp`. Build it with :func:`anchored`.
     """
 
     def __init__(self, loss, shift: torch.Tensor):

@@ -19,7 +19,7 @@ from torch.func import functional_call, vmap
 from torchdiffeq import odeint
 
 from rbmem_tutorial._checks import check_choice, check_positive, check_positive_int, check_tensor
-from rbmem_tutorial.objective import _converted, unflatten
+from rbmem_tutorial.laplace.params import converted, unflatten
 
 __all__ = [
     "ADAPTIVE_METHODS",
@@ -237,7 +237,7 @@ def _prepare(model, theta_samples, x, name):
             f"theta_samples has {theta_samples.shape[1]} columns but the model has {count} "
             "parameters; each row must be a flat vector in model.named_parameters() order."
         )
-    net = _converted(model, theta_samples.dtype, theta_samples.device)
+    net = converted(model, theta_samples.dtype, theta_samples.device)
     return net, theta_samples, x.to(theta_samples)
 
 

@@ -1,8 +1,8 @@
 """Refining trained parameters θ_SGD to a stationary point θ* of the frozen objective.
 
 SGD on fresh flow-matching draws stops near, not at, a minimiser of the frozen loss L(θ) of
-:class:`~rbmem_tutorial.objective.RegressionObjective`, while the Laplace approximation and the
-geodesics of the Riemannian Laplace approximation (Gegenfurtner, Jacobsen & Arvanitidis,
+:class:`~rbmem_tutorial.laplace.objective.RegressionObjective`, while the Laplace approximation and
+the geodesics of the Riemannian Laplace approximation (Gegenfurtner, Jacobsen & Arvanitidis,
 arXiv 2602.00199; Bergamin et al. 2023, arXiv 2306.07158) assume ∇L(θ*) = 0.
 :func:`refine_map` gets there with L-BFGS and a Newton-CG polish and reports what it did as a
 :class:`RefineRecord`.
@@ -11,14 +11,11 @@ arXiv 2602.00199; Bergamin et al. 2023, arXiv 2306.07158) assume ∇L(θ*) = 0.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import torch
 
 from rbmem_tutorial._checks import check_positive, check_positive_int
-
-if TYPE_CHECKING:
-    from rbmem_tutorial.objective import RegressionObjective
+from rbmem_tutorial.laplace.objective import RegressionObjective
 
 __all__ = ["RefineRecord", "refine_map"]
 
@@ -55,7 +52,7 @@ def refine_map(
        values, so it stalls once the decrease is at rounding level (‖∇L‖ of roughly
        sqrt(ε·L·‖∇²L‖)).
     2. Up to ``newton_steps`` Newton steps θ ← θ − H⁻¹∇L, with H v from
-       :meth:`~rbmem_tutorial.objective.RegressionObjective.grad_and_hvp` and the solve by
+       :meth:`~rbmem_tutorial.laplace.objective.RegressionObjective.grad_and_hvp` and the solve by
        conjugate gradients (stopped at negative curvature). They use gradients only, so they
        go below that level; a step is kept only if it lowers ‖∇L‖.
 
@@ -68,20 +65,18 @@ def refine_map(
 
     Example
     -------
-    >>> from rbmem_tutorial.objective import RegressionObjective, parameters_vector
+    >>> from rbmem_tutorial.laplace.params import parameters_vector
     >>> lin = torch.nn.Linear(2, 1)
     >>> obj = RegressionObjective(lin, torch.randn(8, 2), torch.randn(8, 1), 1.0, 1.0)
     >>> theta, record = refine_map(obj, parameters_vector(obj.model))
     >>> record.converged
     True
     """
-    from rbmem_tutorial.objective import RegressionObjective  # objective.py re-exports this module
-
     if not isinstance(objective, RegressionObjective):
         raise TypeError("objective must be a RegressionObjective.")
     gtol = check_positive("gtol", gtol)
     newton_steps = check_positive_int("newton_steps", newton_steps, minimum=0)
-    start = objective._check_theta(theta).detach().clone()
+    start = objective.check_theta(theta).detach().clone()
     param = start.clone().requires_grad_(True)
     optimizer = torch.optim.LBFGS(
         [param],

@@ -1,4 +1,4 @@
-"""The options of :func:`~rbmem_tutorial.pipeline.fit_flow_posterior`: their checks and the
+"""The options of :func:`~rbmem_tutorial.laplace.pipeline.fit_flow_posterior`: their checks and the
 cache key they make.
 
 Every option is checked before any work starts (a one-line error names the bad one), and the
@@ -10,27 +10,27 @@ from __future__ import annotations
 
 import torch
 
-from ._checks import check_choice, check_positive, check_positive_int
-from .laplace import STRUCTURES
-from .prior_tuning import TUNE_RTOL, TUNINGS
-from .subsets import parameter_subset
+from rbmem_tutorial._checks import check_choice, check_positive, check_positive_int
+from rbmem_tutorial.laplace.prior_tuning import TUNE_RTOL, TUNINGS
+from rbmem_tutorial.laplace.structures import STRUCTURES
+from rbmem_tutorial.laplace.subsets import parameter_subset
 
 __all__ = ["BASE_POINTS", "PRIOR_MEANS", "cache_key", "check_options"]
 
-#: Where the prior is centred: θ_SGD or 0 (:mod:`rbmem_tutorial.pipeline` notes).
+#: Where the prior is centred: θ_SGD or 0 (:mod:`rbmem_tutorial.laplace.pipeline` notes).
 PRIOR_MEANS = ("sgd", "zero")
 #: Where the posterior sits: the refined θ*, θ_SGD, or θ_SGD on the tilted loss.
 BASE_POINTS = ("refined", "sgd", "tilted")
 
 
 def check_options(velocity_net, options: dict) -> dict:
-    """The options of :func:`~rbmem_tutorial.pipeline.fit_flow_posterior` (a dict of all its
+    """The options of :func:`~rbmem_tutorial.laplace.pipeline.fit_flow_posterior` (a dict of all its
     keyword arguments except ``use_cache``), checked before any work, with integers made
     plain ``int``; a one-line error names the bad one.
 
     Example
     -------
-    >>> from rbmem_tutorial.nets import VelocityMLP
+    >>> from rbmem_tutorial.flows.nets import VelocityMLP
     >>> options = {"structure": "diag", "draws_per_point": 4, "seed": 0, "prior_precision": None,
     ...            "initial_prior_precision": 1.0, "param_subset": None, "chunk_size": None,
     ...            "refine_iterations": 100, "newton_steps": 5, "prior_mean": "sgd",

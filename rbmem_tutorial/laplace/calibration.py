@@ -20,9 +20,9 @@ from dataclasses import dataclass
 
 import torch
 
-from ._checks import check_positive, check_positive_int, check_tensor
-from .memorisation import RATIO_THRESHOLD, memorised_fraction
-from .posterior import generate
+from rbmem_tutorial._checks import check_positive, check_positive_int, check_tensor
+from rbmem_tutorial.laplace.sampled_nets import generate
+from rbmem_tutorial.memorisation.ratio import RATIO_THRESHOLD, memorised_fraction
 
 
 @dataclass(frozen=True)

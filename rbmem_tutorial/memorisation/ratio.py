@@ -30,12 +30,11 @@ and a rounding-error bound certifies that the true two nearest points are among 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from typing import NamedTuple
 
 import torch
 
-from ._checks import check_positive, check_positive_int, check_same_dim, check_tensor
+from rbmem_tutorial._checks import check_positive, check_positive_int, check_same_dim, check_tensor
 
 RATIO_THRESHOLD = 1 / 3
 """The literature's ratio threshold k: memorised when d1/d2 < 1/3 (equivalently c = 1/9)."""
@@ -199,7 +198,7 @@ def nearest_two(
     Example
     -------
     >>> import torch
-    >>> from rbmem_tutorial.memorisation import nearest_two
+    >>> from rbmem_tutorial.memorisation.ratio import nearest_two
     >>> train = torch.tensor([[0.0, 0.0], [3.0, 0.0], [0.0, 5.0]])
     >>> nt = nearest_two(torch.tensor([[1.0, 0.0]]), train)
     >>> nt.d1.item(), nt.d2.item(), nt.i1.item(), nt.i2.item()
@@ -219,7 +218,8 @@ def nearest_two(
     return NearestTwo(dist[:, 0], dist[:, 1], idx[:, 0], idx[:, 1])
 
 
-def _ratio_from(nt: NearestTwo) -> torch.Tensor:
+def ratio_from(nt: NearestTwo) -> torch.Tensor:
+    """d_1/d_2 per sample (1 where d_2 = 0, a tie of duplicates)."""
     return torch.where(nt.d2 > 0, nt.d1 / nt.d2, 1.0)
 
 
@@ -233,15 +233,15 @@ def memorisation_ratio(generated, train, chunk_size: int | None = None) -> torch
     Example
     -------
     >>> import torch
-    >>> from rbmem_tutorial.memorisation import memorisation_ratio
+    >>> from rbmem_tutorial.memorisation.ratio import memorisation_ratio
     >>> train = torch.tensor([[0.0, 0.0], [4.0, 0.0]])
     >>> memorisation_ratio(torch.tensor([[1.0, 0.0]]), train)
     tensor([0.3333], dtype=torch.float64)
     """
-    return _ratio_from(nearest_two(generated, train, chunk_size))
+    return ratio_from(nearest_two(generated, train, chunk_size))
 
 
-def _flags(ratios: torch.Tensor, threshold: float | None, c: float | None) -> torch.Tensor:
+def flag_ratios(ratios: torch.Tensor, threshold: float | None, c: float | None) -> torch.Tensor:
     """Apply ``ratio < threshold`` (strict) or ``ratio**2 <= c`` (non-strict); default k = 1/3."""
     if threshold is not None and c is not None:
         raise ValueError(
@@ -276,13 +276,13 @@ def is_memorised(
     Example
     -------
     >>> import torch
-    >>> from rbmem_tutorial.memorisation import is_memorised
+    >>> from rbmem_tutorial.memorisation.ratio import is_memorised
     >>> train = torch.tensor([[0.0, 0.0], [4.0, 0.0]])
     >>> x = torch.tensor([[1.0, 0.0], [0.5, 0.0]])   # ratios 1/3 and 1/7
     >>> is_memorised(x, train).tolist(), is_memorised(x, train, c=1 / 9).tolist()
     ([False, True], [True, True])
     """
-    return _flags(memorisation_ratio(generated, train, chunk_size), threshold, c)
+    return flag_ratios(memorisation_ratio(generated, train, chunk_size), threshold, c)
 
 
 def memorised_fraction(
@@ -298,140 +298,10 @@ def memorised_fraction(
     Example
     -------
     >>> import torch
-    >>> from rbmem_tutorial.memorisation import memorised_fraction
+    >>> from rbmem_tutorial.memorisation.ratio import memorised_fraction
     >>> train = torch.tensor([[0.0, 0.0], [4.0, 0.0]])
     >>> memorised_fraction(torch.tensor([[0.1, 0.0], [2.0, 0.0]]), train)
     0.5
     """
     flags = is_memorised(generated, train, threshold, c=c, chunk_size=chunk_size)
     return flags.double().mean().item()
-
-
-@dataclass(frozen=True)
-class MemorisationReport:
-    """Everything the memorisation figures need, on the CPU.
-
-    Attributes
-    ----------
-    ratios : torch.Tensor
-        ``[M]`` float64 ratios :math:`d_1/d_2`.
-    nearest : NearestTwo
-        Distances and indices behind the ratios.
-    fraction_strict : float
-        Fraction with :math:`d_1/d_2 < 1/3` (the literature's test).
-    fraction_loose : float
-        Fraction with :math:`d_1^2 \\le d_2^2/3` (the poster's form with c = 1/3; ratio 0.577).
-    flags : torch.Tensor
-        ``[M]`` booleans of the report's own test (``threshold``/``c`` of the call).
-    counts : torch.Tensor
-        ``[N]`` number of flagged samples whose nearest training point is each training point.
-    copied_indices : torch.Tensor
-        Training indices with at least one flagged copy, most copied first.
-    baseline : MemorisationReport or None
-        The same report for true samples from the data distribution, when given.
-    """
-
-    ratios: torch.Tensor
-    nearest: NearestTwo
-    fraction_strict: float
-    fraction_loose: float
-    flags: torch.Tensor
-    counts: torch.Tensor
-    copied_indices: torch.Tensor
-    baseline: MemorisationReport | None = None
-
-    @property
-    def fraction(self) -> float:
-        """Fraction flagged by the report's own test."""
-        return self.flags.double().mean().item()
-
-    def fraction_at(self, threshold: float | None = None, *, c: float | None = None) -> float:
-        """Fraction flagged at another threshold, from the stored ratios (no new search)."""
-        return _flags(self.ratios, threshold, c).double().mean().item()
-
-    def bootstrap_interval(
-        self,
-        threshold: float | None = None,
-        *,
-        c: float | None = None,
-        level: float = 0.95,
-        n_boot: int = 2000,
-        generator: torch.Generator | None = None,
-    ) -> tuple[float, float]:
-        """Percentile bootstrap interval of the memorised fraction.
-
-        Resampling the M flags with replacement makes the flagged count
-        :math:`\\mathrm{Binomial}(M, \\hat p)`, so the bootstrap draws that count directly.
-        It assumes independent samples (not true when many samples share one parameter draw)
-        and collapses to a point when :math:`\\hat p` is 0 or 1.
-
-        Example
-        -------
-        >>> import torch
-        >>> from rbmem_tutorial.memorisation import memorisation_report
-        >>> train = torch.tensor([[0.0, 0.0], [4.0, 0.0]])
-        >>> rep = memorisation_report(torch.tensor([[0.1, 0.0], [2.0, 0.0]]), train)
-        >>> lo, hi = rep.bootstrap_interval(generator=torch.Generator().manual_seed(0))
-        >>> 0.0 <= lo <= 0.5 <= hi <= 1.0
-        True
-        """
-        level = check_positive("level", level)
-        if level >= 1:
-            raise ValueError(f"level must lie in (0, 1), got {level}.")
-        n_boot = check_positive_int("n_boot", n_boot)
-        flags = _flags(self.ratios, threshold, c)
-        m = float(len(flags))
-        p = torch.full((n_boot,), flags.double().mean().item(), dtype=torch.float64)
-        draws = torch.binomial(torch.full_like(p, m), p, generator=generator) / m
-        tails = torch.tensor([(1 - level) / 2, (1 + level) / 2], dtype=torch.float64)
-        lo, hi = torch.quantile(draws, tails).tolist()
-        return lo, hi
-
-
-def memorisation_report(
-    generated,
-    train,
-    threshold: float | None = None,
-    *,
-    c: float | None = None,
-    true_samples=None,
-    chunk_size: int | None = None,
-) -> MemorisationReport:
-    """Ratio test report: fractions at both thresholds, copies, counts, optional baseline.
-
-    ``threshold``/``c`` choose the report's own test for ``flags``, ``counts`` and
-    ``copied_indices`` (default: ratio < 1/3). ``fraction_strict`` (ratio < 1/3) and
-    ``fraction_loose`` (:math:`d_1^2 \\le d_2^2/3`) are always both given. Pass
-    ``true_samples`` (held-out draws from the data distribution, ideally as many as
-    ``generated``) to get the floor that chance alone reaches: on small 2-D training sets some
-    true samples pass the test too.
-
-    Example
-    -------
-    >>> import torch
-    >>> from rbmem_tutorial.memorisation import memorisation_report
-    >>> train = torch.tensor([[0.0, 0.0], [4.0, 0.0], [0.0, 4.0]])
-    >>> gen = torch.tensor([[0.1, 0.0], [3.9, 0.1], [2.0, 2.0]])
-    >>> rep = memorisation_report(gen, train)
-    >>> rep.fraction_strict, rep.counts.tolist(), rep.copied_indices.tolist()
-    (0.6666666666666666, [1, 1, 0], [0, 1])
-    """
-    nt = nearest_two(generated, train, chunk_size)
-    nt = NearestTwo(*(field.cpu() for field in nt))
-    ratios = _ratio_from(nt)
-    flags = _flags(ratios, threshold, c)
-    counts = torch.bincount(nt.i1[flags], minlength=len(train))
-    order = counts.argsort(descending=True, stable=True)
-    baseline = None
-    if true_samples is not None:
-        baseline = memorisation_report(true_samples, train, threshold, c=c, chunk_size=chunk_size)
-    return MemorisationReport(
-        ratios=ratios,
-        nearest=nt,
-        fraction_strict=_flags(ratios, RATIO_THRESHOLD, None).double().mean().item(),
-        fraction_loose=_flags(ratios, None, LOOSE_C).double().mean().item(),
-        flags=flags,
-        counts=counts,
-        copied_indices=order[: int((counts > 0).sum())],
-        baseline=baseline,
-    )
