@@ -289,7 +289,17 @@ class RegressionObjective:
         return total
 
     def ggn_diagonal(self, theta: torch.Tensor, *, chunk_size: int = 256) -> torch.Tensor:
-        """Exact diagonal of the GGN, Σ_n Σ_j J_{n,j,d}² / σ_j²  [D], without a D×D matrix."""
+        """Exact diagonal of the GGN, Σ_n Σ_j J_{n,j,d}² / σ_j²  [D], without a D×D matrix.
+
+        For a plain MLP (:func:`rbmem_tutorial.fast_mlp.supports`) it is computed layer by
+        layer without per-example Jacobians (``chunk_size`` is then unused); otherwise from
+        per-example Jacobians, ``chunk_size`` examples at a time.
+        """
+        from rbmem_tutorial import fast_mlp  # fast_mlp imports this module
+
+        if fast_mlp.supports(self):
+            kernel = fast_mlp.MLPRegressionKernel.from_objective(self)
+            return kernel.ggn_diagonal(self._check_theta(theta).detach())
         total = torch.zeros(self.num_params, dtype=torch.float64, device=self.inputs.device)
         weights = self._precision_weights()[:, None]
         for jac in self._jacobian_chunks(theta, None, None, chunk_size):

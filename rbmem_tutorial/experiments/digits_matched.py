@@ -1,0 +1,105 @@
+"""The matched study on the 8x8 digits (chapter 6): chapter 5's design, on images.
+
+The same replicates, methods, calibration and statistics as the moons study
+(:mod:`.matched_study`, :mod:`.matched_stats`), with what images change:
+
+- **Data and net.** Replicate ``r`` trains on its own ``n_train`` digits (data seed ``r``);
+  the held-out digits are split in two, one half to score quality, the other half as the
+  true-sample baseline. The velocity net is the SiLU MLP of the ``cpu-digits`` profile
+  (:data:`.tradeoff.PROFILES`), trained with Adam at a constant learning rate, checkpoints
+  kept along the run (early stopping's curve; the ensemble's members stop at the same step).
+- **Levels at both thresholds used on images.** On 64-d digits no true sample passes
+  d₁/d₂ < 1/3, so the floor there is 0, a level no calibration can aim at; the levels are a
+  memorised fraction at 1/3, one at 0.577 (``"loose:<x>"``), and the true-sample floor at 0.577
+  (``"loose-floor"``), see :func:`.matched_study.level_target`.
+- **Geodesics** of the Monge metric at T = mean and T = sum, and of the Fisher metric, at the
+  profile's tolerance (``geodesic_rtol``), each out to its own largest scale.
+
+Example
+-------
+>>> config = DigitsMatchedConfig(replicates=(0,))
+>>> config.base_flow().dataset, config.base_flow().n_train, config.step_grid()[-1]
+('digits', 20, 8000)
+>>> config.geodesic("riemannian-mean")[1:]
+('mean', 6.0, 'bosh3', 0.0001)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..data import DIGITS_COUNT
+from ..reference import FlowConfig
+from .matched_study import MatchedConfig
+from .replicates import Replicate, replicate, step_grid
+
+DIGITS_METHODS = ("map", "early-stop", "ensemble", "isotropic", "laplace", "riemannian-mean",
+                  "riemannian-sum", "riemannian-fisher")
+TEMPERATURE_OF = {"riemannian-mean": ("monge", "mean"), "riemannian-sum": ("monge", "sum"),
+                  "riemannian-fisher": ("fisher", 1.0)}
+
+
+@dataclass(frozen=True)
+class DigitsMatchedConfig(MatchedConfig):
+    """The digits study's design (saved beside its results; the fields of
+    :class:`.matched_study.MatchedConfig` plus the data, net, posterior and geodesic settings).
+
+    ``top_scales`` are the largest posterior scales of the geodesic methods, in the order of
+    ``TEMPERATURE_OF``; ``geodesic_rtol`` (= atol) is the bosh3 tolerance of every geodesic.
+    """
+
+    replicates: tuple[int, ...] = tuple(range(6))
+    methods: tuple[str, ...] = DIGITS_METHODS
+    costly_methods: tuple[str, ...] = ("riemannian-sum", "riemannian-fisher")
+    costly_replicates: tuple[int, ...] = tuple(range(6))
+    weight_samples: int = 32
+    points: int = 1024
+    members: int = 4
+    levels: tuple = (0.1, "loose:0.3", "loose-floor")
+    tolerance: float = 0.02
+    sample_rtol: float = 1e-5
+    n_train: int = 20
+    hidden: tuple[int, ...] = (128, 128, 128)
+    steps: int = 8000
+    batch_size: int = 128
+    lr: float = 2e-3
+    draws_per_point: int = 8
+    refine_iterations: int = 200
+    newton_steps: int = 2
+    geodesic_rtol: float = 1e-4
+    top_scales: tuple[float, ...] = (6.0, 8.0, 3.0)
+
+    def __post_init__(self):
+        super().__post_init__()
+        unknown = sorted(set(self.methods) - set(DIGITS_METHODS))
+        if unknown:
+            raise ValueError(f"methods {unknown} are not part of the digits study; choose from "
+                             f"{', '.join(DIGITS_METHODS)}.")
+        if not 1 <= self.n_train <= DIGITS_COUNT - 4:
+            raise ValueError(f"n_train must be between 1 and {DIGITS_COUNT - 4}, got "
+                             f"{self.n_train}.")
+        if not 0 < self.geodesic_rtol < 1:
+            raise ValueError(f"geodesic_rtol must be in (0, 1), got {self.geodesic_rtol}.")
+
+    def base_flow(self) -> FlowConfig:
+        return FlowConfig(dataset="digits", n_train=self.n_train,
+                          n_test=DIGITS_COUNT - self.n_train, hidden=tuple(self.hidden),
+                          steps=self.steps, batch_size=self.batch_size, lr=self.lr)
+
+    def step_grid(self) -> tuple[int, ...]:
+        return step_grid(self.steps, fine_until=2000)
+
+    def geodesic(self, method: str) -> tuple:
+        metric, temperature = TEMPERATURE_OF[method]
+        top = self.top_scales[list(TEMPERATURE_OF).index(method)]
+        return metric, temperature, top, "bosh3", self.geodesic_rtol
+
+    def posterior_options(self) -> dict:
+        return {"draws_per_point": self.draws_per_point,
+                "refine_iterations": self.refine_iterations, "newton_steps": self.newton_steps}
+
+    def build_replicate(self, index: int) -> Replicate:
+        return replicate(index, members=self.members, points=self.points,
+                         base=self.base_flow(), steps=self.step_grid(),
+                         posterior_options=self.posterior_options())
+
