@@ -21,7 +21,7 @@ Example
 >>> config.base_flow().dataset, config.base_flow().n_train, config.step_grid()[-1]
 ('digits', 20, 8000)
 >>> config.geodesic("riemannian-mean")[1:]
-('mean', 6.0, 'bosh3', 0.0001)
+('mean', 16.0, 'bosh3', 0.0001)
 """
 
 from __future__ import annotations
@@ -32,11 +32,14 @@ from ..data import DIGITS_COUNT
 from ..reference import FlowConfig
 from .matched_study import MatchedConfig
 from .replicates import Replicate, replicate, step_grid
+from .tradeoff import PROFILES
+
+CPU_DIGITS = PROFILES["cpu-digits"]
 
 DIGITS_METHODS = ("map", "early-stop", "ensemble", "isotropic", "laplace", "riemannian-mean",
                   "riemannian-sum", "riemannian-fisher")
-TEMPERATURE_OF = {"riemannian-mean": ("monge", "mean"), "riemannian-sum": ("monge", "sum"),
-                  "riemannian-fisher": ("fisher", 1.0)}
+TEMPERATURE_OF = {"riemannian-mean": ("monge", CPU_DIGITS["temperatures"][0]),
+                  "riemannian-sum": ("monge", "sum"), "riemannian-fisher": ("fisher", 1.0)}
 
 
 @dataclass(frozen=True)
@@ -48,26 +51,27 @@ class DigitsMatchedConfig(MatchedConfig):
     ``TEMPERATURE_OF``; ``geodesic_rtol`` (= atol) is the bosh3 tolerance of every geodesic.
     """
 
-    replicates: tuple[int, ...] = tuple(range(6))
-    methods: tuple[str, ...] = DIGITS_METHODS
+    replicates: tuple[int, ...] = tuple(range(5))
+    methods: tuple[str, ...] = DIGITS_METHODS[:-1]
     costly_methods: tuple[str, ...] = ("riemannian-sum", "riemannian-fisher")
-    costly_replicates: tuple[int, ...] = tuple(range(6))
+    costly_replicates: tuple[int, ...] = (0, 1)
     weight_samples: int = 32
     points: int = 1024
     members: int = 4
     levels: tuple = (0.1, "loose:0.3", "loose-floor")
     tolerance: float = 0.02
     sample_rtol: float = 1e-5
-    n_train: int = 20
-    hidden: tuple[int, ...] = (128, 128, 128)
-    steps: int = 8000
-    batch_size: int = 128
-    lr: float = 2e-3
-    draws_per_point: int = 8
-    refine_iterations: int = 200
-    newton_steps: int = 2
-    geodesic_rtol: float = 1e-4
-    top_scales: tuple[float, ...] = (6.0, 8.0, 3.0)
+    n_train: int = CPU_DIGITS["n_train"]
+    hidden: tuple[int, ...] = CPU_DIGITS["hidden"]
+    steps: int = CPU_DIGITS["steps"]
+    batch_size: int = CPU_DIGITS["batch_size"]
+    lr: float = CPU_DIGITS["lr"]
+    draws_per_point: int = CPU_DIGITS["draws_per_point"]
+    refine_iterations: int = CPU_DIGITS["refine_iterations"]
+    newton_steps: int = CPU_DIGITS["newton_steps"]
+    geodesic_rtol: float = CPU_DIGITS["geodesic_rtol"]
+    top_scales: tuple[float, ...] = (16.0, 4.0, 3.0)
+    geodesic_path_points: int = 65
 
     def __post_init__(self):
         super().__post_init__()
@@ -93,6 +97,12 @@ class DigitsMatchedConfig(MatchedConfig):
         metric, temperature = TEMPERATURE_OF[method]
         top = self.top_scales[list(TEMPERATURE_OF).index(method)]
         return metric, temperature, top, "bosh3", self.geodesic_rtol
+
+    def path_points(self) -> int:
+        return self.geodesic_path_points
+
+    def score_paths(self) -> bool:
+        return True
 
     def posterior_options(self) -> dict:
         return {"draws_per_point": self.draws_per_point,

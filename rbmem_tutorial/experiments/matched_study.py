@@ -98,6 +98,16 @@ class MatchedConfig:
         """(metric, temperature, largest scale, solver, rtol) of a geodesic method."""
         return GEODESIC[method]
 
+    def path_points(self) -> int:
+        """Points of a geodesic path: the scales 0, top/(P−1), ..., top of its knob grid."""
+        return PATH_POINTS
+
+    def score_paths(self) -> bool:
+        """Whether geodesic methods also solve their score draws as one path (knobs then stay
+        on the path's grid); otherwise a score solve per matched knob, and the search refines
+        between grid knobs."""
+        return False
+
     def build_replicate(self, index: int) -> Replicate:
         """Replicate ``index``: its data, nets and posterior (:func:`.replicates.replicate`)."""
         return replicate(index, members=self.members, points=self.points)
@@ -155,8 +165,8 @@ class Method:
         if self.method in ("early-stop", "ensemble"):
             return tuple(float(s) for s in self.rep.steps)
         if self.method in GEODESIC:
-            top = self.config.geodesic(self.method)[2]
-            return tuple(top * k / (PATH_POINTS - 1) for k in range(1, PATH_POINTS))
+            top, points = self.config.geodesic(self.method)[2], self.config.path_points()
+            return tuple(top * k / (points - 1) for k in range(1, points))
         return SCALE_GRID
 
     def weights(self, knob: float, draws: str) -> torch.Tensor:
@@ -189,9 +199,11 @@ class Method:
         return out
 
     def _geodesic(self, knob: float, draws: str, v: torch.Tensor) -> torch.Tensor:
-        if draws == "calibration" and draws not in self._paths:
+        as_path = draws == "calibration" or self.config.score_paths()
+        if as_path and draws not in self._paths:
             top = self.config.geodesic(self.method)[2]
-            out = self._solve(top * v, return_path=True, num_path_points=PATH_POINTS)
+            out = self._solve(top * v, return_path=True,
+                              num_path_points=self.config.path_points())
             self._paths[draws] = (top * out.path_times, out.path)  # [T], [S, T, D]
         if draws in self._paths:
             scales, path = self._paths[draws]
@@ -264,7 +276,8 @@ def run_cell(config: MatchedConfig, rep: Replicate, method: str) -> tuple[dict, 
             kept.append(samples[:keep].numpy())
     else:
         increasing = method in ("early-stop", "ensemble")
-        refine = None if increasing else (lambda a, b: math.sqrt(a * b))
+        on_grid = method in GEODESIC and config.score_paths()
+        refine = None if increasing or on_grid else (lambda a, b: math.sqrt(a * b))
         for level in config.levels:
             key, target = level_target(level, rep)
             found = calibrate(lambda knob, key=key: fraction_at(knob, key), target, m.knobs,

@@ -42,7 +42,7 @@ def step_grid(steps: int, fine_until: int = 3000) -> tuple[int, ...]:
     -------
     >>> grid = step_grid(4000, fine_until=200)
     >>> grid[:5], grid[-2:]
-    ((50, 100, 150, 200, 250), (3750, 4000))
+    ((50, 100, 150, 200, 450), (3950, 4000))
     """
     fine = tuple(range(50, min(fine_until, steps) + 1, 50))
     coarse = tuple(range(fine[-1] + 250, steps + 1, 250)) if fine else ()
