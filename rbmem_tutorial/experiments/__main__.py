@@ -48,6 +48,7 @@ import matplotlib
 from .. import __version__
 from ..cache import check_cache_writable
 from . import cache_command, resume, run_record, store
+from .cost_model import GPU_ASSUMED, TYPICAL_NFE, profile_prediction
 from .geodesic_cells import parse_temperature
 from .glossary import glossary
 from .tradeoff import (
@@ -98,6 +99,14 @@ def _profiles_text() -> str:
         text = ", ".join(_option(k, v) for k, v in PROFILES[name].items())
         lines += textwrap.wrap(f"{name}: {text}", 96, initial_indent="  ",
                                subsequent_indent="      ", break_on_hyphens=False)
+    gpu = profile_prediction(profile_config("gpu-digits", device="cpu"), GPU_ASSUMED,
+                             TYPICAL_NFE)
+    lines += textwrap.wrap(
+        f"gpu-digits on one GPU: about {gpu:.0f} s of geodesic solves expected (cost "
+        f"model: {TYPICAL_NFE} evaluations per solve × one batched gradient-and-curvature "
+        "pass, with an assumed GPU rate of 2e12 float64 flops/s; not measured on a GPU; "
+        "rbmem_tutorial.experiments.cost_model)", 96, initial_indent="  ",
+        subsequent_indent="      ")
     defaults = TradeoffConfig()
     lines.append("  unset options take the defaults of TradeoffConfig, e.g. "
                  f"{_option('steps', defaults.steps)}, {_option('hidden', defaults.hidden)}.")
