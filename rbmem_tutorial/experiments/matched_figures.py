@@ -127,14 +127,14 @@ def matched_frontiers(study: MatchedStudy, methods, metrics=("energy", "precisio
             points = level_means(study.flat, method, metric, shared.get, study.levels, x)
             if not points:
                 continue
-            x = [p["mem"] for p in points]
+            xs = [p["mem"] for p in points]
             y = [p["mean"] for p in points]
             if method == "map":
-                ax.plot(x[:1], y[:1], "s", color="k", label="MAP", zorder=3)
+                ax.plot(xs[:1], y[:1], "s", color="k", label="MAP", zorder=3)
                 continue
             err = [[p["mean"] - p["lo"] if p["lo"] is not None else 0 for p in points],
                    [p["hi"] - p["mean"] if p["hi"] is not None else 0 for p in points]]
-            ax.errorbar(x, y, yerr=err, marker="o", ms=4, capsize=2, lw=1.2,
+            ax.errorbar(xs, y, yerr=err, marker="o", ms=4, capsize=2, lw=1.2,
                         color=COLOURS.get(method), label=method)
         ax.plot([floor], [true], "*", ms=13, color="gold", mec="k", label="true samples",
                 zorder=4)
