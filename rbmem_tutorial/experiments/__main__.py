@@ -87,9 +87,12 @@ examples:
 """
 
 
+FLAGS = {"temperatures": "temperature"}  # fields whose command-line flag is named otherwise
+
+
 def _option(name: str, value) -> str:
     shown = " ".join(map(str, value)) if isinstance(value, tuple) else value
-    return f"--{name.replace('_', '-')} {shown}"
+    return f"--{FLAGS.get(name, name).replace('_', '-')} {shown}"
 
 
 def _profiles_text() -> str:
