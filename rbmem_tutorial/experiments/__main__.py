@@ -48,6 +48,7 @@ import matplotlib
 from rbmem_tutorial._version import __version__
 from rbmem_tutorial.cache import check_cache_writable
 from rbmem_tutorial.experiments import cache_command, resume, run_record, store
+from rbmem_tutorial.experiments.cost_model import GPU_ASSUMED, TYPICAL_NFE, profile_prediction
 from rbmem_tutorial.experiments.geodesic_cells import parse_temperature
 from rbmem_tutorial.experiments.glossary import glossary
 from rbmem_tutorial.experiments.tradeoff import (
@@ -86,9 +87,12 @@ examples:
 """
 
 
+FLAGS = {"temperatures": "temperature"}  # fields whose command-line flag is named otherwise
+
+
 def _option(name: str, value) -> str:
     shown = " ".join(map(str, value)) if isinstance(value, tuple) else value
-    return f"--{name.replace('_', '-')} {shown}"
+    return f"--{FLAGS.get(name, name).replace('_', '-')} {shown}"
 
 
 def _profiles_text() -> str:
@@ -98,6 +102,14 @@ def _profiles_text() -> str:
         text = ", ".join(_option(k, v) for k, v in PROFILES[name].items())
         lines += textwrap.wrap(f"{name}: {text}", 96, initial_indent="  ",
                                subsequent_indent="      ", break_on_hyphens=False)
+    gpu = profile_prediction(profile_config("gpu-digits", device="cpu"), GPU_ASSUMED,
+                             TYPICAL_NFE)
+    lines += textwrap.wrap(
+        f"gpu-digits on one GPU: about {gpu:.0f} s of geodesic solves expected (cost "
+        f"model: {TYPICAL_NFE} evaluations per solve × one batched gradient-and-curvature "
+        "pass, with an assumed GPU rate of 2e12 float64 flops/s; not measured on a GPU; "
+        "rbmem_tutorial.experiments.cost_model)", 96, initial_indent="  ",
+        subsequent_indent="      ")
     defaults = TradeoffConfig()
     lines.append("  unset options take the defaults of TradeoffConfig, e.g. "
                  f"{_option('steps', defaults.steps)}, {_option('hidden', defaults.hidden)}.")

@@ -28,7 +28,8 @@ COLOURS = {"map": "k", "early-stop": "tab:orange", "ensemble": "tab:olive",
            "riemannian-sum": "tab:red", "riemannian-data-mean": "tab:pink",
            "riemannian-fisher": "tab:purple"}
 SPACING = 11.0  # the moons span about 10 units in x: one panel each, side by side
-LABELS = {"mem": "memorised fraction (d₁/d₂ < 1/3)", "energy": "energy distance",
+LABELS = {"mem": "memorised fraction (d₁/d₂ < 1/3)",
+          "mem_loose": "memorised fraction (d₁/d₂ < 0.577)", "energy": "energy distance",
           "mmd2": "MMD²", "precision": "k-NN precision", "recall": "k-NN recall",
           "outliers": "outlier rate"}
 
@@ -45,6 +46,11 @@ class MatchedStudy:
     tables: dict
     config: dict
     readme: str
+
+    @property
+    def levels(self) -> tuple[str, ...]:
+        """The level labels of the matched rows, in the study's order."""
+        return tuple(str(level) for level in self.config.get("levels", LEVELS))
 
     def samples(self, replicate: int, method: str) -> np.ndarray:
         """The scored samples ``[levels, n, d]`` of one cell (NaN where a level was not
@@ -79,28 +85,30 @@ def common_replicates(flat: list[dict], methods, level: str) -> set[int]:
     return set.intersection(*sets) if sets else {r["replicate"] for r in flat}
 
 
-def level_means(flat: list[dict], method: str, metric: str, replicates=None) -> list[dict]:
-    """Per level: the mean memorised fraction and ``metric`` over the replicates where
-    ``method`` reached it (``replicates(level)``, if given, restricts them), with the
-    metric's 95% t-interval."""
+def level_means(flat: list[dict], method: str, metric: str, replicates=None, levels=LEVELS,
+                x: str = "mem") -> list[dict]:
+    """Per level: the mean memorised fraction (``x``: ``"mem"`` at 1/3, ``"mem_loose"`` at
+    0.577) and ``metric`` over the replicates where ``method`` reached it
+    (``replicates(level)``, if given, restricts them), with the metric's 95% t-interval."""
     out = []
-    for level in LEVELS:
+    for level in levels:
         keep = None if replicates is None else replicates(level)
         hit = [r for r in flat if r["method"] == method and r["level"] == level
                and (r["reached"] or method == "map") and r[metric] is not None
                and (keep is None or r["replicate"] in keep)]
         if hit:
             stat = paired([r[metric] for r in hit])
-            out.append({"level": level, "n": len(hit), "mem": np.mean([r["mem"] for r in hit]),
+            out.append({"level": level, "n": len(hit), "mem": np.mean([r[x] for r in hit]),
                         "mean": stat["mean"], "lo": stat["lo"], "hi": stat["hi"]})
     return out
 
 
 def matched_frontiers(study: MatchedStudy, methods, metrics=("energy", "precision", "recall",
-                                                              "outliers")):
+                                                              "outliers"), x: str = "mem"):
     """One panel per metric: each method's mean quality against its mean memorised fraction
     at the matched levels (bars: 95% intervals over replicates), the MAP (square) and the true
-    samples (star) — better is towards the star.
+    samples (star) — better is towards the star. ``x`` is the memorised fraction on the
+    horizontal axis (``"mem"`` or ``"mem_loose"``).
 
     Quality varies much more between replicates (each has its own training set) than between
     methods, so at each level every mean is taken over the same replicates: those where all
@@ -109,28 +117,28 @@ def matched_frontiers(study: MatchedStudy, methods, metrics=("energy", "precisio
 
     fig, axes = plt.subplots(1, len(metrics), figsize=(3.6 * len(metrics), 3.8),
                              layout="constrained")
-    shared = {level: common_replicates(study.flat, methods, level) for level in LEVELS}
+    shared = {level: common_replicates(study.flat, methods, level) for level in study.levels}
     every = set.union(*shared.values())
     true_rows = [c for c in study.cells if c["method"] == "map" and c["replicate"] in every]
-    floor = float(np.mean([c["floor"] for c in true_rows]))
+    floor = float(np.mean([c["true"][x] for c in true_rows]))
     for ax, metric in zip(np.atleast_1d(axes), metrics, strict=True):
         true = float(np.mean([c["true"][metric] for c in true_rows]))
         for method in methods:
-            points = level_means(study.flat, method, metric, shared.get)
+            points = level_means(study.flat, method, metric, shared.get, study.levels, x)
             if not points:
                 continue
-            x = [p["mem"] for p in points]
+            xs = [p["mem"] for p in points]
             y = [p["mean"] for p in points]
             if method == "map":
-                ax.plot(x[:1], y[:1], "s", color="k", label="MAP", zorder=3)
+                ax.plot(xs[:1], y[:1], "s", color="k", label="MAP", zorder=3)
                 continue
             err = [[p["mean"] - p["lo"] if p["lo"] is not None else 0 for p in points],
                    [p["hi"] - p["mean"] if p["hi"] is not None else 0 for p in points]]
-            ax.errorbar(x, y, yerr=err, marker="o", ms=4, capsize=2, lw=1.2,
+            ax.errorbar(xs, y, yerr=err, marker="o", ms=4, capsize=2, lw=1.2,
                         color=COLOURS.get(method), label=method)
         ax.plot([floor], [true], "*", ms=13, color="gold", mec="k", label="true samples",
                 zorder=4)
-        ax.set_xlabel(LABELS["mem"])
+        ax.set_xlabel(LABELS[x])
         ax.set_ylabel(LABELS[metric])
     handles, labels = np.atleast_1d(axes)[0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="outside lower center", ncol=len(labels), fontsize=8,
@@ -142,7 +150,7 @@ def draw_level(ax, study: MatchedStudy, level_index: int, methods, train: np.nda
                replicate: int = 0, points: int = 600) -> None:
     """Scored samples of ``methods`` at one matched level of one replicate, side by side,
     each panel shifted along x, with the replicate's training points ``train`` (crosses)."""
-    level = LEVELS[level_index]
+    level = study.levels[level_index]
     rows = {r["method"]: r for r in study.flat
             if r["replicate"] == replicate and r["level"] == level}
     for offset, method in enumerate(methods):

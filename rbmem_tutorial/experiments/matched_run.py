@@ -28,7 +28,6 @@ from rbmem_tutorial.experiments.matched_study import (
     failed_cell,
     run_cell,
 )
-from rbmem_tutorial.experiments.replicates import replicate
 from rbmem_tutorial.riemannian import GeodesicSolveError
 
 
@@ -62,7 +61,7 @@ def run(config: MatchedConfig, out, *, reverse: bool = False, log=print) -> list
                 continue
             if current is None or current.index != index:
                 start = time.perf_counter()
-                current = replicate(index, members=config.members, points=config.points)
+                current = config.build_replicate(index)
                 log(f"replicate {index}: nets and posterior ready in "
                     f"{time.perf_counter() - start:.0f} s (floor {current.floor:.3f})")
             start = time.perf_counter()
@@ -78,16 +77,46 @@ def run(config: MatchedConfig, out, *, reverse: bool = False, log=print) -> list
     return done
 
 
+def study_config(study: str, replicates=None, costly_replicates=None,
+                 methods=None) -> MatchedConfig:
+    """The design of ``study`` (``"moons"`` or ``"digits"``) with the options given."""
+    options = {k: tuple(v) for k, v in (("replicates", replicates),
+                                        ("costly_replicates", costly_replicates),
+                                        ("methods", methods)) if v is not None}
+    if min(options.get("replicates", ()) + options.get("costly_replicates", ()), default=0) < 0:
+        raise ValueError("replicate indices are data and training seeds and must be 0 or "
+                         "more; pass e.g. --replicates 0 1 2.")
+    if study == "digits":
+        from rbmem_tutorial.experiments.digits_matched import DigitsMatchedConfig
+
+        return DigitsMatchedConfig(**options)
+    return MatchedConfig(**options)
+
+
+def saved_config(out) -> MatchedConfig:
+    """The design saved in ``out/config.json`` (moons or digits, told apart by its fields)."""
+    from rbmem_tutorial.experiments.digits_matched import DigitsMatchedConfig
+
+    saved = json.loads((Path(out) / "config.json").read_text())
+    saved = {k: tuple(v) if isinstance(v, list) else v for k, v in saved.items()}
+    return DigitsMatchedConfig(**saved) if "n_train" in saved else MatchedConfig(**saved)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="rbmem matched", description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", required=True, help="study folder (created)")
-    parser.add_argument("--replicates", type=int, nargs="+", default=list(range(10)),
-                        help="replicate indices, each its own data and seed (default 0-9)")
-    parser.add_argument("--costly-replicates", type=int, nargs="+", default=list(range(5)),
+    parser.add_argument("--study", choices=("moons", "digits"), default="moons",
+                        help="moons: chapter 7's design (MatchedConfig); digits: chapter 8's "
+                             "(DigitsMatchedConfig: 8x8 digits, the cpu-digits profile's "
+                             "temperature and geodesic tolerance)")
+    parser.add_argument("--replicates", type=int, nargs="+",
+                        help="replicate indices, each its own data and seed (default: the "
+                             "study's, 0-9 for moons, 0-5 for digits)")
+    parser.add_argument("--costly-replicates", type=int, nargs="+",
                         help="replicates that also run the costly geodesic methods "
-                             "(default 0-4)")
-    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS,
-                        help="methods (default: all)")
+                             "(default: the study's, 0-4 for moons, all for digits)")
+    parser.add_argument("--methods", nargs="+", choices=METHODS,
+                        help="methods (default: all of the study's)")
     parser.add_argument("--reverse", action="store_true",
                         help="work from the last cell (a second process on the same --out)")
     parser.add_argument("--finish", action="store_true",
@@ -101,12 +130,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if not args.finish:
         try:
-            if min(args.replicates + args.costly_replicates) < 0:
-                raise ValueError("replicate indices are data and training seeds and must be "
-                                 "0 or more; pass e.g. --replicates 0 1 2.")
-            config = MatchedConfig(replicates=tuple(args.replicates),
-                                   methods=tuple(args.methods),
-                                   costly_replicates=tuple(args.costly_replicates))
+            config = study_config(args.study, args.replicates, args.costly_replicates,
+                                  args.methods)
             prepare(config, store.check_writable(out))
         except (ValueError, OSError) as err:
             print(f"error: {err}", file=sys.stderr)

@@ -1,7 +1,8 @@
 """Tables of the matched study: its curves, its matched points, and the declared comparisons.
 
-**Primary comparisons** (declared in the study README before the sweep ran): at each level
-(memorised 0.45, 0.30, the replicate's true-sample floor), the Euclidean ``laplace`` and the
+**Primary comparisons** (declared in each study's README before the sweep ran): at each level
+(moons: memorised 0.45, 0.30, the replicate's true-sample floor; digits: the levels of
+:mod:`.digits_matched`), the Euclidean ``laplace`` and the
 ``riemannian-mean`` posterior against ``early-stop``, and ``riemannian-mean`` against
 ``laplace``; on the **energy distance** to held-out data (lower is better). Paired over the
 replicates where both methods reached the level, as a Student-t mean difference, with
@@ -97,9 +98,9 @@ def compare(flat: list[dict], a: str, b: str, level: str, metric: str,
             "replicates": both}
 
 
-def primary(flat: list[dict]) -> list[dict]:
+def primary(flat: list[dict], levels=LEVELS) -> list[dict]:
     """The declared primary family, Holm-adjusted, with Bonferroni intervals."""
-    family = [(a, b, level) for level in LEVELS for a, b in PRIMARY]
+    family = [(a, b, level) for level in levels for a, b in PRIMARY]
     m = len(family)
     results = [compare(flat, a, b, level, PRIMARY_METRIC, 1 - 0.05 / m)
                for a, b, level in family]
@@ -111,35 +112,45 @@ def primary(flat: list[dict]) -> list[dict]:
     return results
 
 
-def secondary(flat: list[dict]) -> list[dict]:
+def secondary(flat: list[dict], levels=LEVELS) -> list[dict]:
     """Every method against early stopping and against the Euclidean Laplace, every metric."""
     methods = sorted({r["method"] for r in flat})
     out = []
-    for level in LEVELS:
+    for level in levels:
         for b in ("early-stop", "laplace"):
             for a in methods:
                 if a == b:
                     continue
-                for metric in ("energy", "mmd2", "precision", "recall", "outliers", "mem"):
+                for metric in ("energy", "mmd2", "precision", "recall", "outliers", "mem",
+                               "mem_loose"):
                     out.append(compare(flat, a, b, level, metric))
     return out
 
 
-def summary(flat: list[dict]) -> list[dict]:
+def summary(flat: list[dict], levels=LEVELS) -> list[dict]:
     """Per method and level: replicates that reached it, mean achieved fraction and metrics."""
     out = []
-    for level in LEVELS:
+    for level in levels:
         for method in sorted({r["method"] for r in flat}):
             mine = [r for r in flat if r["method"] == method and r["level"] == level]
             hit = [r for r in mine if r["reached"] or r["method"] == "map"]
             entry = {"method": method, "level": level, "replicates": len(mine),
                      "reached": sum(bool(r["reached"]) for r in mine)}
-            for metric in ("achieved", "knob", "mem", "energy", "mmd2", "precision", "recall",
-                           "outliers"):
+            for metric in ("achieved", "knob", "mem", "mem_loose", "energy", "mmd2",
+                           "precision", "recall", "outliers"):
                 values = [r[metric] for r in hit if r.get(metric) is not None]
                 entry[metric] = float(np.mean(values)) if values else None
             out.append(entry)
     return out
+
+
+def study_levels(out) -> tuple[str, ...]:
+    """The level labels of the study saved in ``out`` (its ``config.json``), as the matched
+    rows name them; the moons study's :data:`LEVELS` when the folder has no configuration."""
+    path = Path(out) / "config.json"
+    if not path.exists():
+        return LEVELS
+    return tuple(str(level) for level in json.loads(path.read_text())["levels"])
 
 
 def _write_csv(path: Path, rows: list[dict]) -> None:
@@ -156,8 +167,9 @@ def write_tables(out) -> dict:
     out = Path(out)
     rows = store.collect(out, dims=3)
     flat = matched_rows(rows)
-    tables = {"summary": summary(flat), "primary": primary(flat),
-              "secondary": secondary(flat),
+    levels = study_levels(out)
+    tables = {"summary": summary(flat, levels), "primary": primary(flat, levels),
+              "secondary": secondary(flat, levels),
               "failed": [r["key"] for r in rows if r["status"] != "done"]}
     _write_csv(out / "matched.csv", flat)
     _write_csv(out / "curves.csv", curve_rows(rows))

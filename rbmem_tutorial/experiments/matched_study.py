@@ -32,12 +32,17 @@ import numpy as np
 import torch
 
 from rbmem_tutorial.experiments.cell_compute import coordinate_generator
-from rbmem_tutorial.experiments.replicates import STEP_GRID, Replicate
-from rbmem_tutorial.laplace.calibration import calibrate
-from rbmem_tutorial.laplace.sampled_nets import generate
-from rbmem_tutorial.memorisation.coverage import outlier_rate, precision_recall
-from rbmem_tutorial.memorisation.distances import energy_distance, mmd2
-from rbmem_tutorial.memorisation.ratio import LOOSE_C, memorised_fraction
+from rbmem_tutorial.experiments.replicates import STEP_GRID, Replicate, replicate
+from rbmem_tutorial.laplace import calibrate, generate
+from rbmem_tutorial.memorisation import (
+    LOOSE_C,
+    energy_distance,
+    memorised_fraction,
+    mmd2,
+    outlier_rate,
+    precision_recall,
+)
+from rbmem_tutorial.reference import REFERENCE, FlowConfig
 from rbmem_tutorial.riemannian import exp_map
 
 SINGLE = ("map", "early-stop", "ensemble")
@@ -82,6 +87,35 @@ class MatchedConfig:
         if self.points % self.weight_samples or self.points % self.members:
             raise ValueError(f"points ({self.points}) must be a multiple of weight_samples "
                              f"({self.weight_samples}) and of members ({self.members}).")
+
+    # The design's data, net and solver settings. Methods, not fields, so that the moons
+    # study's saved configuration (and its stored rows) stays as it was; the digits study
+    # (:class:`.digits_matched.DigitsMatchedConfig`) overrides them from its fields.
+    def base_flow(self) -> FlowConfig:
+        """The flow every replicate varies by data seed and training seed."""
+        return REFERENCE
+
+    def step_grid(self) -> tuple[int, ...]:
+        """Adam steps kept along training: early stopping's and the ensemble's knob."""
+        return STEP_GRID
+
+    def geodesic(self, method: str) -> tuple:
+        """(metric, temperature, largest scale, solver, rtol) of a geodesic method."""
+        return GEODESIC[method]
+
+    def path_points(self) -> int:
+        """Points of a geodesic path: the scales 0, top/(P−1), ..., top of its knob grid."""
+        return PATH_POINTS
+
+    def score_paths(self) -> bool:
+        """Whether geodesic methods also solve their score draws as one path (knobs then stay
+        on the path's grid); otherwise a score solve per matched knob, and the search refines
+        between grid knobs."""
+        return False
+
+    def build_replicate(self, index: int) -> Replicate:
+        """Replicate ``index``: its data, nets and posterior (:func:`.replicates.replicate`)."""
+        return replicate(index, members=self.members, points=self.points)
 
     def cells(self) -> list[tuple[int, str]]:
         """(replicate, method) of every cell, replicate by replicate."""
@@ -134,10 +168,10 @@ class Method:
     @property
     def knobs(self) -> tuple[float, ...]:
         if self.method in ("early-stop", "ensemble"):
-            return tuple(float(s) for s in STEP_GRID)
+            return tuple(float(s) for s in self.rep.steps)
         if self.method in GEODESIC:
-            top = GEODESIC[self.method][2]
-            return tuple(top * k / (PATH_POINTS - 1) for k in range(1, PATH_POINTS))
+            top, points = self.config.geodesic(self.method)[2], self.config.path_points()
+            return tuple(top * k / (points - 1) for k in range(1, points))
         return SCALE_GRID
 
     def weights(self, knob: float, draws: str) -> torch.Tensor:
@@ -147,7 +181,7 @@ class Method:
         if self.method == "map":
             return fp.theta_map[None].float()
         if self.method in ("early-stop", "ensemble"):
-            index = STEP_GRID.index(int(knob))
+            index = self.rep.steps.index(int(knob))
             nets = rep.ensemble[:1] if self.method == "early-stop" else rep.ensemble
             return nets[:, index]
         v = unit_tangents(rep, draws, self.config.weight_samples)
@@ -160,7 +194,7 @@ class Method:
         return fp.full(self._geodesic(knob, draws, v)).float()
 
     def _solve(self, v: torch.Tensor, **options):
-        metric, temperature, _, solver, rtol = GEODESIC[self.method]
+        metric, temperature, _, solver, rtol = self.config.geodesic(self.method)
         start = time.perf_counter()
         out = exp_map(self.rep.flow_posterior.posterior.objective,
                       self.rep.flow_posterior.posterior.mean, v, metric=metric,
@@ -170,9 +204,11 @@ class Method:
         return out
 
     def _geodesic(self, knob: float, draws: str, v: torch.Tensor) -> torch.Tensor:
-        if draws == "calibration" and draws not in self._paths:
-            top = GEODESIC[self.method][2]
-            out = self._solve(top * v, return_path=True, num_path_points=PATH_POINTS)
+        as_path = draws == "calibration" or self.config.score_paths()
+        if as_path and draws not in self._paths:
+            top = self.config.geodesic(self.method)[2]
+            out = self._solve(top * v, return_path=True,
+                              num_path_points=self.config.path_points())
             self._paths[draws] = (top * out.path_times, out.path)  # [T], [S, T, D]
         if draws in self._paths:
             scales, path = self._paths[draws]
@@ -196,8 +232,26 @@ class Method:
         return samples
 
 
-def level_target(level, rep: Replicate) -> float:
-    return rep.floor if level == "floor" else float(level)
+def level_target(level, rep: Replicate) -> tuple[str, float]:
+    """The score key and the target of ``level``: a number is a memorised fraction at
+    d₁/d₂ < 1/3 (``"mem"``), ``"floor"`` the replicate's true-sample fraction there;
+    ``"loose:<x>"`` and ``"loose-floor"`` the same at d₁/d₂ < 0.577 (``"mem_loose"``).
+
+    Example
+    -------
+    >>> from types import SimpleNamespace
+    >>> rep = SimpleNamespace(floor=0.0, floor_loose=0.03)
+    >>> level_target(0.3, rep), level_target("loose:0.5", rep), level_target("loose-floor", rep)
+    (('mem', 0.3), ('mem_loose', 0.5), ('mem_loose', 0.03))
+    """
+    text = str(level)
+    if text == "floor":
+        return "mem", rep.floor
+    if text == "loose-floor":
+        return "mem_loose", rep.floor_loose
+    if text.startswith("loose:"):
+        return "mem_loose", float(text.split(":", 1)[1])
+    return "mem", float(level)
 
 
 def run_cell(config: MatchedConfig, rep: Replicate, method: str) -> tuple[dict, np.ndarray]:
@@ -207,29 +261,31 @@ def run_cell(config: MatchedConfig, rep: Replicate, method: str) -> tuple[dict, 
     m = Method(config, rep, method)
     curve: dict[float, dict] = {}
 
-    def fraction_at(knob: float) -> float:
+    def fraction_at(knob: float, key: str = "mem") -> float:
         if knob not in curve:
             try:
                 curve[knob] = {"knob": knob, **score(m.generate(knob, "calibration"), rep)}
             except (RuntimeError, ValueError) as err:  # the sampled nets' flow blew up
                 curve[knob] = {"knob": knob, **dict.fromkeys(METRICS), "failed": str(err)}
         # samples that diverge copy nothing: the search then moves to smaller scales
-        return curve[knob]["mem"] if curve[knob]["mem"] is not None else 0.0
+        return curve[knob][key] if curve[knob][key] is not None else 0.0
 
     keep = config.points if rep.index == 0 else 256
     matched, kept = [], []
     if method == "map":
         samples = m.generate(0.0, "score")
         for level in config.levels:
-            matched.append({"level": str(level), "target": level_target(level, rep),
+            matched.append({"level": str(level), "target": level_target(level, rep)[1],
                             "knob": 0.0, "reached": None, "reason": "no knob",
                             **score(samples, rep)})
             kept.append(samples[:keep].numpy())
     else:
         increasing = method in ("early-stop", "ensemble")
-        refine = None if increasing else (lambda a, b: math.sqrt(a * b))
+        on_grid = method in GEODESIC and config.score_paths()
+        refine = None if increasing or on_grid else (lambda a, b: math.sqrt(a * b))
         for level in config.levels:
-            found = calibrate(fraction_at, level_target(level, rep), m.knobs,
+            key, target = level_target(level, rep)
+            found = calibrate(lambda knob, key=key: fraction_at(knob, key), target, m.knobs,
                               tolerance=config.tolerance, increasing=increasing,
                               refine=refine)
             entry = {"level": str(level), "target": found.target, "knob": found.knob,

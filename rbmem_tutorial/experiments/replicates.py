@@ -19,11 +19,10 @@ from functools import cached_property
 import torch
 
 from rbmem_tutorial.cache import entry_path, load_cached, save_entry
-from rbmem_tutorial.data import load_dataset, sample_dataset
-from rbmem_tutorial.flows.training import train_flow_matching
-from rbmem_tutorial.laplace.params import parameters_vector
-from rbmem_tutorial.laplace.pipeline import FlowPosterior, fit_flow_posterior
-from rbmem_tutorial.memorisation.ratio import memorised_fraction
+from rbmem_tutorial.data import TOY_DATASETS, load_dataset, sample_dataset
+from rbmem_tutorial.flows import train_flow_matching
+from rbmem_tutorial.laplace import FlowPosterior, fit_flow_posterior, parameters_vector
+from rbmem_tutorial.memorisation import LOOSE_C, memorised_fraction
 from rbmem_tutorial.reference import (
     REFERENCE,
     FlowConfig,
@@ -33,8 +32,25 @@ from rbmem_tutorial.reference import (
     load_or_train,
 )
 
-STEP_GRID = tuple(range(50, 3001, 50)) + tuple(range(3250, REFERENCE.steps + 1, 250))
-"""Adam steps at which checkpoints are kept (early stopping's knob), up to the MAP's 10,000."""
+
+def step_grid(steps: int, fine_until: int = 3000) -> tuple[int, ...]:
+    """Adam steps at which checkpoints are kept (early stopping's knob): every 50 up to
+    ``fine_until``, then every 250 up to the MAP's ``steps``.
+
+    Example
+    -------
+    >>> grid = step_grid(4000, fine_until=200)
+    >>> grid[:5], grid[-2:]
+    ((50, 100, 150, 200, 450), (3950, 4000))
+    """
+    fine = tuple(range(50, min(fine_until, steps) + 1, 50))
+    coarse = tuple(range(fine[-1] + 250, steps + 1, 250)) if fine else ()
+    grid = fine + coarse
+    return grid if grid and grid[-1] == steps else (*grid, steps)
+
+
+STEP_GRID = step_grid(REFERENCE.steps)
+"""The running example's checkpoint steps: every 50 to 3,000, every 250 to 10,000."""
 
 
 def member_seed(replicate: int, member: int) -> int:
@@ -43,10 +59,10 @@ def member_seed(replicate: int, member: int) -> int:
     return replicate + 1000 * member
 
 
-def flow_config(replicate: int, member: int = 0) -> FlowConfig:
-    """The running example with the replicate's data seed and the member's training seed."""
-    return dataclasses.replace(REFERENCE, seed=member_seed(replicate, member),
-                               data_seed=replicate)
+def flow_config(replicate: int, member: int = 0, base: FlowConfig = REFERENCE) -> FlowConfig:
+    """``base`` (the running example by default) with the replicate's data seed and the
+    member's training seed."""
+    return dataclasses.replace(base, seed=member_seed(replicate, member), data_seed=replicate)
 
 
 def checkpoints(config: FlowConfig, steps=STEP_GRID) -> torch.Tensor:
@@ -96,9 +112,10 @@ def checkpoints(config: FlowConfig, steps=STEP_GRID) -> torch.Tensor:
 class Replicate:
     """What every cell of one replicate shares.
 
-    ``true`` are fresh samples of the data distribution, as many as a scored set, and ``floor``
-    their memorised fraction (the level a perfect generaliser would show). :attr:`ensemble`
-    trains the checkpoints only when a cell first needs them.
+    ``true`` are fresh samples of the data distribution (for a finite data set such as the
+    digits, held-out examples that the metrics do not use), and ``floor`` and ``floor_loose``
+    their memorised fractions at d₁/d₂ < 1/3 and < 0.577 (the levels a perfect generaliser
+    would show). :attr:`ensemble` trains the checkpoints only when a cell first needs them.
     """
 
     index: int
@@ -109,24 +126,42 @@ class Replicate:
     true: torch.Tensor
     floor: float
     members: int
+    base: FlowConfig = REFERENCE
+    steps: tuple[int, ...] = STEP_GRID
+    floor_loose: float | None = None
 
     @cached_property
     def ensemble(self) -> torch.Tensor:
-        """Each member's checkpoints ``[members, len(STEP_GRID), D]``; member 0 is the MAP
-        run, so ``ensemble[0]`` is early stopping's curve."""
-        return torch.stack([checkpoints(flow_config(self.index, m))
+        """Each member's checkpoints ``[members, len(steps), D]``; member 0 is the MAP run,
+        so ``ensemble[0]`` is early stopping's curve."""
+        return torch.stack([checkpoints(flow_config(self.index, m, self.base), self.steps)
                             for m in range(self.members)])
 
 
-def replicate(index: int, *, members: int, points: int) -> Replicate:
-    """Train (or load) replicate ``index``'s MAP net and fit its posterior."""
-    config = flow_config(index)
+def replicate(index: int, *, members: int, points: int, base: FlowConfig = REFERENCE,
+              steps: tuple[int, ...] = STEP_GRID, posterior_options: dict | None = None
+              ) -> Replicate:
+    """Train (or load) replicate ``index``'s MAP net and fit its posterior.
+
+    ``base`` is the flow every replicate varies (data seed and training seed), ``steps`` its
+    checkpoint grid, ``posterior_options`` go to :func:`fit_flow_posterior`. For the toy sets
+    the true samples are ``points`` fresh draws; for the digits (a finite set) the held-out
+    examples are split in two: the first half scores quality (``test``), the second half is
+    the true-sample baseline (``true``).
+    """
+    config = flow_config(index, 0, base)
     if not cache_path(config).exists():
-        checkpoints(config)  # the MAP run with its checkpoints: one training for both
+        checkpoints(config, steps)  # the MAP run with its checkpoints: one training for both
     trained = load_or_train(config, progress=False)
-    fp = fit_flow_posterior(trained.model, trained.train)
-    generator = torch.Generator().manual_seed(10_000 + index)
-    true = sample_dataset(REFERENCE.dataset, points, generator=generator)
+    fp = fit_flow_posterior(trained.model, trained.train, **(posterior_options or {}))
+    test = trained.test
+    if base.dataset in TOY_DATASETS:
+        generator = torch.Generator().manual_seed(10_000 + index)
+        true = sample_dataset(base.dataset, points, generator=generator)
+    else:
+        half = len(test) // 2
+        test, true = test[:half], test[half:]
     floor = memorised_fraction(true, trained.train)
-    return Replicate(index, trained.model, trained.train, trained.test, fp, true, floor,
-                     members)
+    loose = memorised_fraction(true, trained.train, c=LOOSE_C)
+    return Replicate(index, trained.model, trained.train, test, fp, true, floor, members,
+                     base, tuple(steps), loose)

@@ -239,7 +239,11 @@ class RegressionObjective:
         return total
 
     def ggn_diagonal(self, theta: torch.Tensor, *, chunk_size: int = 256) -> torch.Tensor:
-        """Exact diagonal of the GGN, Σ_n Σ_j J_{n,j,d}² / σ_j²  [D], without a D×D matrix."""
+        """Exact diagonal of the GGN, Σ_n Σ_j J_{n,j,d}² / σ_j²  [D], without a D×D matrix.
+
+        From per-example Jacobians, ``chunk_size`` examples at a time; for a plain MLP,
+        :func:`rbmem_tutorial.laplace.fast_mlp.ggn_diagonal` gives the same diagonal layer by layer.
+        """
         total = torch.zeros(self.num_params, dtype=torch.float64, device=self.inputs.device)
         weights = self.precision_weights()[:, None]
         for jac in self._jacobian_chunks(theta, None, None, chunk_size):

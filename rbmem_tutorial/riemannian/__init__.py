@@ -1,5 +1,6 @@
 """Riemannian Laplace: geodesics of a metric on parameter space and the sampler built on them.
-Chapters 5 and 6 (Riemannian Laplace, choosing the metric) teach it; chapter 7 uses it to reduce memorisation.
+Chapters 5 and 6 (Riemannian Laplace, choosing the metric) teach it; chapter 7 uses it to
+reduce memorisation.
 
 Map of the subpackage:
 
