@@ -290,3 +290,48 @@ def test_exercise_labels_carry_their_chapter_number_and_never_repeat():
         labels += [label for label, _ in found]
     repeated = sorted({label for label in labels if labels.count(label) > 1})
     assert not repeated, repeated
+
+
+def chapter_script(cells: list[dict]) -> str:
+    """The code cells of a notebook as one Python script; IPython magics and shell lines become
+    ``pass`` at their indentation (ruff reads Python only)."""
+    lines = []
+    for cell in cells:
+        if cell["cell_type"] != "code":
+            continue
+        for line in "".join(cell["source"]).split("\n"):
+            code = line.lstrip()
+            magic = code.startswith(("%", "!"))
+            lines.append(line[: len(line) - len(code)] + "pass  # magic" if magic else line)
+        lines.append("")
+    return "\n".join(lines)
+
+
+def unused_names(script: str, tmp_path: Path) -> list[str]:
+    """Unused imports and names (ruff F401, F811, F841) of ``script``, but not the Colab guard's
+    ``import rbmem_tutorial``, which only checks that the package is installed."""
+    import subprocess
+    import sys
+
+    path = tmp_path / "chapter.py"
+    path.write_text(script)
+    out = subprocess.run([sys.executable, "-m", "ruff", "check", "--no-cache", "--isolated",
+                          "--select", "F401,F811,F841", "--output-format", "concise", str(path)],
+                         capture_output=True, text=True, check=False).stdout
+    return [line for line in out.splitlines() if (": F" in line or "SyntaxError" in line)
+            and "`rbmem_tutorial` imported but unused" not in line]
+
+
+def test_the_unused_name_check_flags_an_unused_import_and_spares_the_colab_guard(tmp_path):
+    cells = [{"cell_type": "code", "source": ["try:\n", "    import rbmem_tutorial\n",
+                                              "except ImportError:\n",
+                                              "    %pip install -q rbmem-tutorial\n"]},
+             {"cell_type": "code", "source": ["import math\n", "import time\n", "time.sleep(0)"]}]
+    found = unused_names(chapter_script(cells), tmp_path)
+    assert len(found) == 1 and "`math` imported but unused" in found[0]
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_chapter_code_imports_only_what_it_uses(path, tmp_path):
+    found = unused_names(chapter_script(json.loads(path.read_text())["cells"]), tmp_path)
+    assert not found, f"{path.name}: " + "; ".join(line.split(": ", 1)[1] for line in found)
