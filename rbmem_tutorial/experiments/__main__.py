@@ -198,7 +198,8 @@ def _parser() -> argparse.ArgumentParser:
                                    "its options means.")
     merge = studies.add_parser("merge", help="merge finished cells into results and figures",
                                description="Merge the finished cells of a study folder into "
-                                           "results.csv, results.json and figures.")
+                                           "results.csv, results.json and figures; failed.json "
+                                           "lists the cells that failed.")
     merge.add_argument("--out", required=True, type=_folder, help="the study folder")
     cache_command.add_parser(studies)
     studies.add_parser("matched", add_help=False,
