@@ -25,7 +25,8 @@ def _advice(text: str) -> str:
 
 
 def _error_text(err: BaseException) -> str:
-    return f"{type(err).__name__}: {str(err).strip() or type(err).__name__}"
+    """``Type: text`` of ``err``, without a closing full stop (the messages add their own)."""
+    return f"{type(err).__name__}: {str(err).strip().rstrip('.') or type(err).__name__}"
 
 
 def cell_failure(cell, err: BaseException) -> str:
