@@ -11,10 +11,12 @@ the backward pass). So
 
 with ``overhead`` the fixed cost of one call and ``rate`` the flops per second the hardware
 sustains on these matrix shapes. :func:`fit` finds ``overhead`` and ``rate`` from timed
-evaluations on a CPU; :data:`GPU_ASSUMED` is an assumption for one data-centre GPU in float64,
-not a measurement (no GPU was available to the book), and :func:`profile_prediction` turns
-either into the expected geodesic time of a trade-off profile. Chapter 8 shows the CPU fit
-beside the study's measured solves.
+evaluations on a CPU; on a GPU the evaluations of this net cost the same for 1 and for 256
+tangents (the kernel launches are the cost), so :func:`overhead_bound` keeps the overhead and a
+lower bound on the rate. :data:`GPU_MEASURED` is that measurement on one H200, and
+:func:`profile_prediction` turns either model into the expected geodesic time of a trade-off
+profile, whose cells solve their geodesics one tangent at a time. Chapter 8 shows the CPU fit
+beside the study's measured solves and the GPU model beside a GPU run.
 
 Example
 -------
@@ -77,19 +79,47 @@ def fit(work: list[float], seconds: list[float]) -> CostModel:
     return CostModel(overhead=max(float(intercept), 0.0), rate=float(1 / slope))
 
 
-GPU_ASSUMED = CostModel(overhead=1e-3, rate=2e12)
-"""An assumption, not a measurement: one data-centre GPU in float64 sustaining 2·10¹² flops/s
-on these small matrix products, and 1 ms of kernel launches per evaluation."""
+def overhead_bound(work: list[float], seconds: list[float]) -> CostModel:
+    """The model of timings that do not grow with the work: ``overhead`` is their median and
+    ``rate`` the largest work over its time, a lower bound (the arithmetic hides under the
+    fixed cost, as on a GPU for small nets).
+
+    Example
+    -------
+    >>> model = overhead_bound([1e9, 1e10, 1e11], [2.0e-3, 2.1e-3, 1.9e-3])
+    >>> round(model.overhead * 1e3, 2), round(model.rate / 1e12, 1)
+    (2.0, 52.6)
+    """
+    work, seconds = np.asarray(work, float), np.asarray(seconds, float)
+    if len(work) == 0 or np.any(seconds <= 0):
+        raise ValueError("overhead_bound needs one or more positive timings.")
+    return CostModel(overhead=float(np.median(seconds)), rate=float(np.max(work / seconds)))
+
+
+GPU_MEASURED = CostModel(overhead=2.4e-3, rate=8.1e12)
+"""One NVIDIA H200 (PyTorch 2.11, float64, the fused MLP kernel of the digits net on 80 frozen
+pairs), measured by ``book/data/digits/gpu/gpu_cost.py``: 2.3-2.6 ms per evaluation for 1 to
+256 tangents, so the overhead is the cost and 8.1·10¹² flops/s (256 tangents in 2.26 ms) is a
+lower bound on the rate."""
 
 
 def profile_prediction(config, model: CostModel, nfe: float) -> float:
     """Seconds of the geodesic solves of a trade-off profile (``config``, a
-    :class:`~.tradeoff.TradeoffConfig`): one batched solve of ``n_param_samples`` tangents per
-    geodesic cell, ``nfe`` evaluations each, on the profile's MLP and frozen pairs."""
+    :class:`~.tradeoff.TradeoffConfig`): each geodesic cell solves its ``n_param_samples``
+    tangents one at a time (:func:`.geodesic_cells.geodesic_samples`), ``nfe`` evaluations each,
+    on the profile's MLP and frozen pairs.
+
+    Example
+    -------
+    >>> from rbmem_tutorial.experiments.tradeoff import profile_config
+    >>> config = profile_config("gpu-digits", device="cpu")
+    >>> round(profile_prediction(config, GPU_MEASURED, nfe=200) / 60)
+    15
+    """
     widths = (65, *config.hidden, 64)
     weights = sum(a * b + b for a, b in zip(widths[:-1], widths[1:], strict=True))
     geodesic = sum(m.startswith("riemannian") for m in config.methods)
     cells = (len(config.train_seeds) * len(config.sample_seeds) * len(config.scales)
              * geodesic * len(config.temperatures))
     pairs = config.n_train * config.draws_per_point
-    return cells * model.solve_seconds(nfe, config.n_param_samples, pairs, weights)
+    return cells * config.n_param_samples * model.solve_seconds(nfe, 1, pairs, weights)

@@ -21,7 +21,7 @@ Example
 >>> config.base_flow().dataset, config.base_flow().n_train, config.step_grid()[-1]
 ('digits', 20, 8000)
 >>> config.geodesic("riemannian-mean")[1:]
-('mean', 16.0, 'bosh3', 0.0001)
+('mean', 64.0, 'bosh3', 0.0001)
 """
 
 from __future__ import annotations
@@ -73,7 +73,7 @@ class DigitsMatchedConfig(MatchedConfig):
     newton_steps: int = CPU_DIGITS["newton_steps"]
     geodesic_rtol: float = CPU_DIGITS["geodesic_rtol"]
     sum_rtol: float = 1e-5
-    top_scales: tuple[float, ...] = (16.0, 4.0, 3.0)
+    top_scales: tuple[float, ...] = (64.0, 4.0, 3.0)
     geodesic_path_points: int = 65
 
     def __post_init__(self):
