@@ -291,7 +291,8 @@ def test_solver_blow_up_names_the_cell_and_the_fix(base_study, tmp_path, capsys,
     err = capsys.readouterr().err
     assert "cell laplace__a0.5__train0__sample0" in err and "scale α=0.5" in err
     assert "underflow in dt" in err and "lower this scale (--scales)" in err
-    assert "same command resumes" in err
+    assert "rerunning the same command retries this one" in err
+    assert "error: 1 of 1 cells failed" in err  # the summary after the (empty) tables
 
 
 def test_half_precision_weights_are_refused_before_the_solver():

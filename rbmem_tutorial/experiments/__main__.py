@@ -26,10 +26,13 @@ among the processes each takes whole seeds (no net is trained twice); otherwise 
 dealt round-robin. See ``tradeoff.shard``.
 
 Every user mistake is one line ``error: ...`` on stderr and exit status 2, before any work;
-a cell that fails while computing names itself (exit status 1); Ctrl-C says how many cells
-are finished (exit status 130), SIGTERM the same (exit status 143), both release the cells'
-claims, and the same command resumes. The ``rbmem`` entry point (the top-level ``rbmem_cli``
-module) also turns a Ctrl-C during the first imports into one line.
+a cell that fails while computing (an ODE solver blow-up) is named with the fix, recorded
+(``cells/<key>.failed``) and left while the other cells go on; the run then writes the tables
+of the finished cells, lists the failed ones one line each and ends with exit status 1 (the
+same command retries them). Ctrl-C says how many cells are finished (exit status 130), SIGTERM
+the same (exit status 143), both release the cells' claims, and the same command resumes.
+The ``rbmem`` entry point (the top-level ``rbmem_cli`` module) also turns a Ctrl-C during the
+first imports into one line.
 """
 
 from __future__ import annotations
@@ -48,13 +51,13 @@ import matplotlib
 from rbmem_tutorial._version import __version__
 from rbmem_tutorial.cache import check_cache_writable
 from rbmem_tutorial.experiments import cache_command, resume, run_record, store
+from rbmem_tutorial.experiments.cell_errors import failure_summary
 from rbmem_tutorial.experiments.cost_model import GPU_MEASURED, TYPICAL_NFE, profile_prediction
 from rbmem_tutorial.experiments.geodesic_cells import parse_temperature
 from rbmem_tutorial.experiments.glossary import glossary
 from rbmem_tutorial.experiments.tradeoff import (
     METHODS,
     PROFILES,
-    CellError,
     TradeoffConfig,
     cells,
     check_config,
@@ -136,11 +139,11 @@ def _parser() -> argparse.ArgumentParser:
                                                  EXAMPLES.format(prog=prog))),
                              formatter_class=raw)
     run.add_argument("--out", required=True, type=_folder,
-                     help="output folder; rerunning resumes it, and more seeds, scales or "
-                          "methods extend it")
+                     help="output folder; rerunning resumes it (retrying failed cells), and "
+                          "more seeds, scales or methods extend it")
     run.add_argument("--force", action="store_true",
-                     help="when --out holds a study with other options, delete its cells and "
-                          "recompute with these options")
+                     help="when --out holds a study with other options, delete its cells "
+                          "(finished and failed) and recompute with these options")
     run.add_argument("--allow-nonempty", action="store_true",
                      help="write the study into a folder that holds other files but no study "
                           "(files named like the study's, e.g. results.csv, are replaced)")
@@ -197,7 +200,8 @@ def _parser() -> argparse.ArgumentParser:
                                    "its options means.")
     merge = studies.add_parser("merge", help="merge finished cells into results and figures",
                                description="Merge the finished cells of a study folder into "
-                                           "results.csv, results.json and figures.")
+                                           "results.csv, results.json and figures; failed.json "
+                                           "lists the cells that failed.")
     merge.add_argument("--out", required=True, type=_folder, help="the study folder")
     cache_command.add_parser(studies)
     studies.add_parser("matched", add_help=False,
@@ -334,7 +338,7 @@ def _tradeoff(args, argv) -> int:
     signal.signal(signal.SIGTERM, _terminate)
     if config.device == "cuda" and world > 1:
         config = TradeoffConfig(**{**asdict(config), "device": f"cuda:{_local_rank()}"})
-    record, status, computed = None, "failed", []
+    record, status, computed, failed = None, "failed", [], []
     if rank == 0:
         try:  # --force deletes the old cells before any rank starts
             config = resume.prepare(config, out, force=args.force)
@@ -349,27 +353,31 @@ def _tradeoff(args, argv) -> int:
     record = _shared(record, world)
     try:
         run_study(config, out, progress=not args.no_progress, rank=rank, world_size=world,
-                  computed=computed)
+                  computed=computed, failed=failed)
         status = "finished"
     except (KeyboardInterrupt, TerminatedError) as stop:
         status = "interrupted" if isinstance(stop, KeyboardInterrupt) else "terminated"
         print(f"\n{status}: {_finished(out)} of {len(cells(config))} cells of this study are "
               f"finished in {out}; run the same command again to resume.", file=sys.stderr)
         return 130 if status == "interrupted" else 143
-    except CellError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
     finally:
         run_record.end_run(out, record, status if rank == 0 or status != "finished" else None,
-                           len(computed), rank)
-    print(f"rank {rank}: computed {len(computed)} cells")
+                           len(computed), rank, len(failed))
+    print(f"rank {rank}: computed {len(computed)} cells" + (f", {len(failed)} failed"
+                                                            if failed else ""))
     if world > 1:
         torch.distributed.barrier()
-    if rank == 0:
+    failures = []
+    if rank == 0:  # the failures of every rank, from the folder
         rows = finish(config, out)
         print(f"{len(rows)} cells in {out / 'results.csv'}")
+        failures = store.failures(out)
     if world > 1:
         torch.distributed.destroy_process_group()
+    if failures:  # only rank 0 exits 1: torchrun stops the others when one rank fails
+        print(failure_summary(failures, len(cells(config)), out / resume.FAILED_FILE),
+              file=sys.stderr)
+        return 1
     return 0
 
 

@@ -78,6 +78,14 @@ class StudyProgress:
         self.say(f"{done}/{self.total} cells, {cell.method}{scale} seed {cell.train_seed} in "
                  f"{_duration(seconds)}; {self._left()}")
 
+    def cell_failed(self, cell, seconds: float) -> None:
+        """Cell ``cell`` failed after ``seconds`` (its time does not enter the estimate)."""
+        self.remaining.remove(cell)
+        done = self.total - len(self.remaining)
+        scale = f" α={cell.scale:g}" if getattr(cell, "scale", 0) else ""
+        self.say(f"{done}/{self.total} cells, {cell.method}{scale} seed {cell.train_seed} "
+                 f"FAILED after {_duration(seconds)}; {self._left()}")
+
     def seconds_left(self) -> float | None:
         """The estimate of the module notes, or ``None`` before one setup and one cell."""
         every = [t for times in self.cell_times.values() for t in times]

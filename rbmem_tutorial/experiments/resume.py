@@ -30,8 +30,13 @@ CELL_FIELDS = ("train_seeds", "sample_seeds", "scales", "methods", "temperatures
 LABEL_FIELDS = ("profile",)
 #: The key of ``config.json`` that holds the SHA-256 of the data file.
 DATA_HASH = "data_sha256"
+#: The files of a cells folder: rows, samples, claims, failure records, unfinished writes.
+CELL_SUFFIXES = (".json", ".npz", ".claim", ".failed", ".tmp")
+#: The list of failed cells written beside the tables (by ``tradeoff.finish``).
+FAILED_FILE = "failed.json"
 #: The files a study writes beside its cells (``--force`` deletes the results among them).
-RESULT_FILES = ("results.csv", "results.json", "preview.npz", "frontier.png", "samples.png")
+RESULT_FILES = ("results.csv", "results.json", FAILED_FILE, "preview.npz", "frontier.png",
+                "samples.png")
 
 
 class StudyMismatchError(ValueError):
@@ -205,7 +210,8 @@ def prepare(config, out, force: bool = False):
 
 
 def clear_study(out) -> None:
-    """Delete the cells and merged results of folder ``out`` (``--force``). A ``cells`` folder
+    """Delete the cells (finished and failed) and merged results of folder ``out``
+    (``--force``). A ``cells`` folder
     that is a link keeps its link and loses its cells; anything that cannot be deleted is one
     ``ValueError`` naming it, so no old cell is mistaken for a new one."""
     out = Path(out)
@@ -213,7 +219,7 @@ def clear_study(out) -> None:
     try:
         if cells.is_symlink():
             for path in cells.iterdir():
-                if path.suffix in (".json", ".npz", ".claim", ".tmp") and not path.is_dir():
+                if path.suffix in CELL_SUFFIXES and not path.is_dir():
                     path.unlink()
         elif cells.exists():
             shutil.rmtree(cells)

@@ -7,7 +7,8 @@ the source when it is a checkout, the device, the number of processes, start and
 shared folder says how to reproduce its numbers.
 
 ``cells_computed`` counts the cells this invocation computed itself, summed over its
-processes (``cells_by_rank``), never the cells other invocations added to the folder meanwhile.
+processes (``cells_by_rank``), never the cells other invocations added to the folder meanwhile;
+``cells_failed`` (``failed_by_rank``) counts the cells that failed while it computed them.
 Every change is a read-modify-write of ``run.json`` under an exclusive lock
 (``.run.json.lock``), so invocations sharing a folder do not lose each other's entries. An
 entry still ``running`` whose process is gone (same host; killed with ``kill -9``, or the
@@ -114,7 +115,7 @@ def start_run(config, out, command: list[str], world_size: int = 1) -> dict:
         "torch": torch.__version__, "numpy": np.__version__, "git_commit": git_commit(),
         "host": platform.node(), "pid": os.getpid(), "device": device_name(config.device),
         "processes": world_size, "started": _now(), "ended": None, "status": "running",
-        "cells_computed": 0, "cells_by_rank": {},
+        "cells_computed": 0, "cells_by_rank": {}, "cells_failed": 0, "failed_by_rank": {},
     }
     if config.data_file is not None:
         entry["data_file"] = str(Path(config.data_file).resolve())
@@ -125,16 +126,20 @@ def start_run(config, out, command: list[str], world_size: int = 1) -> dict:
     return entry
 
 
-def end_run(out, entry: dict, status: str | None, cells_computed: int, rank: int = 0) -> None:
-    """Record the cells that process ``rank`` of the run of ``entry`` computed, and how the
-    run ended (``finished``, ``interrupted``, ``terminated`` or ``failed``; ``None`` leaves
-    the status to rank 0)."""
+def end_run(out, entry: dict, status: str | None, cells_computed: int, rank: int = 0,
+            cells_failed: int = 0) -> None:
+    """Record the cells that process ``rank`` of the run of ``entry`` computed and those that
+    failed, and how the run ended (``finished``, ``interrupted``, ``terminated`` or ``failed``;
+    ``None`` leaves the status to rank 0). A run that went through all its cells is
+    ``finished`` also when some of them failed: ``cells_failed`` says how many."""
     with _locked_runs(out) as runs:
         for run in runs:
             if run.get("id", run.get("started")) != entry.get("id", entry["started"]):
                 continue
             done = dict(run.get("cells_by_rank") or {}) | {str(rank): int(cells_computed)}
-            run.update(cells_by_rank=done, cells_computed=sum(done.values()))
+            failed = dict(run.get("failed_by_rank") or {}) | {str(rank): int(cells_failed)}
+            run.update(cells_by_rank=done, cells_computed=sum(done.values()),
+                       failed_by_rank=failed, cells_failed=sum(failed.values()))
             if status is not None:
                 run.update(ended=_now(), status=status)
 

@@ -13,6 +13,10 @@ rerun computes it again and a merge leaves it out. Several processes may write i
 folder: each claims a cell with a ``cells/<key>.claim`` file created exclusively
 (``O_EXCL``) before computing it, so no cell is computed twice; a claim left by a process
 that died is taken over.
+
+A cell that failed while computing leaves a small JSON record, ``cells/<key>.failed``
+(:func:`save_failure`), written atomically like a row; it does not count as finished, so a
+rerun computes the cell again, and storing the cell deletes the record.
 """
 
 from __future__ import annotations
@@ -186,6 +190,53 @@ def claim(out: Path, key: str) -> bool:
             json.dump({"host": socket.gethostname(), "pid": os.getpid()}, claim_file)
         return True
     return False
+
+
+def failure_path(out: Path, key: str) -> Path:
+    """The failure record of cell ``key``: ``cells/<key>.failed``."""
+    return Path(out) / "cells" / f"{key}.failed"
+
+
+def save_failure(out: Path, key: str, record: dict) -> None:
+    """Record that cell ``key`` failed (``record``: what failed and how), atomically."""
+    write_json(failure_path(out, key), record)
+
+
+def clear_failure(out: Path, key: str) -> None:
+    """Delete the failure record of cell ``key`` (once the cell is stored)."""
+    failure_path(out, key).unlink(missing_ok=True)
+
+
+def failed_since(out: Path, key: str, since: float) -> bool:
+    """Whether cell ``key`` failed at or after time ``since`` (seconds since the epoch)."""
+    try:
+        return failure_path(out, key).stat().st_mtime >= since
+    except FileNotFoundError:
+        return False
+
+
+def failures(out: Path) -> list[dict]:
+    """The records of the cells under ``out/cells`` that failed and have not finished since,
+    sorted by key; an unreadable record still counts, with an ``error`` saying so.
+
+    Example
+    -------
+    >>> out = Path(tempfile.mkdtemp())
+    >>> save_failure(out, "laplace__a8__train0__sample0", {"error": "step size underflowed"})
+    >>> [record["key"] for record in failures(out)]
+    ['laplace__a8__train0__sample0']
+    """
+    found = []
+    for path in sorted((Path(out) / "cells").glob("*.failed")):
+        if is_done(out, path.stem):
+            continue
+        try:
+            record = json.loads(path.read_text())
+        except UNREADABLE as err:
+            record = {"error": f"its failure record {path.name} is unreadable ({err})"}
+        record = record if isinstance(record, dict) else {"error": f"{path.name} is no record"}
+        found.append({**record, "key": path.stem})
+    return found
 
 
 def release(out: Path, key: str) -> None:

@@ -53,7 +53,7 @@ from rbmem_tutorial.experiments.cell_compute import (
     run_cell,
     seed_context,
 )
-from rbmem_tutorial.experiments.cell_errors import CellError, cell_failure
+from rbmem_tutorial.experiments.cell_errors import CELL_ERRORS, failure_record
 from rbmem_tutorial.experiments.config import METHODS, SCALED, TradeoffConfig, scale_key
 from rbmem_tutorial.experiments.flows import (
     study_data,
@@ -210,8 +210,8 @@ def sample_columns(config: TradeoffConfig, images: torch.Tensor | None = None) -
 
 
 def run_study(config: TradeoffConfig, out, *, progress: bool = True, rank: int = 0,
-              world_size: int = 1, force: bool = False,
-              computed: list | None = None) -> list[Cell]:
+              world_size: int = 1, force: bool = False, computed: list | None = None,
+              failed: list | None = None) -> list[Cell]:
     """Run this rank's share of the unfinished cells (:func:`shard`), writing each one as it
     finishes. Returns the cells computed by this call (finished ones are skipped).
 
@@ -219,9 +219,15 @@ def run_study(config: TradeoffConfig, out, *, progress: bool = True, rank: int =
     methods, which extend the study (:func:`.resume.study_config`); ``force`` deletes its
     cells first (on rank 0: other ranks must wait for it). Each cell is claimed
     (:func:`.store.claim`) before it is computed, so processes sharing ``out`` never compute a
-    cell twice, and a damaged finished cell is moved aside and computed again. A failing cell
-    raises :class:`CellError` naming it. ``computed``, when given, receives each cell as it
-    is stored (so a caller knows them also after an interruption).
+    cell twice, and a damaged finished cell is moved aside and computed again.
+
+    A cell that fails while computing (:data:`.cell_errors.CELL_ERRORS`, e.g. the ODE solver's
+    step size underflowing) does not stop the study: it is named on stderr, its record
+    (:func:`.cell_errors.failure_record`) is stored as ``cells/<key>.failed``, its claim is
+    released and the next cell starts. A failed cell is not finished, so a later call retries
+    it (one that another process sharing ``out`` saw fail during this call is left alone).
+    ``computed`` and ``failed``, when given, receive each stored cell and each failure record
+    as they happen (so a caller knows them also after an interruption).
     """
     out = store.check_writable(out)
     if rank == 0:
@@ -234,24 +240,30 @@ def run_study(config: TradeoffConfig, out, *, progress: bool = True, rank: int =
     report = StudyProgress(mine, rank, progress)
     contexts: dict[int, SeedContext] = {}
     computed = [] if computed is None else computed
-    start_count, taken = len(computed), []
+    failed = [] if failed is None else failed
+    start_count, taken, began = len(computed), [], time.time()
     for cell in mine:
         if not store.claim(out, cell.key):
             taken.append(cell.key)
             report.remaining.remove(cell)
             continue
         try:
-            if store.is_done(out, cell.key):  # finished by another process meanwhile
-                report.remaining.remove(cell)
+            if store.is_done(out, cell.key) or store.failed_since(out, cell.key, began):
+                report.remaining.remove(cell)  # finished or failed in another process
                 continue
             if cell.train_seed not in contexts:
                 contexts[cell.train_seed] = _setup(config, cell.train_seed, report, progress)
             start = time.perf_counter()
             try:
                 row, arrays = run_cell(config, contexts[cell.train_seed], cell)
-            except (AssertionError, RuntimeError, ValueError) as err:
-                raise CellError(cell_failure(cell, err)) from err
+            except CELL_ERRORS as err:
+                failed.append(failure_record(cell, err))
+                store.save_failure(out, cell.key, failed[-1])
+                print(f"error: {failed[-1]['message']}", file=sys.stderr)
+                report.cell_failed(cell, time.perf_counter() - start)
+                continue
             store.save_cell(out, cell.key, row, **arrays)
+            store.clear_failure(out, cell.key)
         finally:
             store.release(out, cell.key)
         computed.append(cell)
@@ -266,7 +278,11 @@ def run_study(config: TradeoffConfig, out, *, progress: bool = True, rank: int =
 
 
 def finish(config: TradeoffConfig, out) -> list[dict]:
-    """Merge every finished cell into ``results.csv``/``results.json`` and draw the figures."""
+    """Merge every finished cell into ``results.csv``/``results.json`` and draw the figures.
+
+    Cells that failed (:func:`.store.failures`) have no row there: their records go to
+    ``failed.json`` (an empty list when none failed) and one line on stderr names them.
+    """
     from rbmem_tutorial.experiments.figures import (
         frontier_figure,
         image_samples_figure,
@@ -279,6 +295,12 @@ def finish(config: TradeoffConfig, out) -> list[dict]:
     for warning in annotate_map_quality(rows):
         print(f"WARNING: {warning}", file=sys.stderr)
     store.write_table(out, rows)
+    failures = store.failures(out)
+    store.write_json(Path(out) / resume.FAILED_FILE, failures)
+    if failures:
+        print(f"{len(failures)} failed cell(s) are not in the tables (see "
+              f"{Path(out) / resume.FAILED_FILE}): {', '.join(r['key'] for r in failures)}",
+              file=sys.stderr)
     if not rows:
         return rows
     _save(frontier_figure(rows), Path(out) / "frontier.png")
