@@ -151,7 +151,9 @@ def _parser() -> argparse.ArgumentParser:
     profile.add_argument("--profile", choices=sorted(PROFILES),
                          help="preset sizes (default cpu, said before it starts; see the list "
                               "below): quick (a CPU minute), cpu (about 30 min), gpu (one GPU); "
-                              "cpu-digits (about 10 min) and gpu-digits for the 8x8 digits")
+                              "cpu-digits (mostly its 6 geodesic cells, several minutes each on "
+                              "one CPU core) and gpu-digits (about 25 min on one H200) for the "
+                              "8x8 digits")
     profile.add_argument("--quick", action="store_const", const="quick", dest="profile",
                          help="same as --profile quick")
     run.add_argument("--dataset", help="moons, eight_gaussians, checkerboard, rings or digits")
