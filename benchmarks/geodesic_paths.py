@@ -9,7 +9,10 @@ shared machine counts the waits for a core):
   objective's own ``grad_and_hvp`` row by row, the generic path before batching);
 - generic MLP: the same net through :mod:`rbmem_tutorial.riemannian.generic` (rows vmapped),
   against ``grad_and_hvp`` row by row;
-- generic conv: chapter 8's convolutional net on 64 frozen pairs (320 in the chapter), likewise;
+- generic conv: chapter 8's convolutional net on 64 frozen pairs (320 in the chapter), its
+  float64 convolutions on channels-last memory and the rows of a batch one at a time, against
+  the design it replaced (channels-first convolutions, the rows under one ``vmap``;
+  ``previous_designs.py``);
 - Banana: ``Banana.regression_objective()``, likewise;
 - Fisher small: a 1-3-1 tanh MLP on 64 pairs (D = 10 < M = 64, the D × D system), the
   hand-written MLP passes against the per-example Jacobian route (``gram="jacobian"``);
@@ -20,8 +23,9 @@ shared machine counts the waits for a core):
 Then the conv net's cost per multiply-add (chapter 8's exercise, through the geodesic's own
 call): one gradient-and-curvature evaluation of the conv net through the generic path and of an
 MLP with about as many weights through the fused kernel, on the same 320 frozen pairs, each
-divided by its multiply-adds per example; beside it the same ratio for one forward pass alone,
-the share that float64 convolution kernels on a CPU cost before any differentiation.
+divided by its multiply-adds per example, with the conv net's previous design beside it;
+then the same ratio for one forward pass alone, the share that float64 convolution kernels on a
+CPU cost before any differentiation.
 """
 
 from __future__ import annotations
@@ -30,7 +34,11 @@ import statistics
 import time
 
 import torch
-from previous_designs import previous_fisher  # this folder's earlier designs
+from previous_designs import (  # this folder's earlier designs
+    PreviousConvNet,
+    PreviousRowDerivatives,
+    previous_fisher,
+)
 from torch import nn
 
 from rbmem_tutorial.flows import RegressionAdapter, VelocityConvNet, VelocityMLP
@@ -54,8 +62,8 @@ class MethodOnly:
 class GenericOnly:
     """Only the generic path's ``grad_and_curvature``, so the fused kernel is not used."""
 
-    def __init__(self, objective):
-        self.grad_and_curvature = RowDerivatives(objective)
+    def __init__(self, objective, derivatives=RowDerivatives):
+        self.grad_and_curvature = derivatives(objective)
 
 
 def cpu_seconds_per_sample(metric, theta, tangents, *, batched=True, method="bosh3", tol=None):
@@ -68,14 +76,16 @@ def cpu_seconds_per_sample(metric, theta, tangents, *, batched=True, method="bos
     return (time.process_time() - start) / len(tangents), int(result.nfe.max())
 
 
-def conv_problem(pairs=64, mlp=False):
+def conv_problem(pairs=64, mlp=False, previous=False):
     """Chapter 8's conv net (8×8 images, channels 16, 32) on random frozen pairs; with
-    ``mlp=True`` the MLP of about as many weights (hidden 128, 96) on the same pairs."""
+    ``mlp=True`` the MLP of about as many weights (hidden 128, 96) on the same pairs; with
+    ``previous=True`` the same conv net (same weights) in its previous design."""
     g = torch.Generator().manual_seed(1)
     z = torch.cat([torch.randn(pairs, 64, generator=g), torch.rand(pairs, 1, generator=g)], 1)
     y = torch.randn(pairs, 64, generator=g)
     torch.manual_seed(0)
-    net = VelocityMLP(64, hidden=(128, 96)) if mlp else VelocityConvNet((1, 8, 8), (16, 32))
+    conv_net = PreviousConvNet if previous else VelocityConvNet
+    net = VelocityMLP(64, hidden=(128, 96)) if mlp else conv_net((1, 8, 8), (16, 32))
     return RegressionObjective(RegressionAdapter(net), z, y, 1.0, 1.0)
 
 
@@ -110,12 +120,14 @@ def cpu_ms(fn, repeats=5):
 def conv_cost_per_multiply_add(pairs=320):
     """Print the conv net's CPU cost per multiply-add against the fused MLP's (module docstring)."""
     conv, mlp = conv_problem(pairs), conv_problem(pairs, mlp=True)
+    before = PreviousRowDerivatives(conv_problem(pairs, previous=True))
     theta_c, theta_m = parameters_vector(conv.model), parameters_vector(mlp.model)
     v_c, v_m = torch.ones_like(theta_c), torch.ones_like(theta_m)
     kernel, generic = MLPRegressionKernel.from_objective(mlp), RowDerivatives(conv)
     work = multiply_adds(conv.model, conv.inputs) / multiply_adds(mlp.model, mlp.inputs)
     fused = cpu_ms(lambda: kernel.grad_and_curvature(theta_m, v_m))
     through = cpu_ms(lambda: generic(theta_c, v_c))
+    previous = cpu_ms(lambda: before(theta_c, v_c))
     generic_mlp = cpu_ms(lambda: RowDerivatives(mlp)(theta_m, v_m))
     with torch.no_grad():
         forward_c = cpu_ms(lambda: conv.predict(theta_c))
@@ -124,7 +136,8 @@ def conv_cost_per_multiply_add(pairs=320):
           f"{len(theta_m):,}, {work:.1f}× the multiply-adds per example):")
     print(f"    gradient + curvature: generic conv {through:.0f} ms, generic MLP {generic_mlp:.1f} "
           f"ms, fused MLP {fused:.1f} ms; conv / fused MLP per multiply-add "
-          f"{through / fused / work:.2f} (target ≤ 3)")
+          f"{through / fused / work:.2f} (target ≤ 3); previous design {previous:.0f} ms, "
+          f"{previous / fused / work:.2f} (previous/now {previous / through:.2f})")
     print(f"    forward pass alone: conv {forward_c:.1f} ms, MLP {forward_m:.2f} ms; conv / MLP "
           f"per multiply-add {forward_c / forward_m / work:.2f} (float64 convolution on a CPU)")
 
@@ -148,7 +161,7 @@ def compare_paths(objective, posterior, samples=4):
     """Print seconds per sample (CPU) of each path, now and in the previous design."""
     theta = posterior.mean
     book = posterior.sample_tangent(samples, torch.Generator().manual_seed(1), 1.0)
-    conv = conv_problem()
+    conv, conv_before = conv_problem(), conv_problem(previous=True)
     conv_theta = parameters_vector(conv.model)
     banana = Banana().regression_objective()
     small = small_tanh_problem()
@@ -159,7 +172,7 @@ def compare_paths(objective, posterior, samples=4):
         ("generic MLP (book's net)", MongeMetric(GenericOnly(objective), theta),
          MongeMetric(MethodOnly(objective), theta), theta, book[:2], {}),
         ("generic conv (chapter 8)", MongeMetric(conv, conv_theta),
-         MongeMetric(MethodOnly(conv), conv_theta), conv_theta,
+         MongeMetric(GenericOnly(conv_before, PreviousRowDerivatives), conv_theta), conv_theta,
          tangents_for(len(conv_theta), 0.02, 2), {}),
         ("Banana", MongeMetric(banana, torch.zeros(2, dtype=F64)),
          MongeMetric(MethodOnly(banana), torch.zeros(2, dtype=F64)), torch.zeros(2, dtype=F64),

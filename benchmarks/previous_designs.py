@@ -9,14 +9,20 @@ uses them. Each reproduces the code it was replaced by, computing the same quant
   input Gram h̃h̃ᵀ broadcast over [N, out, N, out] (h̃_0h̃_0ᵀ rebuilt each time, although the
   inputs do not change), added the blocks out of place, solved with ``cholesky_solve``, and
   pulled back through a batched ``einsum`` over the examples.
+- :class:`PreviousConvNet`: :class:`~rbmem_tutorial.flows.image_nets.VelocityConvNet` with
+  every float64 convolution on the default (channels-first) memory order.
+- :class:`PreviousRowDerivatives`: the generic path's rows under one ``vmap`` for every model,
+  convolutional ones included.
 """
 
 from __future__ import annotations
 
 import torch
 
+from rbmem_tutorial.flows import VelocityConvNet
 from rbmem_tutorial.riemannian import FisherMetric
 from rbmem_tutorial.riemannian.fisher_mlp import MLPFisherPasses
+from rbmem_tutorial.riemannian.generic import RowDerivatives
 
 
 class PreviousFisherPasses(MLPFisherPasses):
@@ -53,3 +59,19 @@ def previous_fisher(objective) -> FisherMetric:
     metric = FisherMetric(objective)
     metric._passes = PreviousFisherPasses(objective)
     return metric
+
+
+class PreviousConvNet(VelocityConvNet):
+    """The conv net with its convolutions on channels-first memory in float64 too."""
+
+    @staticmethod
+    def _conv(conv, h):
+        return conv(h)
+
+
+class PreviousRowDerivatives(RowDerivatives):
+    """The generic path with every batch of rows under one ``vmap``."""
+
+    def __init__(self, objective):
+        super().__init__(objective)
+        self.vmapped = True
