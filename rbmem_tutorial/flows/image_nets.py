@@ -144,10 +144,12 @@ class VelocityConvNet(nn.Module):
 
         PyTorch's float64 convolution on a CPU (``_slow_conv2d``, which the Laplace and geodesic
         code's float64 derivatives run) is faster on channels-last input: the geodesic's
-        gradient and curvature of chapter 8's net, one row on 80 to 320 pairs, 1.3 to 1.5 times,
-        with the same numbers up to rounding (``benchmarks/geodesic_paths.py``).
-        The order is set by a permute and a copy, which ``torch.func`` transforms accept;
-        float32 (training, sampling) is left to the library's own choice.
+        gradient and curvature of chapter 8's net, one row on 80 to 320 pairs, 1.2 to 1.5 times
+        (one thread on a shared CPU), with the same numbers up to rounding
+        (``benchmarks/geodesic_paths.py``). The exact GGN diagonal, per-example Jacobians under
+        ``vmap`` and computed once per Laplace fit, was about 7% slower with it. The order is set
+        by a permute and a copy, which ``torch.func`` transforms accept; float32 (training,
+        sampling) is left to the library's own choice.
         """
         if h.dtype == torch.float64 and h.device.type == "cpu":
             h = h.permute(0, 2, 3, 1).contiguous().permute(0, 3, 1, 2)
