@@ -8,7 +8,8 @@ uses them. Each reproduces the code it was replaced by, computing the same quant
   [M, width] copy, multiplied every layer's δδᵀ (the output layer's one-hot δ included) by its
   input Gram h̃h̃ᵀ broadcast over [N, out, N, out] (h̃_0h̃_0ᵀ rebuilt each time, although the
   inputs do not change), added the blocks out of place, solved with ``cholesky_solve``, and
-  pulled back through a batched ``einsum`` over the examples.
+  pulled back through a batched ``einsum`` over the examples; the rows of a batch shared
+  one pass at every M.
 - :class:`PreviousConvNet`: :class:`~rbmem_tutorial.flows.image_nets.VelocityConvNet` with
   every float64 convolution on the default (channels-first) memory order.
 - :class:`PreviousRowDerivatives`: the generic path's rows under one ``vmap`` for every model,
@@ -31,6 +32,9 @@ class PreviousFisherPasses(MLPFisherPasses):
     def __init__(self, objective):
         super().__init__(objective)
         self._diagonal = torch.diag(float(objective.prior_precision) * self._variance)
+
+    def acceleration(self, theta, velocity):
+        return self._batch(theta, velocity)
 
     def _woodbury_weights(self, second, inputs, deltas, batch):
         num, out = second.shape[-2:]

@@ -13,6 +13,7 @@ from torchdiffeq import odeint
 from rbmem_tutorial.laplace import RegressionObjective, fit_laplace, parameters_vector
 from rbmem_tutorial.riemannian import exp_map
 from rbmem_tutorial.riemannian.fisher import FisherMetric
+from rbmem_tutorial.riemannian.fisher_mlp import ROWS_IN_TURN
 
 F64 = torch.float64
 
@@ -132,6 +133,28 @@ def test_woodbury_passes_equal_a_dense_solve(widths, activation, noise_std, bias
     for got in (metric.acceleration(theta, velocity), metric.acceleration(theta[1], velocity[1])):
         torch.testing.assert_close(got, expected[1] if got.ndim == 1 else expected,
                                    rtol=1e-10, atol=1e-10 * float(scale) + 1e-300)
+
+
+def test_large_woodbury_batches_are_solved_row_by_row_and_equal_a_dense_solve():
+    """From ROWS_IN_TURN outputs on, a batch goes row by row; the rows equal the dense solve."""
+    torch.manual_seed(4)
+    net = torch.nn.Sequential(torch.nn.Linear(2, 24), torch.nn.SiLU(), torch.nn.Linear(24, 24),
+                              torch.nn.SiLU(), torch.nn.Linear(24, 2))
+    generator = torch.Generator().manual_seed(5)
+    num = ROWS_IN_TURN // 2
+    objective = RegressionObjective(net, torch.randn(num, 2, generator=generator),
+                                    torch.randn(num, 2, generator=generator), 0.3, 0.8)
+    metric = FisherMetric(objective)
+    dim = objective.num_params
+    assert metric.uses_woodbury and metric.num_outputs == ROWS_IN_TURN < dim
+    theta = parameters_vector(net) + 0.3 * torch.randn(2, dim, generator=generator, dtype=F64)
+    velocity = torch.randn(2, dim, generator=generator, dtype=F64)
+    expected = torch.stack([dense_acceleration(objective, t, v)
+                            for t, v in zip(theta, velocity, strict=True)])
+    scale = float(expected.abs().max())
+    assert scale > 1e-2
+    torch.testing.assert_close(metric.acceleration(theta, velocity), expected, rtol=1e-10,
+                               atol=1e-10 * scale)
 
 
 def test_temperature_scales_the_metric_and_leaves_geodesics_unchanged():
