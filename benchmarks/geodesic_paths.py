@@ -3,7 +3,8 @@
 Imported by ``bench_geodesic.py`` (``--paths-only`` runs this section alone). Each path solves
 the same tangents at α = 1 (bosh3, the metric's default tolerance) with the current design and
 with the design it replaced, side by side, in CPU seconds of this process (wall time on a
-shared machine counts the waits for a core):
+shared machine counts the waits for a core), medians of three runs that take the designs in
+turn:
 
 - fused MLP: the book's net through the fused kernel (unchanged; the previous design is the
   objective's own ``grad_and_hvp`` row by row, the generic path before batching);
@@ -13,12 +14,13 @@ shared machine counts the waits for a core):
   float64 convolutions on channels-last memory and the rows of a batch one at a time, against
   the design it replaced (channels-first convolutions, the rows under one ``vmap``;
   ``previous_designs.py``);
-- Banana: ``Banana.regression_objective()``, likewise;
+- Banana: ``Banana.regression_objective()`` through the generic path (rows vmapped), against
+  ``grad_and_hvp`` row by row;
 - Fisher small: a 1-3-1 tanh MLP on 64 pairs (D = 10 < M = 64, the D × D system), the
   hand-written MLP passes against the per-example Jacobian route (``gram="jacobian"``);
 - Fisher book-sized: the book's net (Woodbury M × M), the system in output-major order with
-  the input Gram built once, against the previous assembly of the same system
-  (``previous_designs.py``).
+  the input Gram built once and a batch's rows solved in turn (M = 512), against the previous
+  assembly of the same system (``previous_designs.py``).
 
 Then the conv net's cost per multiply-add (chapter 8's exercise, through the geodesic's own
 call): one gradient-and-curvature evaluation of the conv net through the generic path and of an
@@ -108,13 +110,21 @@ def multiply_adds(model, z):
 
 def cpu_ms(fn, repeats=5):
     """Median CPU milliseconds of ``fn()`` over ``repeats`` calls, after one warm-up."""
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = time.process_time()
+    return interleaved_cpu_ms({"": fn}, repeats)[""]
+
+
+def interleaved_cpu_ms(fns: dict, repeats=5) -> dict:
+    """Median CPU milliseconds of each ``fns[name]()`` over ``repeats`` rounds that call them in
+    turn (after one warm-up each), so a change of load falls on all of them alike."""
+    for fn in fns.values():
         fn()
-        times.append(1e3 * (time.process_time() - start))
-    return statistics.median(times)
+    times = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            start = time.process_time()
+            fn()
+            times[name].append(1e3 * (time.process_time() - start))
+    return {name: statistics.median(values) for name, values in times.items()}
 
 
 def conv_cost_per_multiply_add(pairs=320):
@@ -125,10 +135,14 @@ def conv_cost_per_multiply_add(pairs=320):
     v_c, v_m = torch.ones_like(theta_c), torch.ones_like(theta_m)
     kernel, generic = MLPRegressionKernel.from_objective(mlp), RowDerivatives(conv)
     work = multiply_adds(conv.model, conv.inputs) / multiply_adds(mlp.model, mlp.inputs)
-    fused = cpu_ms(lambda: kernel.grad_and_curvature(theta_m, v_m))
-    through = cpu_ms(lambda: generic(theta_c, v_c))
-    previous = cpu_ms(lambda: before(theta_c, v_c))
-    generic_mlp = cpu_ms(lambda: RowDerivatives(mlp)(theta_m, v_m))
+    timed = interleaved_cpu_ms({
+        "fused": lambda: kernel.grad_and_curvature(theta_m, v_m),
+        "conv": lambda: generic(theta_c, v_c),
+        "previous": lambda: before(theta_c, v_c),
+        "generic MLP": lambda: RowDerivatives(mlp)(theta_m, v_m),
+    })
+    fused, through, previous = timed["fused"], timed["conv"], timed["previous"]
+    generic_mlp = timed["generic MLP"]
     with torch.no_grad():
         forward_c = cpu_ms(lambda: conv.predict(theta_c))
         forward_m = cpu_ms(lambda: mlp.predict(theta_m))
@@ -157,8 +171,9 @@ def tangents_for(dim, scale, samples, seed=0):
     return scale * torch.randn(samples, dim, generator=g, dtype=F64)
 
 
-def compare_paths(objective, posterior, samples=4):
-    """Print seconds per sample (CPU) of each path, now and in the previous design."""
+def compare_paths(objective, posterior, samples=4, repeats=3):
+    """Print seconds per sample (CPU) of each path, now and in the previous design (medians of
+    ``repeats`` interleaved runs)."""
     theta = posterior.mean
     book = posterior.sample_tangent(samples, torch.Generator().manual_seed(1), 1.0)
     conv, conv_before = conv_problem(), conv_problem(previous=True)
@@ -187,13 +202,18 @@ def compare_paths(objective, posterior, samples=4):
          theta, book[:2], {}),
     ]
     print(f"\n6. paths: CPU seconds per sample, {samples} tangents (2 on the book's net and the "
-          "conv net), α = 1 on the book's net, bosh3 at the default tolerance unless stated")
+          "conv net), α = 1 on the book's net, bosh3 at the default tolerance unless stated; "
+          f"medians of {repeats} interleaved runs")
     print(f"  {'path':<34s} {'one by one':>10s} {'batched':>9s} {'previous':>9s} "
           f"{'prev/now':>8s} {'NFE':>5s}")
     for label, now, before, start, tangents, options in rows:
-        single, nfe = cpu_seconds_per_sample(now, start, tangents, batched=False, **options)
-        batch, _ = cpu_seconds_per_sample(now, start, tangents, **options)
-        previous, _ = cpu_seconds_per_sample(before, start, tangents, batched=False, **options)
+        times = []
+        for _ in range(repeats):  # the three designs interleaved; medians
+            single, nfe = cpu_seconds_per_sample(now, start, tangents, batched=False, **options)
+            batch, _ = cpu_seconds_per_sample(now, start, tangents, **options)
+            previous, _ = cpu_seconds_per_sample(before, start, tangents, batched=False, **options)
+            times.append((single, batch, previous))
+        single, batch, previous = (statistics.median(column) for column in zip(*times, strict=True))
         print(f"  {label:<34s} {single:10.3f} {batch:9.3f} {previous:9.3f} "
               f"{previous / min(single, batch):8.2f} {nfe:5d}")
         if label.startswith("Fisher book-sized"):
