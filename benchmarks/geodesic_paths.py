@@ -3,23 +3,31 @@
 Imported by ``bench_geodesic.py`` (``--paths-only`` runs this section alone). Each path solves
 the same tangents at α = 1 (bosh3, the metric's default tolerance) with the current design and
 with the design it replaced, side by side, in CPU seconds of this process (wall time on a
-shared machine counts the waits for a core):
+shared machine counts the waits for a core), medians of three runs that take the designs in
+turn:
 
 - fused MLP: the book's net through the fused kernel (unchanged; the previous design is the
   objective's own ``grad_and_hvp`` row by row, the generic path before batching);
 - generic MLP: the same net through :mod:`rbmem_tutorial.riemannian.generic` (rows vmapped),
   against ``grad_and_hvp`` row by row;
-- generic conv: chapter 8's convolutional net on 64 frozen pairs (320 in the chapter), likewise;
-- Banana: ``Banana.regression_objective()``, likewise;
+- generic conv: chapter 8's convolutional net on 64 frozen pairs (320 in the chapter), its
+  float64 convolutions on channels-last memory and the rows of a batch one at a time, against
+  the design it replaced (channels-first convolutions, the rows under one ``vmap``;
+  ``previous_designs.py``);
+- Banana: ``Banana.regression_objective()`` through the generic path (rows vmapped), against
+  ``grad_and_hvp`` row by row;
 - Fisher small: a 1-3-1 tanh MLP on 64 pairs (D = 10 < M = 64, the D × D system), the
   hand-written MLP passes against the per-example Jacobian route (``gram="jacobian"``);
-- Fisher book-sized: the book's net (Woodbury M × M), rows batched against one at a time.
+- Fisher book-sized: the book's net (Woodbury M × M), the system in output-major order with
+  the input Gram built once and a batch's rows solved in turn (M = 512), against the previous
+  assembly of the same system (``previous_designs.py``).
 
 Then the conv net's cost per multiply-add (chapter 8's exercise, through the geodesic's own
 call): one gradient-and-curvature evaluation of the conv net through the generic path and of an
 MLP with about as many weights through the fused kernel, on the same 320 frozen pairs, each
-divided by its multiply-adds per example; beside it the same ratio for one forward pass alone,
-the share that float64 convolution kernels on a CPU cost before any differentiation.
+divided by its multiply-adds per example, with the conv net's previous design beside it;
+then the same ratio for one forward pass alone, the share that float64 convolution kernels on a
+CPU cost before any differentiation.
 """
 
 from __future__ import annotations
@@ -28,6 +36,11 @@ import statistics
 import time
 
 import torch
+from previous_designs import (  # this folder's earlier designs
+    PreviousConvNet,
+    PreviousRowDerivatives,
+    previous_fisher,
+)
 from torch import nn
 
 from rbmem_tutorial.flows import RegressionAdapter, VelocityConvNet, VelocityMLP
@@ -51,8 +64,8 @@ class MethodOnly:
 class GenericOnly:
     """Only the generic path's ``grad_and_curvature``, so the fused kernel is not used."""
 
-    def __init__(self, objective):
-        self.grad_and_curvature = RowDerivatives(objective)
+    def __init__(self, objective, derivatives=RowDerivatives):
+        self.grad_and_curvature = derivatives(objective)
 
 
 def cpu_seconds_per_sample(metric, theta, tangents, *, batched=True, method="bosh3", tol=None):
@@ -65,14 +78,16 @@ def cpu_seconds_per_sample(metric, theta, tangents, *, batched=True, method="bos
     return (time.process_time() - start) / len(tangents), int(result.nfe.max())
 
 
-def conv_problem(pairs=64, mlp=False):
+def conv_problem(pairs=64, mlp=False, previous=False):
     """Chapter 8's conv net (8×8 images, channels 16, 32) on random frozen pairs; with
-    ``mlp=True`` the MLP of about as many weights (hidden 128, 96) on the same pairs."""
+    ``mlp=True`` the MLP of about as many weights (hidden 128, 96) on the same pairs; with
+    ``previous=True`` the same conv net (same weights) in its previous design."""
     g = torch.Generator().manual_seed(1)
     z = torch.cat([torch.randn(pairs, 64, generator=g), torch.rand(pairs, 1, generator=g)], 1)
     y = torch.randn(pairs, 64, generator=g)
     torch.manual_seed(0)
-    net = VelocityMLP(64, hidden=(128, 96)) if mlp else VelocityConvNet((1, 8, 8), (16, 32))
+    conv_net = PreviousConvNet if previous else VelocityConvNet
+    net = VelocityMLP(64, hidden=(128, 96)) if mlp else conv_net((1, 8, 8), (16, 32))
     return RegressionObjective(RegressionAdapter(net), z, y, 1.0, 1.0)
 
 
@@ -95,25 +110,39 @@ def multiply_adds(model, z):
 
 def cpu_ms(fn, repeats=5):
     """Median CPU milliseconds of ``fn()`` over ``repeats`` calls, after one warm-up."""
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = time.process_time()
+    return interleaved_cpu_ms({"": fn}, repeats)[""]
+
+
+def interleaved_cpu_ms(fns: dict, repeats=5) -> dict:
+    """Median CPU milliseconds of each ``fns[name]()`` over ``repeats`` rounds that call them in
+    turn (after one warm-up each), so a change of load falls on all of them alike."""
+    for fn in fns.values():
         fn()
-        times.append(1e3 * (time.process_time() - start))
-    return statistics.median(times)
+    times = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            start = time.process_time()
+            fn()
+            times[name].append(1e3 * (time.process_time() - start))
+    return {name: statistics.median(values) for name, values in times.items()}
 
 
 def conv_cost_per_multiply_add(pairs=320):
     """Print the conv net's CPU cost per multiply-add against the fused MLP's (module docstring)."""
     conv, mlp = conv_problem(pairs), conv_problem(pairs, mlp=True)
+    before = PreviousRowDerivatives(conv_problem(pairs, previous=True))
     theta_c, theta_m = parameters_vector(conv.model), parameters_vector(mlp.model)
     v_c, v_m = torch.ones_like(theta_c), torch.ones_like(theta_m)
     kernel, generic = MLPRegressionKernel.from_objective(mlp), RowDerivatives(conv)
     work = multiply_adds(conv.model, conv.inputs) / multiply_adds(mlp.model, mlp.inputs)
-    fused = cpu_ms(lambda: kernel.grad_and_curvature(theta_m, v_m))
-    through = cpu_ms(lambda: generic(theta_c, v_c))
-    generic_mlp = cpu_ms(lambda: RowDerivatives(mlp)(theta_m, v_m))
+    timed = interleaved_cpu_ms({
+        "fused": lambda: kernel.grad_and_curvature(theta_m, v_m),
+        "conv": lambda: generic(theta_c, v_c),
+        "previous": lambda: before(theta_c, v_c),
+        "generic MLP": lambda: RowDerivatives(mlp)(theta_m, v_m),
+    })
+    fused, through, previous = timed["fused"], timed["conv"], timed["previous"]
+    generic_mlp = timed["generic MLP"]
     with torch.no_grad():
         forward_c = cpu_ms(lambda: conv.predict(theta_c))
         forward_m = cpu_ms(lambda: mlp.predict(theta_m))
@@ -121,7 +150,8 @@ def conv_cost_per_multiply_add(pairs=320):
           f"{len(theta_m):,}, {work:.1f}× the multiply-adds per example):")
     print(f"    gradient + curvature: generic conv {through:.0f} ms, generic MLP {generic_mlp:.1f} "
           f"ms, fused MLP {fused:.1f} ms; conv / fused MLP per multiply-add "
-          f"{through / fused / work:.2f} (target ≤ 3)")
+          f"{through / fused / work:.2f} (target ≤ 3); previous design {previous:.0f} ms, "
+          f"{previous / fused / work:.2f} (previous/now {previous / through:.2f})")
     print(f"    forward pass alone: conv {forward_c:.1f} ms, MLP {forward_m:.2f} ms; conv / MLP "
           f"per multiply-add {forward_c / forward_m / work:.2f} (float64 convolution on a CPU)")
 
@@ -141,11 +171,12 @@ def tangents_for(dim, scale, samples, seed=0):
     return scale * torch.randn(samples, dim, generator=g, dtype=F64)
 
 
-def compare_paths(objective, posterior, samples=4):
-    """Print seconds per sample (CPU) of each path, now and in the previous design."""
+def compare_paths(objective, posterior, samples=4, repeats=3):
+    """Print seconds per sample (CPU) of each path, now and in the previous design (medians of
+    ``repeats`` interleaved runs)."""
     theta = posterior.mean
     book = posterior.sample_tangent(samples, torch.Generator().manual_seed(1), 1.0)
-    conv = conv_problem()
+    conv, conv_before = conv_problem(), conv_problem(previous=True)
     conv_theta = parameters_vector(conv.model)
     banana = Banana().regression_objective()
     small = small_tanh_problem()
@@ -156,7 +187,7 @@ def compare_paths(objective, posterior, samples=4):
         ("generic MLP (book's net)", MongeMetric(GenericOnly(objective), theta),
          MongeMetric(MethodOnly(objective), theta), theta, book[:2], {}),
         ("generic conv (chapter 8)", MongeMetric(conv, conv_theta),
-         MongeMetric(MethodOnly(conv), conv_theta), conv_theta,
+         MongeMetric(GenericOnly(conv_before, PreviousRowDerivatives), conv_theta), conv_theta,
          tangents_for(len(conv_theta), 0.02, 2), {}),
         ("Banana", MongeMetric(banana, torch.zeros(2, dtype=F64)),
          MongeMetric(MethodOnly(banana), torch.zeros(2, dtype=F64)), torch.zeros(2, dtype=F64),
@@ -167,21 +198,25 @@ def compare_paths(objective, posterior, samples=4):
         ("Fisher small (1-3-1 tanh, 1e-10)", FisherMetric(small),
          FisherMetric(small, gram="jacobian"), small_theta, tangents_for(10, 0.1, samples),
          {"method": "dopri5", "tol": 1e-10}),
+        ("Fisher book-sized (Woodbury)", FisherMetric(objective), previous_fisher(objective),
+         theta, book[:2], {}),
     ]
     print(f"\n6. paths: CPU seconds per sample, {samples} tangents (2 on the book's net and the "
-          "conv net), α = 1 on the book's net, bosh3 at the default tolerance unless stated")
+          "conv net), α = 1 on the book's net, bosh3 at the default tolerance unless stated; "
+          f"medians of {repeats} interleaved runs")
     print(f"  {'path':<34s} {'one by one':>10s} {'batched':>9s} {'previous':>9s} "
           f"{'prev/now':>8s} {'NFE':>5s}")
     for label, now, before, start, tangents, options in rows:
-        single, nfe = cpu_seconds_per_sample(now, start, tangents, batched=False, **options)
-        batch, _ = cpu_seconds_per_sample(now, start, tangents, **options)
-        previous, _ = cpu_seconds_per_sample(before, start, tangents, batched=False, **options)
+        times = []
+        for _ in range(repeats):  # the three designs interleaved; medians
+            single, nfe = cpu_seconds_per_sample(now, start, tangents, batched=False, **options)
+            batch, _ = cpu_seconds_per_sample(now, start, tangents, **options)
+            previous, _ = cpu_seconds_per_sample(before, start, tangents, batched=False, **options)
+            times.append((single, batch, previous))
+        single, batch, previous = (statistics.median(column) for column in zip(*times, strict=True))
         print(f"  {label:<34s} {single:10.3f} {batch:9.3f} {previous:9.3f} "
               f"{previous / min(single, batch):8.2f} {nfe:5d}")
-    fisher = FisherMetric(objective)
-    single, nfe = cpu_seconds_per_sample(fisher, theta, book[:2], batched=False)
-    batch, _ = cpu_seconds_per_sample(fisher, theta, book[:2])
-    print(f"  {'Fisher book-sized (Woodbury)':<34s} {single:10.3f} {batch:9.3f} {'(same)':>9s} "
-          f"{'':>8s} {nfe:5d}   target ≤ 0.5 s per sample at α = 1")
+        if label.startswith("Fisher book-sized"):
+            print(f"  {'':<34s} target ≤ 0.5 s per sample at α = 1")
     conv_cost_per_multiply_add()
 

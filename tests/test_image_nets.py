@@ -48,6 +48,43 @@ def test_gradients_match_finite_differences():
     assert torch.autograd.gradgradcheck(f, (theta, x, t), fast_mode=True)
 
 
+def test_float64_convolutions_read_channels_last_and_compute_the_same_net(monkeypatch):
+    """On a CPU every float64 convolution reads channels-last memory; outputs, gradient and
+    curvature equal the channels-first computation to rounding, and float32 is untouched."""
+    net = tiny(channels=(3, 4))
+    layouts = []
+
+    def record(_module, inputs):
+        layouts.append(inputs[0].is_contiguous(memory_format=torch.channels_last))
+
+    for conv in [m for m in net.modules() if isinstance(m, torch.nn.Conv2d)]:
+        conv.register_forward_pre_hook(record)
+    g = torch.Generator().manual_seed(0)
+    x, t = torch.randn(3, 16, generator=g, dtype=torch.float64), torch.rand(3, dtype=torch.float64)
+    theta, v = parameters_vector(net), torch.randn(parameters_vector(net).numel(), generator=g,
+                                                   dtype=torch.float64)
+
+    def loss(point):
+        return functional_call(net, unflatten(net, point), (x, t)).square().sum()
+
+    def derivatives():
+        out = net(x, t)
+        gradient, hvp = torch.func.jvp(torch.func.grad(loss), (theta,), (v,))
+        return out, gradient, v @ hvp
+
+    channels_last = derivatives()
+    assert layouts and all(layouts)
+    single = net.float()(x[:1].float(), t[:1].float())
+    monkeypatch.setattr(VelocityConvNet, "_conv", staticmethod(lambda conv, h: conv(h)))
+    assert torch.equal(net(x[:1].float(), t[:1].float()), single)  # float32: the same code
+    net.double()
+    layouts.clear()
+    channels_first = derivatives()
+    assert not all(layouts)  # (a one-channel image is both orders at once)
+    for new, old in zip(channels_last, channels_first, strict=True):
+        torch.testing.assert_close(new, old, rtol=1e-12, atol=1e-12 * float(old.abs().max()))
+
+
 def test_time_conditioning_changes_the_output():
     net = tiny()
     x = torch.randn(4, 16, dtype=torch.float64)

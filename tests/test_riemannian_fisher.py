@@ -13,6 +13,7 @@ from torchdiffeq import odeint
 from rbmem_tutorial.laplace import RegressionObjective, fit_laplace, parameters_vector
 from rbmem_tutorial.riemannian import exp_map
 from rbmem_tutorial.riemannian.fisher import FisherMetric
+from rbmem_tutorial.riemannian.fisher_mlp import ROWS_IN_TURN
 
 F64 = torch.float64
 
@@ -74,6 +75,86 @@ def test_acceleration_equals_christoffel_formula(num_inputs, noise_std, gram, us
     single = torch.stack([metric.acceleration(t, v) for t, v in zip(theta, velocity, strict=True)])
     for got in (batch, single):
         torch.testing.assert_close(got, expected, rtol=1e-8, atol=1e-8 * expected.abs().max())
+
+
+def dense_acceleration(objective, theta, velocity):
+    """c̈ = −(JᵀΣ⁻¹J + λI)⁻¹ JᵀΣ⁻¹ f''[ċ, ċ] by brute force: J by jacrev, f'' by jvp of jvp, and
+    a dense D × D solve."""
+    out = objective.targets.shape[1]
+    variance = (objective.noise_std**2 * torch.ones(out, dtype=F64)).repeat(len(objective.inputs))
+
+    def outputs(point):
+        return objective.predict(point).reshape(-1)
+
+    def first(point):
+        return torch.func.jvp(outputs, (point,), (velocity,))[1]
+
+    second = torch.func.jvp(first, (theta,), (velocity,))[1]
+    jac = jacrev(outputs)(theta)
+    metric = jac.T @ (jac / variance[:, None]) + objective.prior_precision * torch.eye(
+        objective.num_params, dtype=F64)
+    return -torch.linalg.solve(metric, jac.T @ (second / variance))
+
+
+@pytest.mark.parametrize(
+    ("widths", "activation", "noise_std", "bias"),
+    [
+        ((2, 5, 4, 3), torch.nn.SiLU, torch.tensor([0.3, 0.7, 0.5]), True),  # two hidden layers
+        ((3, 7, 2), torch.nn.Tanh, 0.4, False),  # layers without bias
+        ((4, 1), None, 0.6, True),  # one linear layer: straight geodesics
+    ],
+)
+def test_woodbury_passes_equal_a_dense_solve(widths, activation, noise_std, bias):
+    """The M × M route of the MLP passes (outputs ordered (j, n), the input Gram built once)
+    against a dense D × D solve with autograd derivatives, to 1e-10, one row and a batch."""
+    torch.manual_seed(2)
+    layers = []
+    for index, (a, b) in enumerate(zip(widths[:-1], widths[1:], strict=True)):
+        layers += [torch.nn.Linear(a, b, bias=bias or index == len(widths) - 2)]
+        if index < len(widths) - 2:
+            layers.append(activation())
+    net = torch.nn.Sequential(*layers)
+    generator = torch.Generator().manual_seed(3)
+    inputs = torch.randn(3, widths[0], generator=generator)
+    targets = torch.randn(3, widths[-1], generator=generator)
+    objective = RegressionObjective(net, inputs, targets, noise_std, 1.3)
+    metric = FisherMetric(objective)
+    dim = objective.num_params
+    assert metric.gram == "mlp" and metric.uses_woodbury and metric.num_outputs < dim
+    theta = parameters_vector(net) + 0.5 * torch.randn(4, dim, generator=generator, dtype=F64)
+    velocity = torch.randn(4, dim, generator=generator, dtype=F64)
+    expected = torch.stack([dense_acceleration(objective, t, v)
+                            for t, v in zip(theta, velocity, strict=True)])
+    scale = expected.abs().max()
+    if activation is None:
+        assert scale == 0  # f is linear in θ
+    else:
+        assert scale > 1e-2  # geodesics bend
+    for got in (metric.acceleration(theta, velocity), metric.acceleration(theta[1], velocity[1])):
+        torch.testing.assert_close(got, expected[1] if got.ndim == 1 else expected,
+                                   rtol=1e-10, atol=1e-10 * float(scale) + 1e-300)
+
+
+def test_large_woodbury_batches_are_solved_row_by_row_and_equal_a_dense_solve():
+    """From ROWS_IN_TURN outputs on, a batch goes row by row; the rows equal the dense solve."""
+    torch.manual_seed(4)
+    net = torch.nn.Sequential(torch.nn.Linear(2, 24), torch.nn.SiLU(), torch.nn.Linear(24, 24),
+                              torch.nn.SiLU(), torch.nn.Linear(24, 2))
+    generator = torch.Generator().manual_seed(5)
+    num = ROWS_IN_TURN // 2
+    objective = RegressionObjective(net, torch.randn(num, 2, generator=generator),
+                                    torch.randn(num, 2, generator=generator), 0.3, 0.8)
+    metric = FisherMetric(objective)
+    dim = objective.num_params
+    assert metric.uses_woodbury and metric.num_outputs == ROWS_IN_TURN < dim
+    theta = parameters_vector(net) + 0.3 * torch.randn(2, dim, generator=generator, dtype=F64)
+    velocity = torch.randn(2, dim, generator=generator, dtype=F64)
+    expected = torch.stack([dense_acceleration(objective, t, v)
+                            for t, v in zip(theta, velocity, strict=True)])
+    scale = float(expected.abs().max())
+    assert scale > 1e-2
+    torch.testing.assert_close(metric.acceleration(theta, velocity), expected, rtol=1e-10,
+                               atol=1e-10 * scale)
 
 
 def test_temperature_scales_the_metric_and_leaves_geodesics_unchanged():

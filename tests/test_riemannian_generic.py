@@ -49,6 +49,29 @@ def test_conv_rows_match_the_objectives_own_hvp_row_by_row():
     torch.testing.assert_close(single[1], curvature[1])
 
 
+def test_conv_rows_run_one_at_a_time_and_equal_autograd():
+    """A model with convolutions takes its rows one at a time (not vmapped); the gradient and
+    vᵀ∇²Lv equal the vmapped rows and a double-backward autograd reference in float64."""
+    objective = conv_objective()
+    derivatives = RowDerivatives(objective)
+    assert not derivatives.vmapped
+    assert RowDerivatives(Banana().regression_objective()).vmapped
+    theta0 = parameters_vector(objective.model)
+    g = torch.Generator().manual_seed(3)
+    theta = theta0 + 0.1 * torch.randn(4, len(theta0), generator=g, dtype=F64)
+    v = torch.randn(4, len(theta0), generator=g, dtype=F64)
+    grad, curvature = derivatives(theta, v)
+    vmapped = torch.func.vmap(derivatives._one)(theta, v)
+    torch.testing.assert_close(grad, vmapped[0], rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(curvature, vmapped[1], rtol=1e-12, atol=0)
+    for row in range(4):
+        point = theta[row].clone().requires_grad_(True)
+        (gradient,) = torch.autograd.grad(objective.value(point), point, create_graph=True)
+        (hvp,) = torch.autograd.grad(gradient, point, grad_outputs=v[row])
+        torch.testing.assert_close(grad[row], gradient.detach(), rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(curvature[row], v[row] @ hvp, rtol=1e-12, atol=0)
+
+
 def test_batched_solve_equals_one_by_one_and_uses_the_generic_path():
     objective = Banana().regression_objective()
     assert supports(objective) and not supports(Banana())

@@ -14,6 +14,14 @@ geodesics, each with its own θ_s and v_s: one call per evaluation for all rows,
 call per row. The model runs through the objective's ``predict``, a pure function of θ, so
 any ``nn.Module`` whose examples do not interact (no batch norm) works.
 
+A model with convolutions is the exception: its rows run one after the other. Under ``vmap``
+with one weight per row, PyTorch turns each convolution into a grouped convolution with the
+rows as groups, which on a CPU in float64 costs more than the rows one at a time (chapter 8's
+conv net, four rows on 80 to 320 pairs, one thread: 1.05 to 1.5 times as long with
+channels-first convolutions, 1.5 to 2 times with the channels-last order that
+:class:`~rbmem_tutorial.flows.image_nets.VelocityConvNet` uses in float64;
+``benchmarks/geodesic_paths.py``).
+
 Example
 -------
 >>> import torch
@@ -31,6 +39,7 @@ Example
 from __future__ import annotations
 
 import torch
+from torch import nn
 from torch.func import grad, jvp, vmap
 
 from rbmem_tutorial.laplace.objective import RegressionObjective
@@ -51,6 +60,12 @@ class RowDerivatives:
     objective : RegressionObjective
         Supplies ``predict`` (pure in θ), ``targets``, ``noise_std``, ``prior_precision`` and
         ``prior_offset``.
+
+    Attributes
+    ----------
+    vmapped : bool
+        True when the rows of a batch share one ``vmap`` call; False for a model with
+        convolutions, whose rows run one at a time (module docstring).
     """
 
     def __init__(self, objective: RegressionObjective):
@@ -64,6 +79,9 @@ class RowDerivatives:
         self._weights = (1.0 / objective.noise_std**2) * torch.ones(
             out, dtype=torch.float64, device=objective.targets.device
         )
+        convolutional = any(isinstance(module, nn.modules.conv._ConvNd)
+                            for module in objective.model.modules())
+        self.vmapped = not convolutional
         self._rows = vmap(self._one)
 
     def _loss(self, theta):
@@ -81,4 +99,7 @@ class RowDerivatives:
         """Gradient ``[D]``/``[S, D]`` and curvature ``[]``/``[S]``; rows are independent."""
         if theta.ndim == 1:
             return self._one(theta, v)
-        return self._rows(theta, v)
+        if self.vmapped:
+            return self._rows(theta, v)
+        rows = [self._one(row, direction) for row, direction in zip(theta, v, strict=True)]
+        return torch.stack([g for g, _ in rows]), torch.stack([c for _, c in rows])
