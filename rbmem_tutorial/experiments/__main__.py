@@ -43,7 +43,7 @@ import os
 import signal
 import sys
 import textwrap
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import matplotlib
@@ -105,16 +105,17 @@ def _profiles_text() -> str:
         text = ", ".join(_option(k, v) for k, v in PROFILES[name].items())
         lines += textwrap.wrap(f"{name}: {text}", 96, initial_indent="  ",
                                subsequent_indent="      ", break_on_hyphens=False)
-    gpu = profile_prediction(profile_config("gpu-digits", device="cpu"), GPU_MEASURED,
-                             TYPICAL_NFE)
+    gpu = profile_config("gpu-digits", device="cpu")
+    each, batch = (profile_prediction(replace(gpu, geodesic_solve=solve), GPU_MEASURED,
+                                      TYPICAL_NFE) for solve in ("each", "batched"))
     lines += textwrap.wrap(
-        f"gpu-digits on one GPU: about {gpu / 60:.0f} min of geodesic solves expected (cost "
-        f"model: each cell solves its tangents one at a time, {TYPICAL_NFE} evaluations each, "
-        f"{GPU_MEASURED.overhead * 1e3:.1f} ms per evaluation as measured on one H200, where "
-        "kernel launches, not arithmetic, are the cost; rbmem_tutorial.experiments.cost_model). "
-        "Measured there: about 130 s per training seed with scales up to 8 "
-        "(book/data/digits/gpu in the repository).", 96, initial_indent="  ",
-        subsequent_indent="      ")
+        f"gpu-digits on one GPU: about {each / 60:.0f} min of geodesic solves expected, "
+        f"{batch:.0f} s with --geodesic-solve batched (cost model: {TYPICAL_NFE} evaluations "
+        f"per solve, {GPU_MEASURED.overhead * 1e3:.1f} ms per evaluation as measured on one "
+        "H200, where kernel launches, not arithmetic, are the cost; "
+        "rbmem_tutorial.experiments.cost_model). Measured there: about 130 s per training seed "
+        "with scales up to 8, one at a time (book/data/digits/gpu in the repository).", 96,
+        initial_indent="  ", subsequent_indent="      ")
     defaults = TradeoffConfig()
     lines.append("  unset options take the defaults of TradeoffConfig, e.g. "
                  f"{_option('steps', defaults.steps)}, {_option('hidden', defaults.hidden)}.")
@@ -186,6 +187,8 @@ def _parser() -> argparse.ArgumentParser:
                      "(a fixed random mini-batch, scaled to be unbiased; default all)")
     run.add_argument("--geodesic-rtol", type=float, help="geodesic solver rtol = atol (default: "
                      "each metric's default tolerance, riemannian.default_tolerance)")
+    run.add_argument("--geodesic-solve", help="each (a cell's geodesics one at a time) or batched "
+                     "(as one batch: on a GPU about --n-param-samples times faster)")
     run.add_argument("--refine-iterations", type=int, help="L-BFGS iterations refining θ*")
     run.add_argument("--newton-steps", type=int, help="Newton-CG steps refining θ*")
     run.add_argument("--prior-mean", help="prior centre: sgd (the trained weights) or zero")
@@ -238,7 +241,8 @@ def _config(args) -> TradeoffConfig:
              "structure", "train_seeds", "sample_seeds", "n_param_samples", "n_x0",
              "draws_per_point", "device", "data_file", "net", "channels", "n_test",
              "batch_size", "lr", "param_subset", "geodesic_batch", "geodesic_rtol",
-             "refine_iterations", "newton_steps", "prior_mean", "base_point", "temperatures")
+             "refine_iterations", "newton_steps", "prior_mean", "base_point", "temperatures",
+             "geodesic_solve")
     given = {name: getattr(args, name) for name in names if getattr(args, name) is not None}
     given |= {name: tuple(given[name]) for name in given if isinstance(given[name], list)}
     if "data_file" in given:

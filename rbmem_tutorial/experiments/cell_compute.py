@@ -163,7 +163,8 @@ def parameter_samples(config, ctx: SeedContext, cell):
     endpoints, info = geodesic_samples(
         ctx.geodesic_losses[cell.method], theta_star, v, metric=metric,
         temperature=_temperature(cell) or 1.0, rtol=config.geodesic_rtol,
-        max_num_steps=config.max_geodesic_steps, key=cell.key)
+        max_num_steps=config.max_geodesic_steps, key=cell.key,
+        batched=config.geodesic_solve == "batched")
     return fp.full(endpoints), info
 
 

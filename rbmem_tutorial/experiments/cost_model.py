@@ -106,8 +106,9 @@ lower bound on the rate."""
 def profile_prediction(config, model: CostModel, nfe: float) -> float:
     """Seconds of the geodesic solves of a trade-off profile (``config``, a
     :class:`~.tradeoff.TradeoffConfig`): each geodesic cell solves its ``n_param_samples``
-    tangents one at a time (:func:`.geodesic_cells.geodesic_samples`), ``nfe`` evaluations each,
-    on the profile's MLP and frozen pairs.
+    tangents one at a time, or as one batch with ``geodesic_solve="batched"``
+    (:func:`.geodesic_cells.geodesic_samples`), ``nfe`` evaluations each, on the profile's MLP
+    and frozen pairs.
 
     Example
     -------
@@ -122,4 +123,6 @@ def profile_prediction(config, model: CostModel, nfe: float) -> float:
     cells = (len(config.train_seeds) * len(config.sample_seeds) * len(config.scales)
              * geodesic * len(config.temperatures))
     pairs = config.n_train * config.draws_per_point
+    if config.geodesic_solve == "batched":
+        return cells * model.solve_seconds(nfe, config.n_param_samples, pairs, weights)
     return cells * config.n_param_samples * model.solve_seconds(nfe, 1, pairs, weights)

@@ -117,17 +117,35 @@ def check_temperatures(temperatures, *, methods, geodesic_batch) -> tuple:
 
 
 def geodesic_samples(loss, theta0: torch.Tensor, v: torch.Tensor, *, metric: str,
-                     temperature, rtol: float | None, max_num_steps: int, key: str):
+                     temperature, rtol: float | None, max_num_steps: int, key: str,
+                     batched: bool = False):
     """End points ``[S', D]`` of the geodesics from ``theta0`` with velocities ``v`` [S, D], and
     the row's diagnostics (:func:`empty_diagnostics`).
 
-    Solved one at a time (a batch would share the step size of its stiffest member), at
-    ``rtol = atol`` (None: the metric's :func:`~rbmem_tutorial.riemannian.default_tolerance`). A
-    geodesic that hits ``max_num_steps`` is dropped and counted in ``n_failed``; if all fail,
-    :class:`GeodesicSolveError`.
+    Solved one at a time, each with its own steps, or with ``batched`` as one batch, which takes
+    the steps of its stiffest member and one evaluation per step for all rows (on a GPU, where
+    a small net's evaluation costs its kernel launches, the batch costs about one row's time);
+    at ``rtol = atol`` (None: the metric's
+    :func:`~rbmem_tutorial.riemannian.default_tolerance`). A geodesic that hits
+    ``max_num_steps`` is dropped and counted in ``n_failed`` (a batch that does is solved again
+    one at a time); if all fail, :class:`GeodesicSolveError`.
     """
     info = empty_diagnostics()
     endpoints, nfe, travel, rise, bound = [], [], [], [], []
+    if batched:
+        try:
+            out = exp_map(loss, theta0, v, metric=metric, temperature=temperature,
+                          rtol=rtol, atol=rtol, max_num_steps=max_num_steps)
+        except GeodesicSolveError:
+            out = None
+        if out is not None:
+            info.update(grad_norm_start=float(torch.as_tensor(out.grad_norm_start).reshape(-1)[0]),
+                        nfe_geodesic_mean=float(torch.as_tensor(out.nfe, dtype=float).mean()),
+                        travel_mean=float(out.travel.mean()),
+                        loss_rise_mean=None if out.loss_rise is None else float(
+                            out.loss_rise.mean()),
+                        bound_mean=None if out.bound is None else float(out.bound.mean()))
+            return out.endpoints, info
     for row in v:
         try:
             out = exp_map(loss, theta0, row, metric=metric, temperature=temperature,
