@@ -39,6 +39,8 @@ cell with several weight samples (:mod:`.tradeoff`).
 
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 import torch
 
@@ -131,43 +133,37 @@ def geodesic_samples(loss, theta0: torch.Tensor, v: torch.Tensor, *, metric: str
     one at a time); if all fail, :class:`GeodesicSolveError`.
     """
     info = empty_diagnostics()
-    endpoints, nfe, travel, rise, bound = [], [], [], [], []
+    solved = []
     if batched:
-        try:
-            out = exp_map(loss, theta0, v, metric=metric, temperature=temperature,
-                          rtol=rtol, atol=rtol, max_num_steps=max_num_steps)
-        except GeodesicSolveError:
-            out = None
-        if out is not None:
-            info.update(grad_norm_start=float(torch.as_tensor(out.grad_norm_start).reshape(-1)[0]),
-                        nfe_geodesic_mean=float(torch.as_tensor(out.nfe, dtype=float).mean()),
-                        travel_mean=float(out.travel.mean()),
-                        loss_rise_mean=None if out.loss_rise is None else float(
-                            out.loss_rise.mean()),
-                        bound_mean=None if out.bound is None else float(out.bound.mean()))
-            return out.endpoints, info
-    for row in v:
-        try:
-            out = exp_map(loss, theta0, row, metric=metric, temperature=temperature,
-                          rtol=rtol, atol=rtol, max_num_steps=max_num_steps)
-        except GeodesicSolveError:
-            info["n_failed"] += 1
-            continue
-        endpoints.append(out.endpoints)
-        nfe.append(float(out.nfe))
-        travel.append(float(out.travel))
-        info["grad_norm_start"] = float(out.grad_norm_start)
-        if out.loss_rise is not None:
-            rise.append(float(out.loss_rise))
-        if out.bound is not None:
-            bound.append(float(out.bound))
-    if not endpoints:
+        with contextlib.suppress(GeodesicSolveError):  # at the step limit: row by row below
+            solved = [exp_map(loss, theta0, v, metric=metric, temperature=temperature,
+                              rtol=rtol, atol=rtol, max_num_steps=max_num_steps)]
+    if not solved:
+        for row in v:
+            try:
+                solved.append(exp_map(loss, theta0, row, metric=metric, temperature=temperature,
+                                      rtol=rtol, atol=rtol, max_num_steps=max_num_steps))
+            except GeodesicSolveError:
+                info["n_failed"] += 1
+    if not solved:
         raise GeodesicSolveError(f"every geodesic of cell {key} hit max_num_steps; use a "
                                  "smaller scale, a larger prior precision or looser tolerances.")
-    info.update(nfe_geodesic_mean=float(np.mean(nfe)), travel_mean=float(np.mean(travel)),
-                loss_rise_mean=float(np.mean(rise)) if rise else None,
-                bound_mean=float(np.mean(bound)) if bound else None)
-    return torch.stack(endpoints), info
+
+    def per_row(name: str) -> np.ndarray | None:
+        """The rows' values of a diagnostic (None when the metric has none)."""
+        values = [getattr(out, name) for out in solved]
+        if values[0] is None:
+            return None
+        return np.concatenate([np.atleast_1d(torch.as_tensor(x, dtype=torch.float64).cpu()
+                                             .numpy()) for x in values])
+
+    rise, bound = per_row("loss_rise"), per_row("bound")
+    info.update(grad_norm_start=float(per_row("grad_norm_start")[-1]),
+                nfe_geodesic_mean=float(np.mean(per_row("nfe"))),
+                travel_mean=float(np.mean(per_row("travel"))),
+                loss_rise_mean=None if rise is None else float(np.mean(rise)),
+                bound_mean=None if bound is None else float(np.mean(bound)))
+    return torch.cat([out.endpoints.reshape(-1, theta0.numel()) for out in solved]), info
 
 
 def drift_control_sample(loss, theta0: torch.Tensor, target: float, *, max_num_steps: int):
