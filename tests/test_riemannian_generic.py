@@ -9,7 +9,7 @@ from torch import nn
 from rbmem_tutorial.flows import RegressionAdapter, VelocityConvNet
 from rbmem_tutorial.laplace import RegressionObjective, parameters_vector
 from rbmem_tutorial.riemannian import MongeMetric, exp_map
-from rbmem_tutorial.riemannian.generic import RowDerivatives, supports
+from rbmem_tutorial.riemannian.generic import PAIR_CHUNK, RowDerivatives, supports
 from rbmem_tutorial.riemannian.toys import Banana
 
 F64 = torch.float64
@@ -26,12 +26,13 @@ def test_banana_rows_match_the_closed_form():
     torch.testing.assert_close(curvature, closed_curvature + 0.5 * v.square().sum(-1))
 
 
-def conv_objective():
+def conv_objective(pairs=6, prior_mean=None):
     g = torch.Generator().manual_seed(1)
-    z = torch.cat([torch.randn(6, 16, generator=g), torch.rand(6, 1, generator=g)], 1)
+    z = torch.cat([torch.randn(pairs, 16, generator=g), torch.rand(pairs, 1, generator=g)], 1)
     torch.manual_seed(0)
     net = RegressionAdapter(VelocityConvNet((1, 4, 4), (4, 8)))
-    return RegressionObjective(net, z, torch.randn(6, 16, generator=g), 0.5, 2.0)
+    return RegressionObjective(net, z, torch.randn(pairs, 16, generator=g), 0.5, 2.0,
+                               prior_mean=prior_mean)
 
 
 def test_conv_rows_match_the_objectives_own_hvp_row_by_row():
@@ -69,6 +70,26 @@ def test_conv_rows_run_one_at_a_time_and_equal_autograd():
         (gradient,) = torch.autograd.grad(objective.value(point), point, create_graph=True)
         (hvp,) = torch.autograd.grad(gradient, point, grad_outputs=v[row])
         torch.testing.assert_close(grad[row], gradient.detach(), rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(curvature[row], v[row] @ hvp, rtol=1e-12, atol=0)
+
+
+def test_conv_chunks_of_pairs_sum_to_the_whole_data_term():
+    """More pairs than one chunk (a last chunk shorter than the rest) and a prior mean m ≠ 0:
+    the chunked sums equal one double-backward pass over all pairs, to rounding."""
+    pairs = 2 * PAIR_CHUNK + 7
+    start = parameters_vector(conv_objective().model)
+    objective = conv_objective(pairs, prior_mean=0.1 * torch.ones_like(start))
+    derivatives = RowDerivatives(objective)
+    assert [len(inputs) for inputs, _ in derivatives._chunks] == [PAIR_CHUNK, PAIR_CHUNK, 7]
+    g = torch.Generator().manual_seed(4)
+    theta = start + 0.1 * torch.randn(2, len(start), generator=g, dtype=F64)
+    v = torch.randn(2, len(start), generator=g, dtype=F64)
+    grad, curvature = derivatives(theta, v)
+    for row in range(2):
+        point = theta[row].clone().requires_grad_(True)
+        (gradient,) = torch.autograd.grad(objective.value(point), point, create_graph=True)
+        (hvp,) = torch.autograd.grad(gradient, point, grad_outputs=v[row])
+        torch.testing.assert_close(grad[row], gradient.detach(), rtol=1e-12, atol=1e-10)
         torch.testing.assert_close(curvature[row], v[row] @ hvp, rtol=1e-12, atol=0)
 
 
