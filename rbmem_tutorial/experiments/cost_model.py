@@ -33,6 +33,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from rbmem_tutorial.data import dataset_dim
+from rbmem_tutorial.experiments.flows import study_net
+
 FLOPS_PER_WEIGHT = 18
 """Flops per weight, pair and tangent of one fused gradient-and-curvature evaluation: nine
 matrix products per layer, two flops per multiply-add."""
@@ -103,12 +106,26 @@ pairs), measured by ``book/data/digits/gpu/gpu_cost.py``: 2.3-2.6 ms per evaluat
 lower bound on the rate."""
 
 
+def profile_size(config) -> tuple[int, int]:
+    """``(pairs, weights)`` of a trade-off profile: its N·K frozen pairs and the D weights of
+    its velocity net, counted on the net the study builds.
+
+    Example
+    -------
+    >>> from rbmem_tutorial.experiments.tradeoff import profile_config
+    >>> profile_size(profile_config("gpu-digits", device="cpu"))
+    (80, 49728)
+    """
+    net = study_net(config, dataset_dim(config.dataset))
+    return config.n_train * config.draws_per_point, sum(p.numel() for p in net.parameters())
+
+
 def profile_prediction(config, model: CostModel, nfe: float) -> float:
     """Seconds of the geodesic solves of a trade-off profile (``config``, a
     :class:`~.tradeoff.TradeoffConfig`): each geodesic cell solves its ``n_param_samples``
     tangents one at a time, or as one batch with ``geodesic_solve="batched"``
-    (:func:`.geodesic_cells.geodesic_samples`), ``nfe`` evaluations each, on the profile's MLP
-    and frozen pairs.
+    (:func:`.geodesic_cells.geodesic_samples`), ``nfe`` evaluations each, on the profile's net
+    and frozen pairs (:func:`profile_size`).
 
     Example
     -------
@@ -117,12 +134,10 @@ def profile_prediction(config, model: CostModel, nfe: float) -> float:
     >>> round(profile_prediction(config, GPU_MEASURED, nfe=200) / 60)
     15
     """
-    widths = (65, *config.hidden, 64)
-    weights = sum(a * b + b for a, b in zip(widths[:-1], widths[1:], strict=True))
+    pairs, weights = profile_size(config)
     geodesic = sum(m.startswith("riemannian") for m in config.methods)
     cells = (len(config.train_seeds) * len(config.sample_seeds) * len(config.scales)
              * geodesic * len(config.temperatures))
-    pairs = config.n_train * config.draws_per_point
     if config.geodesic_solve == "batched":
         return cells * model.solve_seconds(nfe, config.n_param_samples, pairs, weights)
     return cells * config.n_param_samples * model.solve_seconds(nfe, 1, pairs, weights)

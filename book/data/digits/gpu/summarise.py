@@ -16,8 +16,10 @@ import sys
 from pathlib import Path
 
 from rbmem_tutorial.experiments import cost_model
+from rbmem_tutorial.experiments.resume import load_study_config
 
 here = Path(sys.argv[1])
+pairs, weights = cost_model.profile_size(load_study_config(here / "gpu-digits"))
 rows = [json.loads(line) for line in (here / "cost.log").read_text().splitlines()
         if line.startswith('{"tangents"')]
 model = cost_model.overhead_bound([r["work"] for r in rows], [r["seconds"] for r in rows])
@@ -33,7 +35,8 @@ for study in ("gpu-digits", "far"):
             if row["nfe_geodesic_mean"]:
                 nfe = float(row["nfe_geodesic_mean"])
                 samples = int(row["n_param_samples"])
-                cell.update(nfe=nfe, predicted=model.solve_seconds(nfe, 1, 80, 49_728) * samples)
+                predicted = model.solve_seconds(nfe, 1, pairs, weights) * samples
+                cell.update(nfe=nfe, predicted=predicted)
             cells.append(cell)
 runs = json.loads((here / "gpu-digits" / "run.json").read_text())["runs"]
 summary = {"device": runs[0]["device"], "torch": runs[0]["torch"],
