@@ -1,6 +1,7 @@
 """Chapter 8's digits study: the profiles' settings reach its cells, every method runs end to
 end at test size, the exact GGN diagonal, and the stored study against the code of today."""
 
+import importlib.util
 import json
 from pathlib import Path
 
@@ -116,3 +117,14 @@ def test_stored_digits_cells_are_what_the_code_computes(digits_replicate_zero, m
     assert row["matched"] == stored["matched"]
     with np.load(STUDY / "cells" / f"r00__{method}.npz") as arrays:
         assert np.array_equal(arrays["samples"], samples, equal_nan=True)
+
+
+def test_stored_map_memorisation_against_size_is_what_the_code_computes(private_cache):
+    """The 10-digit row of chapter 8's size table, recomputed (the MLP trains in about 20 s)."""
+    spec = importlib.util.spec_from_file_location("map_vs_size", STUDY / "map_vs_size.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    stored = json.loads((STUDY / "map_vs_size.json").read_text())["rows"][0]
+    row = module.size_row("mlp", stored["n_train"])
+    for key in ("mem", "mem_loose", "true_mem", "true_loose"):
+        assert row[key] == stored[key], key
