@@ -50,6 +50,16 @@ def test_conv_rows_match_the_objectives_own_hvp_row_by_row():
     torch.testing.assert_close(single[1], curvature[1])
 
 
+def assert_equals_double_backward(objective, theta, v, grad, curvature, atol):
+    """Each row's gradient and vᵀ∇²Lv against a double-backward autograd reference."""
+    for row in range(len(theta)):
+        point = theta[row].clone().requires_grad_(True)
+        (gradient,) = torch.autograd.grad(objective.value(point), point, create_graph=True)
+        (hvp,) = torch.autograd.grad(gradient, point, grad_outputs=v[row])
+        torch.testing.assert_close(grad[row], gradient.detach(), rtol=1e-12, atol=atol)
+        torch.testing.assert_close(curvature[row], v[row] @ hvp, rtol=1e-12, atol=0)
+
+
 def test_conv_rows_run_one_at_a_time_and_equal_autograd():
     """A model with convolutions takes its rows one at a time (not vmapped); the gradient and
     vᵀ∇²Lv equal the vmapped rows and a double-backward autograd reference in float64."""
@@ -65,12 +75,7 @@ def test_conv_rows_run_one_at_a_time_and_equal_autograd():
     vmapped = torch.func.vmap(derivatives._one)(theta, v)
     torch.testing.assert_close(grad, vmapped[0], rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(curvature, vmapped[1], rtol=1e-12, atol=0)
-    for row in range(4):
-        point = theta[row].clone().requires_grad_(True)
-        (gradient,) = torch.autograd.grad(objective.value(point), point, create_graph=True)
-        (hvp,) = torch.autograd.grad(gradient, point, grad_outputs=v[row])
-        torch.testing.assert_close(grad[row], gradient.detach(), rtol=1e-12, atol=1e-12)
-        torch.testing.assert_close(curvature[row], v[row] @ hvp, rtol=1e-12, atol=0)
+    assert_equals_double_backward(objective, theta, v, grad, curvature, atol=1e-12)
 
 
 def test_conv_chunks_of_pairs_sum_to_the_whole_data_term():
@@ -85,12 +90,7 @@ def test_conv_chunks_of_pairs_sum_to_the_whole_data_term():
     theta = start + 0.1 * torch.randn(2, len(start), generator=g, dtype=F64)
     v = torch.randn(2, len(start), generator=g, dtype=F64)
     grad, curvature = derivatives(theta, v)
-    for row in range(2):
-        point = theta[row].clone().requires_grad_(True)
-        (gradient,) = torch.autograd.grad(objective.value(point), point, create_graph=True)
-        (hvp,) = torch.autograd.grad(gradient, point, grad_outputs=v[row])
-        torch.testing.assert_close(grad[row], gradient.detach(), rtol=1e-12, atol=1e-10)
-        torch.testing.assert_close(curvature[row], v[row] @ hvp, rtol=1e-12, atol=0)
+    assert_equals_double_backward(objective, theta, v, grad, curvature, atol=1e-10)
 
 
 def test_batched_solve_equals_one_by_one_and_uses_the_generic_path():
