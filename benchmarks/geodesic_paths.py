@@ -11,9 +11,9 @@ turn:
 - generic MLP: the same net through :mod:`rbmem_tutorial.riemannian.generic` (rows vmapped),
   against ``grad_and_hvp`` row by row;
 - generic conv: chapter 8's convolutional net on 64 frozen pairs (320 in the chapter), its
-  float64 convolutions on channels-last memory and the rows of a batch one at a time, against
-  the design it replaced (channels-first convolutions, the rows under one ``vmap``;
-  ``previous_designs.py``);
+  float64 convolutions on channels-last memory, the rows of a batch one at a time and the data
+  term in chunks of ``PAIR_CHUNK`` pairs, against the design it replaced (channels-first
+  convolutions, the rows under one ``vmap``, all pairs at once; ``previous_designs.py``);
 - Banana: ``Banana.regression_objective()`` through the generic path (rows vmapped), against
   ``grad_and_hvp`` row by row;
 - Fisher small: a 1-3-1 tanh MLP on 64 pairs (D = 10 < M = 64, the D × D system), the

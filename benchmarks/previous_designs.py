@@ -74,8 +74,9 @@ class PreviousConvNet(VelocityConvNet):
 
 
 class PreviousRowDerivatives(RowDerivatives):
-    """The generic path with every batch of rows under one ``vmap``."""
+    """The generic path with every batch of rows under one ``vmap`` and all pairs at once."""
 
     def __init__(self, objective):
         super().__init__(objective)
         self.vmapped = True
+        self._chunks = [(objective.inputs, objective.targets)]
