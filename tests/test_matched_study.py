@@ -178,3 +178,42 @@ def test_stored_cells_read_as_matched_cells_and_not_as_tradeoff_ones(tmp_path):
     assert store.read_cell(tmp_path, "r00__laplace", dims=3)["method"] == "laplace"
     assert store.read_cell(tmp_path, "r00__laplace") is None  # [levels, N, d] is no tradeoff cell
     assert not (tmp_path / "cells" / "r00__laplace.json").exists()  # set aside, as damaged
+
+
+def test_frontier_shares_replicates_per_level_but_draws_the_map_over_all():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from rbmem_tutorial.experiments.matched_figures import (
+        common_replicates,
+        load_matched,
+        matched_frontiers,
+    )
+
+    study = load_matched(STUDY)
+    methods = ("map", "early-stop", "laplace", "riemannian-mean")
+    fig = matched_frontiers(study, methods, metrics=("energy",))
+    ax = fig.axes[0]
+    flat = study.flat
+
+    def mean(method, level, key, replicates):
+        return np.mean([r[key] for r in flat if r["method"] == method and r["level"] == level
+                        and r["replicate"] in replicates])
+
+    every = {r["replicate"] for r in flat}
+    (square,) = [line for line in ax.lines if line.get_marker() == "s"]
+    # the MAP: its mean over every replicate, the summary table's row
+    table = next(e for e in study.tables["summary"] if e["method"] == "map"
+                 and e["level"] == "0.45")
+    assert square.get_xdata()[0] == pytest.approx(mean("map", "0.45", "mem", every))
+    assert square.get_ydata()[0] == pytest.approx(table["energy"])
+    # a method: at each level, its mean over the replicates where all the methods reached it
+    shared = [common_replicates(flat, methods, level) for level in study.levels]
+    assert len(shared[0]) < len(every)  # the study's 0.45 is not reached everywhere
+    (curve,) = [c for c in ax.containers if c.get_label() == "laplace"]
+    assert list(curve.lines[0].get_ydata()) == pytest.approx(
+        [mean("laplace", level, "energy", keep)
+         for level, keep in zip(study.levels, shared, strict=True)])
+    plt.close(fig)

@@ -112,7 +112,8 @@ def matched_frontiers(study: MatchedStudy, methods, metrics=("energy", "precisio
 
     Quality varies much more between replicates (each has its own training set) than between
     methods, so at each level every mean is taken over the same replicates: those where all
-    ``methods`` reached the level."""
+    ``methods`` reached the level. The MAP, which has no knob, is the mean over all
+    replicates, as in the study's summary table."""
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, len(metrics), figsize=(3.6 * len(metrics), 3.8),
@@ -124,7 +125,8 @@ def matched_frontiers(study: MatchedStudy, methods, metrics=("energy", "precisio
     for ax, metric in zip(np.atleast_1d(axes), metrics, strict=True):
         true = float(np.mean([c["true"][metric] for c in true_rows]))
         for method in methods:
-            points = level_means(study.flat, method, metric, shared.get, study.levels, x)
+            keep = None if method == "map" else shared.get  # the MAP: every replicate
+            points = level_means(study.flat, method, metric, keep, study.levels, x)
             if not points:
                 continue
             xs = [p["mem"] for p in points]
