@@ -15,24 +15,20 @@ import json
 
 import torch
 
-from rbmem_tutorial.data import DIGITS_COUNT
 from rbmem_tutorial.experiments.config import TradeoffConfig
 from rbmem_tutorial.experiments.flows import trained_flow
 from rbmem_tutorial.laplace import generate, parameters_vector
 from rbmem_tutorial.memorisation import LOOSE_C, memorised_fraction
-from rbmem_tutorial.reference import FlowConfig, load_or_train
 
 TRAINING = {"steps": 8000, "batch_size": 128, "lr": 2e-3}
 
 
 def trained(net: str, n: int):
-    """The trained net of one size, its training digits, held-out digits and training time."""
-    if net == "mlp":
-        flow = load_or_train(FlowConfig(dataset="digits", n_train=n, n_test=DIGITS_COUNT - n,
-                                        hidden=(128, 128, 128), **TRAINING), progress=False)
-        return flow.model, flow.train, flow.test, flow.train_seconds
-    config = TradeoffConfig(dataset="digits", net="conv", channels=(32, 64), n_train=n,
-                            **TRAINING)
+    """The trained net of one size, its training digits, held-out digits and training time
+    (:func:`~rbmem_tutorial.experiments.flows.trained_flow`: the MLP through the book's model
+    cache, the conv net through the study's)."""
+    config = TradeoffConfig(dataset="digits", net=net, hidden=(128, 128, 128),
+                            channels=(32, 64), n_train=n, **TRAINING)
     return trained_flow(config, 0, TRAINING["steps"])
 
 
