@@ -18,9 +18,9 @@ turn:
   ``grad_and_hvp`` row by row;
 - Fisher small: a 1-3-1 tanh MLP on 64 pairs (D = 10 < M = 64, the D × D system), the
   hand-written MLP passes against the per-example Jacobian route (``gram="jacobian"``);
-- Fisher book-sized: the book's net (Woodbury M × M), the system in output-major order with
-  the input Gram built once and a batch's rows solved in turn (M = 512), against the previous
-  assembly of the same system (``previous_designs.py``).
+- Fisher book-sized: the book's net (Woodbury M × M, a batch's rows solved in turn at
+  M = 512), the system and its factor written into buffers kept between evaluations, against
+  fresh tensors at every evaluation (``previous_designs.py``).
 
 Then the conv net's cost per multiply-add (chapter 8's exercise, through the geodesic's own
 call): one gradient-and-curvature evaluation of the conv net through the generic path and of an

@@ -3,13 +3,9 @@
 Imported by ``geodesic_paths.py`` (section 6 of ``bench_geodesic.py``); nothing in the package
 uses them. Each reproduces the code it was replaced by, computing the same quantity:
 
-- :class:`PreviousFisherPasses`: the Fisher metric's Woodbury weights with the M × M system
-  in example-major order (n, j). Every evaluation transposed the δ of all outputs into a
-  [M, width] copy, multiplied every layer's δδᵀ (the output layer's one-hot δ included) by its
-  input Gram h̃h̃ᵀ broadcast over [N, out, N, out] (h̃_0h̃_0ᵀ rebuilt each time, although the
-  inputs do not change), added the blocks out of place, solved with ``cholesky_solve``, and
-  pulled back through a batched ``einsum`` over the examples; the rows of a batch shared
-  one pass at every M.
+- :class:`PreviousFisherPasses`: the Fisher metric's Woodbury weights with a fresh [M, M]
+  tensor for the system, each layer's product and the Cholesky factor at every evaluation
+  (the present design writes them into buffers it keeps; the arithmetic is the same).
 - :class:`PreviousConvNet`: :class:`~rbmem_tutorial.flows.image_nets.VelocityConvNet` with
   every float64 convolution on the default (channels-first) memory order.
 - :class:`PreviousRowDerivatives`: the generic path's rows under one ``vmap`` for every model,
@@ -27,35 +23,27 @@ from rbmem_tutorial.riemannian.generic import RowDerivatives
 
 
 class PreviousFisherPasses(MLPFisherPasses):
-    """The MLP Fisher passes with the previous Woodbury system (module docstring)."""
-
-    def __init__(self, objective):
-        super().__init__(objective)
-        self._diagonal = torch.diag(float(objective.prior_precision) * self._variance)
-
-    def acceleration(self, theta, velocity):
-        return self._batch(theta, velocity)
+    """The MLP Fisher passes with fresh tensors for the M × M system (module docstring)."""
 
     def _woodbury_weights(self, second, inputs, deltas, batch):
-        num, out = second.shape[-2:]
-        gram = self._diagonal
-        for delta, layer_input in zip(deltas, inputs, strict=True):
-            flat = delta.transpose(-3, -2).reshape(*delta.shape[:-3], self.num_outputs, -1)
-            inner = layer_input @ layer_input.mT
-            block = (flat @ flat.mT).unflatten(-1, (num, out)).unflatten(-3, (num, out))
-            block = block * inner[..., :, None, :, None]
-            gram = gram + block.reshape(*block.shape[:-4], self.num_outputs, self.num_outputs)
-        factor = torch.linalg.cholesky(gram.expand(*batch, -1, -1))
-        weights = torch.cholesky_solve(second.reshape(*batch, -1, 1), factor)
-        return weights.reshape(*batch, num, out)
-
-    def _pull_back(self, weights, inputs, deltas):
-        blocks = []
-        for delta, layer_input, biased in zip(deltas, inputs, self._biased, strict=True):
-            pulled = torch.einsum("...jnp,...nj->...pn", delta, weights) @ layer_input
-            weight_part = pulled[..., :-1] if biased else pulled
-            blocks.append((weight_part.flatten(-2), pulled[..., -1] if biased else None))
-        return self.kernel._flatten(blocks)
+        num, out, size = self._num, self._out, self.num_outputs
+        inners = [self._first_inner] + [h @ h.mT for h in inputs[1:]]
+        gram = None
+        for delta, inner in zip(deltas[:-1], inners[:-1], strict=True):
+            flat = delta.flatten(-3, -2)
+            block = (flat @ flat.mT).unflatten(-1, (out, num)).unflatten(-3, (out, num))
+            inner = inner[..., None, :, None, :]
+            gram = block.mul_(inner) if gram is None else gram.addcmul_(block, inner)
+        if gram is None:
+            gram = second.new_zeros(out, num, out, num)
+        gram.diagonal(dim1=-4, dim2=-2).add_(inners[-1].unsqueeze(-1))
+        gram = gram.view(*gram.shape[:-4], size, size)
+        gram.diagonal(dim1=-2, dim2=-1).add_(self._shift)
+        factor = torch.linalg.cholesky(gram.expand(*batch, size, size))
+        half = torch.linalg.solve_triangular(factor, second.mT.reshape(*batch, size, 1),
+                                             upper=False)
+        weights = torch.linalg.solve_triangular(factor.mT, half, upper=True)
+        return weights.reshape(*batch, out, num)
 
 
 def previous_fisher(objective) -> FisherMetric:
