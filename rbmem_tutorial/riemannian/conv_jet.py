@@ -34,10 +34,10 @@ calls. PyTorch's float64 convolutions on a CPU (``_slow_conv2d``, channels-last 
 :class:`~rbmem_tutorial.flows.image_nets.VelocityConvNet`) are fastest in one of two forms
 depending on the shape, so a stride-1 convolution with no more output than input channels runs as
 the transposed convolution with the flipped kernel, conv(x, W) = conv_transpose(x, flip(W)ᵀ) (the
-same sums), and so does a stride-1 layer's ∂/∂input, which is conv(δ, flip(W)ᵀ). On chapter 8's
-net (320 pairs, one thread on a shared CPU) that made a row 1.3 times faster than ``conv2d`` and
-``convolution_backward`` throughout, and the kernel 2.3 to 2.5 times faster than
-:mod:`.generic` (``benchmarks/geodesic_paths.py``). The pairs run in chunks of ``JET_CHUNK``
+same sums), and a stride-1 layer's ∂/∂input, conv(δ, flip(W)ᵀ), takes the form its channels
+pick. On chapter 8's net (320 pairs, one thread on a shared CPU) that made a row 1.3 times faster
+than ``conv2d`` and ``convolution_backward`` throughout, and the kernel 2 to 2.5 times faster
+than :mod:`.generic` (``benchmarks/geodesic_paths.py``). The pairs run in chunks of ``JET_CHUNK``
 (the stacked jet has three times as many rows): chunks of 32 to 96 pairs timed alike there,
 16 and 128 a little slower.
 

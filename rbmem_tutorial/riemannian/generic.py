@@ -27,7 +27,7 @@ the CPU's caches (chapter 8's net, one row on 320 pairs, one thread on a shared 
 times faster than the whole data at once, with chunks of 64 to 128 pairs; 160 gained little).
 The geodesic no longer takes this path for chapter 8's
 :class:`~rbmem_tutorial.flows.image_nets.VelocityConvNet`: the jet kernel of :mod:`.conv_jet`
-(one Taylor-mode forward pass and one backward pass) is about 2.3 times faster on that net and
+(one Taylor-mode forward pass and one backward pass) is 2 to 2.5 times faster on that net and
 320 pairs (``benchmarks/geodesic_paths.py``); the numbers above describe this path on it.
 
 Example
