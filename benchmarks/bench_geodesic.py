@@ -17,7 +17,7 @@ Measures, side by side in one run, on the chapter's velocity net (3 -> 64 -> 64 
    Fisher (pull-back) metric when :mod:`rbmem_tutorial.riemannian.fisher` is installed:
    seconds per sample, NFE, end-point error against a tight solve of the same metric, travel
    ‖c(1) − θ*‖/‖v‖ and the loss rise ΔL against its bound T‖v‖;
-6. every path of the solver (fused MLP, generic MLP, generic conv, Banana, Fisher small and
+6. every path of the solver (fused MLP, generic MLP, conv jet kernel, Banana, Fisher small and
    book-sized): CPU seconds per sample, one by one and batched, against the design it replaced
    (``geodesic_paths.py``).
 

@@ -10,10 +10,11 @@ turn:
   objective's own ``grad_and_hvp`` row by row, the generic path before batching);
 - generic MLP: the same net through :mod:`rbmem_tutorial.riemannian.generic` (rows vmapped),
   against ``grad_and_hvp`` row by row;
-- generic conv: chapter 8's convolutional net on 64 frozen pairs (320 in the chapter), its
-  float64 convolutions on channels-last memory, the rows of a batch one at a time and the data
-  term in chunks of ``PAIR_CHUNK`` pairs, against the design it replaced (channels-first
-  convolutions, the rows under one ``vmap``, all pairs at once; ``previous_designs.py``);
+- conv: chapter 8's convolutional net on 64 frozen pairs (320 in the chapter) through the jet
+  kernel (:mod:`rbmem_tutorial.riemannian.conv_jet`: a Taylor-mode forward pass and one backward
+  pass, chunks of ``JET_CHUNK`` pairs), against the design it replaced, the generic
+  ``torch.func`` path (:class:`~rbmem_tutorial.riemannian.generic.RowDerivatives`: float64
+  convolutions on channels-last memory, the rows one at a time, chunks of ``PAIR_CHUNK`` pairs);
 - Banana: ``Banana.regression_objective()`` through the generic path (rows vmapped), against
   ``grad_and_hvp`` row by row;
 - Fisher small: a 1-3-1 tanh MLP on 64 pairs (D = 10 < M = 64, the D × D system), the
@@ -23,11 +24,13 @@ turn:
   fresh tensors at every evaluation (``previous_designs.py``).
 
 Then the conv net's cost per multiply-add (chapter 8's exercise, through the geodesic's own
-call): one gradient-and-curvature evaluation of the conv net through the generic path and of an
+call): one gradient-and-curvature evaluation of the conv net through the jet kernel and of an
 MLP with about as many weights through the fused kernel, on the same 320 frozen pairs, each
-divided by its multiply-adds per example, with the conv net's previous design beside it;
-then the same ratio for one forward pass alone, the share that float64 convolution kernels on a
-CPU cost before any differentiation.
+divided by its multiply-adds per example, with the conv net's previous design (the generic path)
+and the design before that (the generic path with channels-first convolutions, the rows under
+one ``vmap`` and all pairs at once; ``previous_designs.py``) beside it; then the same ratio for
+one forward pass alone, the share that float64 convolution kernels on a CPU cost before any
+differentiation.
 """
 
 from __future__ import annotations
@@ -47,6 +50,7 @@ from rbmem_tutorial.flows import RegressionAdapter, VelocityConvNet, VelocityMLP
 from rbmem_tutorial.laplace import RegressionObjective, parameters_vector
 from rbmem_tutorial.laplace.fast_mlp import MLPRegressionKernel
 from rbmem_tutorial.riemannian import FisherMetric, MongeMetric, default_tolerance
+from rbmem_tutorial.riemannian.conv_jet import ConvJetKernel
 from rbmem_tutorial.riemannian.generic import RowDerivatives
 from rbmem_tutorial.riemannian.solve import shoot, solver_options
 from rbmem_tutorial.riemannian.toys import Banana
@@ -62,7 +66,7 @@ class MethodOnly:
 
 
 class GenericOnly:
-    """Only the generic path's ``grad_and_curvature``, so the fused kernel is not used."""
+    """Only the generic path's ``grad_and_curvature``, so no fused kernel is used."""
 
     def __init__(self, objective, derivatives=RowDerivatives):
         self.grad_and_curvature = derivatives(objective)
@@ -81,7 +85,8 @@ def cpu_seconds_per_sample(metric, theta, tangents, *, batched=True, method="bos
 def conv_problem(pairs=64, mlp=False, previous=False):
     """Chapter 8's conv net (8×8 images, channels 16, 32) on random frozen pairs; with
     ``mlp=True`` the MLP of about as many weights (hidden 128, 96) on the same pairs; with
-    ``previous=True`` the same conv net (same weights) in its previous design."""
+    ``previous=True`` the same conv net (same weights) with channels-first convolutions (the
+    design before the generic path's current one)."""
     g = torch.Generator().manual_seed(1)
     z = torch.cat([torch.randn(pairs, 64, generator=g), torch.rand(pairs, 1, generator=g)], 1)
     y = torch.randn(pairs, 64, generator=g)
@@ -130,28 +135,30 @@ def interleaved_cpu_ms(fns: dict, repeats=5) -> dict:
 def conv_cost_per_multiply_add(pairs=320):
     """Print the conv net's CPU cost per multiply-add against the fused MLP's (module docstring)."""
     conv, mlp = conv_problem(pairs), conv_problem(pairs, mlp=True)
-    before = PreviousRowDerivatives(conv_problem(pairs, previous=True))
+    older = PreviousRowDerivatives(conv_problem(pairs, previous=True))
     theta_c, theta_m = parameters_vector(conv.model), parameters_vector(mlp.model)
     v_c, v_m = torch.ones_like(theta_c), torch.ones_like(theta_m)
-    kernel, generic = MLPRegressionKernel.from_objective(mlp), RowDerivatives(conv)
+    kernel, jet = MLPRegressionKernel.from_objective(mlp), ConvJetKernel(conv)
+    generic, generic_mlp = RowDerivatives(conv), RowDerivatives(mlp)
     work = multiply_adds(conv.model, conv.inputs) / multiply_adds(mlp.model, mlp.inputs)
     timed = interleaved_cpu_ms({
         "fused": lambda: kernel.grad_and_curvature(theta_m, v_m),
-        "conv": lambda: generic(theta_c, v_c),
-        "previous": lambda: before(theta_c, v_c),
-        "generic MLP": lambda: RowDerivatives(mlp)(theta_m, v_m),
+        "conv": lambda: jet(theta_c, v_c),
+        "previous": lambda: generic(theta_c, v_c),
+        "older": lambda: older(theta_c, v_c),
+        "generic MLP": lambda: generic_mlp(theta_m, v_m),
     })
-    fused, through, previous = timed["fused"], timed["conv"], timed["previous"]
-    generic_mlp = timed["generic MLP"]
+    fused, now, previous, older = (timed[k] for k in ("fused", "conv", "previous", "older"))
     with torch.no_grad():
         forward_c = cpu_ms(lambda: conv.predict(theta_c))
         forward_m = cpu_ms(lambda: mlp.predict(theta_m))
     print(f"\n  conv net per multiply-add ({pairs} pairs, D = {len(theta_c):,} against the MLP's "
           f"{len(theta_m):,}, {work:.1f}× the multiply-adds per example):")
-    print(f"    gradient + curvature: generic conv {through:.0f} ms, generic MLP {generic_mlp:.1f} "
-          f"ms, fused MLP {fused:.1f} ms; conv / fused MLP per multiply-add "
-          f"{through / fused / work:.2f} (target ≤ 3); previous design {previous:.0f} ms, "
-          f"{previous / fused / work:.2f} (previous/now {previous / through:.2f})")
+    print(f"    gradient + curvature: conv jet kernel {now:.0f} ms, fused MLP {fused:.1f} ms; "
+          f"conv / fused MLP per multiply-add {now / fused / work:.2f} (target ≤ 3)")
+    print(f"    previous design (generic path) {previous:.0f} ms, {previous / fused / work:.2f} "
+          f"(previous/now {previous / now:.2f}); the design before it {older:.0f} ms, "
+          f"{older / fused / work:.2f}; generic MLP {timed['generic MLP']:.1f} ms")
     print(f"    forward pass alone: conv {forward_c:.1f} ms, MLP {forward_m:.2f} ms; conv / MLP "
           f"per multiply-add {forward_c / forward_m / work:.2f} (float64 convolution on a CPU)")
 
@@ -176,7 +183,7 @@ def compare_paths(objective, posterior, samples=4, repeats=3):
     ``repeats`` interleaved runs)."""
     theta = posterior.mean
     book = posterior.sample_tangent(samples, torch.Generator().manual_seed(1), 1.0)
-    conv, conv_before = conv_problem(), conv_problem(previous=True)
+    conv = conv_problem()
     conv_theta = parameters_vector(conv.model)
     banana = Banana().regression_objective()
     small = small_tanh_problem()
@@ -186,8 +193,8 @@ def compare_paths(objective, posterior, samples=4, repeats=3):
          MongeMetric(MethodOnly(objective), theta), theta, book[:2], {}),
         ("generic MLP (book's net)", MongeMetric(GenericOnly(objective), theta),
          MongeMetric(MethodOnly(objective), theta), theta, book[:2], {}),
-        ("generic conv (chapter 8)", MongeMetric(conv, conv_theta),
-         MongeMetric(GenericOnly(conv_before, PreviousRowDerivatives), conv_theta), conv_theta,
+        ("conv jet kernel (chapter 8)", MongeMetric(conv, conv_theta),
+         MongeMetric(GenericOnly(conv), conv_theta), conv_theta,
          tangents_for(len(conv_theta), 0.02, 2), {}),
         ("Banana", MongeMetric(banana, torch.zeros(2, dtype=F64)),
          MongeMetric(MethodOnly(banana), torch.zeros(2, dtype=F64)), torch.zeros(2, dtype=F64),

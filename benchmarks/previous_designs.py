@@ -10,6 +10,10 @@ uses them. Each reproduces the code it was replaced by, computing the same quant
   every float64 convolution on the default (channels-first) memory order.
 - :class:`PreviousRowDerivatives`: the generic path's rows under one ``vmap`` for every model,
   convolutional ones included.
+
+With the previous net, these two are the conv net's design before the generic path's current
+one, which the jet kernel (:mod:`rbmem_tutorial.riemannian.conv_jet`) has since replaced for this
+net; ``geodesic_paths.py`` prints both beside the kernel (the cost per multiply-add).
 """
 
 from __future__ import annotations

@@ -12,7 +12,7 @@ from rbmem_tutorial.laplace import (
     parameters_vector,
     unflatten,
 )
-from rbmem_tutorial.riemannian import exp_map
+from rbmem_tutorial.riemannian import conv_jet, exp_map
 
 
 def tiny(image_shape=(1, 4, 4), channels=(2, 3), seed=0):
@@ -147,8 +147,8 @@ def test_laplace_diag_works_and_kfac_says_what_to_use(conv_objective):
         fit_laplace(conv_objective, theta, "kfac", prior_precision=2.0)
 
 
-def test_geodesics_use_the_generic_path_and_conserve_speed(conv_objective):
-    assert not fast_mlp.supports(conv_objective)
+def test_geodesics_use_the_jet_kernel_and_conserve_speed(conv_objective):
+    assert not fast_mlp.supports(conv_objective) and conv_jet.supports(conv_objective)
     theta = parameters_vector(conv_objective.model)
     v = 0.05 * torch.randn(theta.shape, generator=torch.Generator().manual_seed(2),
                            dtype=torch.float64)

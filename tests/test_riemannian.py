@@ -7,6 +7,7 @@ import pytest
 import rbmem_tutorial
 from rbmem_tutorial import riemannian
 from rbmem_tutorial.riemannian import (
+    conv_jet,
     diagnostics,
     fisher_mlp,
     generic,
@@ -21,8 +22,8 @@ from rbmem_tutorial.riemannian import (
 
 @pytest.mark.parametrize(
     "module",
-    [diagnostics, fisher_mlp, generic, geodesic, linearised, monge, sampler, temperature,
-     tolerances],
+    [conv_jet, diagnostics, fisher_mlp, generic, geodesic, linearised, monge, sampler,
+     temperature, tolerances],
 )
 def test_docstring_examples_run(module):
     assert doctest.testmod(module, raise_on_error=True).attempted > 0

@@ -22,9 +22,11 @@ which the Laplace and geodesic code needs: they differentiate the network twice.
 The time-embedding layers are ``nn.Linear``; the image path is ``nn.Conv2d``. KFAC
 (:mod:`rbmem_tutorial.laplace`) covers ``nn.Linear`` layers only, so for this net use the diagonal
 structure, or KFAC on a weight subset made of its linear layers
-(:mod:`rbmem_tutorial.laplace.subsets`). Geodesics use the generic ``torch.func`` gradient and
-Hessian-vector product of :class:`~rbmem_tutorial.laplace.objective.RegressionObjective` (the fused
-kernel of :mod:`rbmem_tutorial.laplace.fast_mlp` handles MLPs only).
+(:mod:`rbmem_tutorial.laplace.subsets`). Geodesics take the gradient and curvature of its
+regression loss from the jet kernel of :mod:`rbmem_tutorial.riemannian.conv_jet`, one Taylor-mode
+forward pass and one hand-written backward pass for this architecture (the fused kernel of
+:mod:`rbmem_tutorial.laplace.fast_mlp` handles MLPs only; a subclass or another net goes through
+the generic ``torch.func`` path of :mod:`rbmem_tutorial.riemannian.generic`).
 """
 
 from __future__ import annotations
@@ -143,8 +145,10 @@ class VelocityConvNet(nn.Module):
         """``conv(h)``; float64 on a CPU reads ``h`` in channels-last memory order.
 
         PyTorch's float64 convolution on a CPU (``_slow_conv2d``, which the Laplace and geodesic
-        code's float64 derivatives run) is faster on channels-last input: the geodesic's
-        gradient and curvature of chapter 8's net, one row on 80 to 320 pairs, 1.2 to 1.5 times
+        code's float64 derivatives run) is faster on channels-last input: the generic path's
+        gradient and curvature (:mod:`rbmem_tutorial.riemannian.generic`, the geodesic's path for
+        this net before the jet kernel of :mod:`rbmem_tutorial.riemannian.conv_jet`, which sets
+        the same order itself) of chapter 8's net, one row on 80 to 320 pairs, 1.2 to 1.5 times
         (one thread on a shared CPU), with the same numbers up to rounding
         (``benchmarks/geodesic_paths.py``). The exact GGN diagonal, per-example Jacobians under
         ``vmap`` and computed once per Laplace fit, was about 7% slower with it. The order is set

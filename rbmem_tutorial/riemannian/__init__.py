@@ -9,7 +9,9 @@ Map of the subpackage:
 - :mod:`.solve` — the torchdiffeq solve of one or a batch of geodesics, its
   :class:`GeodesicResult` and :class:`GeodesicSolveError`;
 - :mod:`.monge` — :class:`MongeMetric`, the metric ``I + ∇L∇Lᵀ/T²`` of the loss graph, and the
-  forms of a loss it reads (fast MLP kernel, ``grad_and_curvature``, ``grad_and_hvp``, callable);
+  forms of a loss it reads (fast MLP kernel, the conv net's jet kernel :mod:`.conv_jet`, the
+  generic ``torch.func`` path :mod:`.generic`, ``grad_and_curvature``, ``grad_and_hvp``,
+  callable);
 - :mod:`.temperature` — the temperature ``T``, its presets ``"sum"``, ``"mean"``,
   ``"data-mean"``, and the bound ``L(c(1)) − L(θ*) ≤ T‖v‖``;
 - :mod:`.tolerances` — :func:`default_tolerance`, the solver tolerance per metric and

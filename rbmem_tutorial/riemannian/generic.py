@@ -1,9 +1,9 @@
 """The generic path: gradient and curvature of a regression loss on any network, rows batched.
 
-For a :class:`~rbmem_tutorial.laplace.objective.RegressionObjective` whose model the fused MLP
-kernel
-(:mod:`rbmem_tutorial.laplace.fast_mlp`) does not cover (a convolutional net, the banana's model, an
-MLP with other activations), the Monge geodesic needs, per evaluation and per row ``s``,
+For a :class:`~rbmem_tutorial.laplace.objective.RegressionObjective` whose model neither the
+fused MLP kernel (:mod:`rbmem_tutorial.laplace.fast_mlp`) nor the conv net's jet kernel
+(:mod:`.conv_jet`) covers (another convolutional net, the banana's model, an MLP with other
+activations), the Monge geodesic needs, per evaluation and per row ``s``,
 
     ∇L(θ_s)  and  v_sᵀ∇²L(θ_s) v_s,
     L(θ) = ½ Σ_n Σ_j (f_θ(z_n)_j − y_{n,j})² / σ_j² + (λ/2) ‖θ − m‖².
@@ -25,6 +25,10 @@ channels-first convolutions, 1.5 to 2 times with the channels-last order that
 to rounding, and a chunk's float64 activations and their unfolded copies stay small enough for
 the CPU's caches (chapter 8's net, one row on 320 pairs, one thread on a shared CPU: 1.3 to 1.5
 times faster than the whole data at once, with chunks of 64 to 128 pairs; 160 gained little).
+The geodesic no longer takes this path for chapter 8's
+:class:`~rbmem_tutorial.flows.image_nets.VelocityConvNet`: the jet kernel of :mod:`.conv_jet`
+(one Taylor-mode forward pass and one backward pass) is 2 to 2.5 times faster on that net and
+320 pairs (``benchmarks/geodesic_paths.py``); the numbers above describe this path on it.
 
 Example
 -------

@@ -14,13 +14,16 @@ of these forms, checked in this order:
 
 1. a ``RegressionObjective`` on a plain MLP that :func:`rbmem_tutorial.laplace.fast_mlp.supports`
    (gradient and curvature in one hand-written pass, batched over samples);
-2. any other ``RegressionObjective`` (a convolutional net, any ``nn.Module``): ``torch.func``
-   forward-over-reverse, vmapped over the rows of a batch (:mod:`.generic`);
-3. any object with ``grad_and_curvature(theta, v)`` returning ``(∇L(θ), vᵀ∇²L(θ)v)`` for
+2. a ``RegressionObjective`` on the convolutional U-Net
+   :class:`~rbmem_tutorial.flows.image_nets.VelocityConvNet` (:func:`.conv_jet.supports`): a
+   Taylor-mode forward pass and one hand-written backward pass, row by row (:mod:`.conv_jet`);
+3. any other ``RegressionObjective`` (another convolutional net, any ``nn.Module``):
+   ``torch.func`` forward-over-reverse, vmapped over the rows of a batch (:mod:`.generic`);
+4. any object with ``grad_and_curvature(theta, v)`` returning ``(∇L(θ), vᵀ∇²L(θ)v)`` for
    ``[D]`` or ``[S, D]`` input (as :class:`~rbmem_tutorial.riemannian.LinearisedObjective`);
-4. any object with a ``grad_and_hvp(theta, v)`` method returning ``(∇L(θ), ∇²L(θ) v)``
+5. any object with a ``grad_and_hvp(theta, v)`` method returning ``(∇L(θ), ∇²L(θ) v)``
    (batches are solved row by row through it);
-5. a plain callable ``loss(theta) -> 0-d tensor``; gradient and HVP come from autograd
+6. a plain callable ``loss(theta) -> 0-d tensor``; gradient and HVP come from autograd
    double backward (on a CPU cheaper than ``torch.func.jvp(torch.func.grad(loss))`` for small
    networks and tiny functions, whose cost is mostly per-call overhead); a batch is summed
    row by row and differentiated in one backward pass.
@@ -36,7 +39,7 @@ from functools import partial
 import torch
 
 from rbmem_tutorial.laplace import fast_mlp
-from rbmem_tutorial.riemannian import generic
+from rbmem_tutorial.riemannian import conv_jet, generic
 from rbmem_tutorial.riemannian.temperature import resolve_temperature
 
 
@@ -83,12 +86,15 @@ class _Derivatives:
     """``(θ, v) ↦ (∇L(θ), vᵀ∇²L(θ)v)`` for ``θ, v`` of shape ``[D]`` or ``[S, D]``.
 
     The geodesic needs the Hessian only through the scalar curvature ``vᵀ∇²L v``; the MLP
-    kernel computes it by a second-order forward pass, the other forms from an HVP.
+    and conv-net kernels compute it by a second-order forward pass, the other forms from an HVP.
     """
 
     def __init__(self, loss, theta: torch.Tensor):
         if fast_mlp.supports(loss):
             kernel = fast_mlp.MLPRegressionKernel.from_objective(loss)
+            self._single = self._batch = kernel.grad_and_curvature
+        elif conv_jet.supports(loss):
+            kernel = conv_jet.ConvJetKernel.from_objective(loss)
             self._single = self._batch = kernel.grad_and_curvature
         elif generic.supports(loss):
             self._single = self._batch = generic.RowDerivatives(loss)
