@@ -31,6 +31,9 @@ and the design before that (the generic path with channels-first convolutions, t
 one ``vmap`` and all pairs at once; ``previous_designs.py``) beside it; then the same ratio for
 one forward pass alone, the share that float64 convolution kernels on a CPU cost before any
 differentiation.
+Last, one evaluation of the Banana objective's gradient and curvature for 4 rows against
+1 row through the generic path (rows under one ``vmap``; target: within 3×), beside the
+objective's own ``grad_and_hvp`` row by row.
 """
 
 from __future__ import annotations
@@ -163,6 +166,23 @@ def conv_cost_per_multiply_add(pairs=320):
           f"per multiply-add {forward_c / forward_m / work:.2f} (float64 convolution on a CPU)")
 
 
+def banana_rows(repeats=20):
+    """Print one generic-path evaluation of the Banana objective for 4 rows against 1 row."""
+    objective = Banana().regression_objective()
+    derivatives = RowDerivatives(objective)
+    generator = torch.Generator().manual_seed(0)
+    theta = torch.randn(4, 2, generator=generator, dtype=F64)
+    v = torch.randn(4, 2, generator=generator, dtype=F64)
+    timed = interleaved_cpu_ms({
+        "one": lambda: derivatives(theta[:1], v[:1]),
+        "four": lambda: derivatives(theta, v),
+        "row by row": lambda: [objective.grad_and_hvp(t, d) for t, d in zip(theta, v, strict=True)],
+    }, repeats)
+    print(f"\n  Banana, one evaluation: 1 row {timed['one']:.2f} ms, 4 rows {timed['four']:.2f} ms "
+          f"({timed['four'] / timed['one']:.2f}×, target ≤ 3); grad_and_hvp row by row "
+          f"{timed['row by row']:.2f} ms")
+
+
 def small_tanh_problem():
     """A 1-3-1 tanh MLP on 64 pairs of y = sin(2x) + noise (D = 10, M = 64)."""
     g = torch.Generator().manual_seed(0)
@@ -226,4 +246,5 @@ def compare_paths(objective, posterior, samples=4, repeats=3):
         if label.startswith("Fisher book-sized"):
             print(f"  {'':<34s} target ≤ 0.5 s per sample at α = 1")
     conv_cost_per_multiply_add()
+    banana_rows()
 
