@@ -31,6 +31,7 @@ and the design before that (the generic path with channels-first convolutions, t
 one ``vmap`` and all pairs at once; ``previous_designs.py``) beside it; then the same ratio for
 one forward pass alone, the share that float64 convolution kernels on a CPU cost before any
 differentiation.
+
 Last, one evaluation of the Banana objective's gradient and curvature for 4 rows against
 1 row through the generic path (rows under one ``vmap``; target: within 3×), beside the
 objective's own ``grad_and_hvp`` row by row.
