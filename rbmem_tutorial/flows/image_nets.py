@@ -114,11 +114,15 @@ class VelocityConvNet(nn.Module):
         shift_widths = [*channels, channels[-1], *reversed(channels[:-1])]
         self.shifts = nn.ModuleList(nn.Linear(time_width, width) for width in shift_widths)
 
+    def time_features(self, t: torch.Tensor) -> torch.Tensor:
+        """The embedding's input ``[t, sin(πkt), cos(πkt)]_{k=1..K}``, ``[B, 1 + 2K]``, for a time
+        column ``t`` of shape ``[B, 1]``."""
+        angles = math.pi * t * self.frequencies.to(t)
+        return torch.cat([t, angles.sin(), angles.cos()], 1)
+
     def _time(self, x: torch.Tensor, t) -> list[torch.Tensor]:
         """Per-block channel shifts s(t), each ``[B, c, 1, 1]``."""
-        t = time_column(t, x)
-        angles = math.pi * t * self.frequencies.to(x.dtype)
-        embedding = self.act(self.time_embedding(torch.cat([t, angles.sin(), angles.cos()], 1)))
+        embedding = self.act(self.time_embedding(self.time_features(time_column(t, x))))
         return [shift(embedding)[:, :, None, None] for shift in self.shifts]
 
     def forward(self, x: torch.Tensor, t) -> torch.Tensor:

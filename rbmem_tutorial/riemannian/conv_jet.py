@@ -158,9 +158,7 @@ class ConvJetKernel:
         self.weights = objective.precision_weights()
         z = objective.inputs
         images = z[:, :-1].reshape(-1, *net.image_shape).contiguous(memory_format=self.memory)
-        t = z[:, -1:]
-        angles = torch.pi * t * net.frequencies.to(z)
-        features = torch.cat([t, angles.sin(), angles.cos()], 1)
+        features = net.time_features(z[:, -1:])
         self._chunks = list(zip(images.split(chunk), features.split(chunk),
                                 objective.targets.split(chunk), strict=True))
 
